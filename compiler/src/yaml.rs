@@ -1,0 +1,281 @@
+//! A YAML document as a tree of values that remember where they were written.
+//!
+//! serde-saphyr parses the text (and reports syntax errors with their line and column); we keep the
+//! document loosely typed here, as [`YNode`]s carrying a [`Loc`], because blocks are templates whose
+//! fields only get their types after parameters are substituted, and because checking fields ourselves
+//! lets the spec stage report every problem at once rather than serde's first one.
+
+use crate::diag::{Diagnostic, Loc};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::sync::Arc;
+
+/// A YAML value with its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct YNode {
+    pub loc: Loc,
+    pub value: YValue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum YValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<YNode>),
+    /// Keys are kept in document order (the spec's node order matters).
+    Map(Vec<(YNode, YNode)>),
+}
+
+impl YValue {
+    /// The name of this value's kind, as used in "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            YValue::Null => "nothing (null)",
+            YValue::Bool(_) => "a boolean",
+            YValue::Int(_) => "an integer",
+            YValue::Float(_) => "a number",
+            YValue::Str(_) => "a string",
+            YValue::Seq(_) => "a list",
+            YValue::Map(_) => "a mapping",
+        }
+    }
+}
+
+impl fmt::Display for YValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            YValue::Null => write!(f, "null"),
+            YValue::Bool(b) => write!(f, "{b}"),
+            YValue::Int(i) => write!(f, "{i}"),
+            YValue::Float(x) => write!(f, "{x}"),
+            YValue::Str(s) => write!(f, "{s:?}"),
+            YValue::Seq(v) => {
+                write!(f, "[")?;
+                for (i, x) in v.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{}", x.value)?;
+                }
+                write!(f, "]")
+            }
+            YValue::Map(m) => {
+                write!(f, "{{")?;
+                for (i, (k, v)) in m.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{}: {}", k.value, v.value)?;
+                }
+                write!(f, "}}")
+            }
+        }
+    }
+}
+
+impl YNode {
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            YValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_map(&self) -> Option<&[(YNode, YNode)]> {
+        match &self.value {
+            YValue::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+    pub fn as_seq(&self) -> Option<&[YNode]> {
+        match &self.value {
+            YValue::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// Looks a key up in a mapping node.
+    pub fn get(&self, key: &str) -> Option<&YNode> {
+        self.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    }
+}
+
+/// What serde-saphyr gives us: a value and the location it was referenced at.
+struct Raw(YValueRaw);
+enum YValueRaw {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<Raw>>),
+    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Raw;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a YAML value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Int(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+                // Numbers past i64 are absurd for any field of ours; keep them so the checker can say so.
+                Ok(Raw(i64::try_from(v).map(YValueRaw::Int).unwrap_or(YValueRaw::Float(v as f64))))
+            }
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Raw, E> {
+                Ok(Raw(i64::try_from(v).map(YValueRaw::Int).unwrap_or(YValueRaw::Float(v as f64))))
+            }
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Raw, E> {
+                Ok(Raw(i64::try_from(v).map(YValueRaw::Int).unwrap_or(YValueRaw::Float(v as f64))))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Float(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Str(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Str(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Null))
+            }
+            fn visit_none<E>(self) -> Result<Raw, E> {
+                Ok(Raw(YValueRaw::Null))
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Raw, D2::Error> {
+                Raw::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(Raw(YValueRaw::Seq(v)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+                let mut v = Vec::new();
+                while let Some(k) = a.next_key()? {
+                    let x = a.next_value()?;
+                    v.push((k, x));
+                }
+                Ok(Raw(YValueRaw::Map(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn convert(file: &Arc<str>, s: Spanned<Raw>) -> YNode {
+    let loc = Loc::new(file, s.referenced.line() as u32, s.referenced.column() as u32);
+    let value = match s.value.0 {
+        YValueRaw::Null => YValue::Null,
+        YValueRaw::Bool(b) => YValue::Bool(b),
+        YValueRaw::Int(i) => YValue::Int(i),
+        YValueRaw::Float(x) => YValue::Float(x),
+        YValueRaw::Str(x) => YValue::Str(x),
+        YValueRaw::Seq(v) => YValue::Seq(v.into_iter().map(|x| convert(file, x)).collect()),
+        YValueRaw::Map(m) => {
+            YValue::Map(m.into_iter().map(|(k, v)| (convert(file, k), convert(file, v))).collect())
+        }
+    };
+    YNode { loc, value }
+}
+
+/// Parses YAML text. `file` names the source in locations. Syntax errors, empty documents and text that
+/// is not UTF-8 become a located diagnostic, never a panic.
+pub fn parse(file: &Arc<str>, bytes: &[u8]) -> Result<YNode, Diagnostic> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            // Point at the first bad byte.
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
+            let col = good.iter().rev().take_while(|&&b| b != b'\n').count() as u32 + 1;
+            return Err(Diagnostic::error(
+                Some(Loc::new(file, line, col)),
+                "this file is not a YAML spec: it is not UTF-8 text (is it a binary file?)",
+            ));
+        }
+    };
+    if text.contains('\0') {
+        return Err(Diagnostic::error(
+            Some(Loc::new(file, 1, 1)),
+            "this file is not a YAML spec: it contains NUL bytes (is it a binary file?)",
+        ));
+    }
+    if text.trim().lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Err(Diagnostic::error(
+            Some(Loc::new(file, 1, 1)),
+            "the spec is empty: expected a mapping with at least `input` and `layers`",
+        ));
+    }
+    match serde_saphyr::from_str::<Spanned<Raw>>(text) {
+        Ok(v) => Ok(convert(file, v)),
+        Err(e) => {
+            let (line, col) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((1, 1));
+            let full = e.without_snippet().to_string();
+            let first = full.lines().next().unwrap_or("").trim();
+            // serde-saphyr prefixes "error: line L column C: "; we print the location ourselves.
+            let msg = first.strip_prefix("error: ").unwrap_or(first);
+            let msg = match msg.find(": ") {
+                Some(i) if msg.starts_with("line ") => &msg[i + 2..],
+                _ => msg,
+            };
+            let msg = msg.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+            Err(Diagnostic::error(Some(Loc::new(file, line, col)), format!("invalid YAML: {msg}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f() -> Arc<str> {
+        "t.yaml".into()
+    }
+
+    #[test]
+    fn values_keep_their_positions() {
+        let n = parse(&f(), b"a: 1\nb:\n  - {x: foo, y: [1, 2.5]}\n").unwrap();
+        let b = n.get("b").unwrap();
+        let x = b.as_seq().unwrap()[0].get("x").unwrap();
+        assert_eq!(x.value, YValue::Str("foo".into()));
+        assert_eq!((x.loc.line, x.loc.col), (3, 9));
+        assert_eq!(n.get("a").unwrap().value, YValue::Int(1));
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let e = parse(&f(), b"a: [1, 2\nb: 3").unwrap_err();
+        let loc = e.loc.unwrap();
+        assert_eq!((loc.line, loc.col), (2, 2));
+        assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let e = parse(&f(), b"a: 1\na: 2\n").unwrap_err();
+        assert!(e.message.contains("duplicate mapping key: a"), "{}", e.message);
+        assert_eq!(e.loc.unwrap().line, 2);
+    }
+
+    #[test]
+    fn empty_and_binary_files() {
+        assert!(parse(&f(), b"").unwrap_err().message.contains("empty"));
+        assert!(parse(&f(), b"# only a comment\n\n").unwrap_err().message.contains("empty"));
+        assert!(parse(&f(), &[0xff, 0xfe, 0x00, 0x01]).unwrap_err().message.contains("not UTF-8"));
+        assert!(parse(&f(), b"a\0b").unwrap_err().message.contains("NUL"));
+    }
+}
