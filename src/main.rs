@@ -1,1 +1,258 @@
-fn main(){}
+//! The `resnetc` command line: check, summarize, draw, compile and run ResNet graph specs.
+//!
+//! Exit status: 0 on success, 1 when the spec, weights or input are wrong (the messages say where),
+//! 2 on a usage error (clap's).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ndarray::{ArrayD, Axis};
+use resnetc_compiler::spec::ProjectionPolicy;
+use resnetc_compiler::{report, Error, Model, Options};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "resnetc", version, about = "A declarative ResNet graph compiler: YAML specs to fast CPU kernels")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate specs: print every error and warning, and the shortcut projections that would be inserted.
+    Check {
+        /// Spec files (YAML).
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Compile a spec: validate, build the graph and report what was found.
+    Compile {
+        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Safetensors weights (Keras names and layouts); default: the notebook's seeded initialization.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Print one JSON object instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
+    Summary {
+        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the graph as Graphviz DOT (shortcut edges dashed; inserted nodes shaded).
+    Dot {
+        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run a model on an NHWC float32 .npy batch; print the top-5 classes of each item.
+    Run {
+        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Safetensors weights (Keras names and layouts); default: the notebook's seeded initialization.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Input batch: a float32 .npy of shape [N, H, W, C].
+        #[arg(long)]
+        input: PathBuf,
+        /// Write the output batch here as float32 .npy.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Which executor runs the model.
+        #[arg(long, value_enum, default_value_t = Backend::Reference)]
+        backend: Backend,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The plain ndarray reference interpreter.
+    Reference,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Override the spec's input shape: height,width,channels.
+    #[arg(long, value_name = "H,W,C", value_parser = parse_shape)]
+    input_shape: Option<Vec<usize>>,
+    /// Refuse shortcuts that need a projection instead of inserting one.
+    #[arg(long)]
+    no_auto_projection: bool,
+    /// Seed of the glorot initialization used without --weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn parse_shape(s: &str) -> Result<Vec<usize>, String> {
+    let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
+    match v {
+        Ok(v) if v.len() == 3 && v.iter().all(|&d| d > 0) => Ok(v),
+        _ => Err(format!("expected three positive integers H,W,C, found `{s}`")),
+    }
+}
+
+impl Common {
+    fn options(&self, weights: Option<PathBuf>) -> Options {
+        Options {
+            weights,
+            input_shape: self.input_shape.clone(),
+            projection: self.no_auto_projection.then_some(ProjectionPolicy::Error),
+            seed: self.seed,
+        }
+    }
+}
+
+/// A failure to report: the message is already complete.
+struct Fail(String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+fn load(spec: &Path, opts: &Options) -> Result<Model, Fail> {
+    let m = Model::from_file(spec, opts)?;
+    for w in m.warnings.warnings() {
+        eprintln!("{w}");
+    }
+    Ok(m)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<(), Fail> {
+    match cmd {
+        Cmd::Check { specs, common } => {
+            let opts = common.options(None);
+            let mut failed = 0;
+            for path in &specs {
+                let bytes = std::fs::read(path).map_err(|e| Fail(format!("{}: {e}", path.display())))?;
+                let (ok, diags) = resnetc_compiler::check(&path.display().to_string(), &bytes, &opts);
+                if !diags.0.is_empty() {
+                    eprintln!("{diags}");
+                }
+                match ok {
+                    Some((_, g, projections)) => {
+                        for p in &projections {
+                            println!("{}: note: {p}", path.display());
+                        }
+                        println!(
+                            "{}: ok: {} nodes, {} parameters, {} MACs per image, {} warning(s)",
+                            path.display(),
+                            g.g.node_count(),
+                            report::thousands(g.params() as u64),
+                            report::thousands(g.macs()),
+                            diags.warnings().count()
+                        );
+                    }
+                    None => {
+                        failed += 1;
+                        eprintln!("{}: {} error(s)", path.display(), diags.errors().count());
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(Fail(format!("{failed} of {} spec(s) failed", specs.len())));
+            }
+            Ok(())
+        }
+        Cmd::Compile { spec, common, weights, json } => {
+            let t0 = Instant::now();
+            let m = load(&spec, &common.options(weights))?;
+            let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let g = &m.graph;
+            if json {
+                let v = serde_json::json!({
+                    "model": g.model,
+                    "nodes": g.g.node_count(),
+                    "params": g.params(),
+                    "macs": g.macs(),
+                    "weight_bytes": m.weights.bytes(),
+                    "projections": m.projections.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+                    "input_shape": m.input_shape(),
+                    "output_shape": m.output_shape(),
+                    "stages_ms": {"load": load_ms},
+                });
+                println!("{v}");
+            } else {
+                println!("model {}: {} → {}", g.model, fmt(m.input_shape()), fmt(m.output_shape()));
+                println!("  nodes            {}", g.g.node_count());
+                println!("  parameters       {}", report::thousands(g.params() as u64));
+                println!("  MACs per image   {}", report::thousands(g.macs()));
+                println!("  weight bytes     {}", report::thousands(m.weights.bytes() as u64));
+                println!("  projections      {}", m.projections.len());
+                for p in &m.projections {
+                    println!("    {p}");
+                }
+                println!("  load + check     {load_ms:.1} ms");
+            }
+            Ok(())
+        }
+        Cmd::Summary { spec, common } => {
+            let m = load(&spec, &common.options(None))?;
+            print!("{}", report::summary(&m.graph));
+            Ok(())
+        }
+        Cmd::Dot { spec, common, output } => {
+            let m = load(&spec, &common.options(None))?;
+            let text = report::dot(&m.graph);
+            match output {
+                Some(o) => std::fs::write(&o, text).map_err(|e| Fail(format!("{}: {e}", o.display()))),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Run { spec, common, weights, input, output, backend } => {
+            let m = load(&spec, &common.options(weights))?;
+            let x: ArrayD<f32> = ndarray_npy::read_npy(&input)
+                .map_err(|e| Fail(format!("{}: cannot read a float32 .npy array: {e}", input.display())))?;
+            let t0 = Instant::now();
+            let y = match backend {
+                Backend::Reference => m.run_reference(x.view())?,
+            };
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            eprintln!("ran batch of {} in {ms:.1} ms", x.shape()[0]);
+            print_top5(&y);
+            if let Some(o) = output {
+                ndarray_npy::write_npy(&o, &y).map_err(|e| Fail(format!("{}: {e}", o.display())))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn fmt(s: &[usize]) -> String {
+    resnetc_compiler::ops::fmt_shape(s)
+}
+
+fn print_top5(y: &ArrayD<f32>) {
+    for (i, row) in y.axis_iter(Axis(0)).enumerate() {
+        let mut v: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = v.iter().take(5).map(|(c, p)| format!("{c}: {p:.6}")).collect();
+        println!("item {i}: {}", top.join("  "));
+    }
+}

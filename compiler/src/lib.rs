@@ -1,3 +1,153 @@
+//! resnetc's compiler: a YAML ResNet spec in, a validated graph with shapes and weights out, and from
+//! there optimized, planned and compiled to CPU kernels.
+//!
+//! The pipeline, one stage per module:
+//! 1. [`yaml`] — text → a YAML tree that remembers line and column of every value;
+//! 2. [`spec`] — blocks expanded, fields type-checked → a flat list of typed nodes;
+//! 3. [`graph`] — references resolved, cycles refused, shapes inferred, shortcut projections inserted;
+//! 4. [`weights`] — a safetensors file checked against the graph, or the notebook's initialization;
+//! 5. [`interp`] — the reference interpreter (with [`reference`], one plain ndarray function per op).
+//!
+//! [`Model`] runs these stages for library users; every error a user can cause comes back as an
+//! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
+
 pub mod diag;
+pub mod graph;
+pub mod interp;
 pub mod ops;
+pub mod reference;
+pub mod report;
+pub mod spec;
+pub mod weights;
 pub mod yaml;
+
+use diag::Diagnostics;
+use graph::{Graph, Projection};
+use ndarray::{ArrayD, ArrayViewD};
+use spec::{ProjectionPolicy, Spec};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weights::Weights;
+
+/// Errors a library user can get. Display gives the full, located messages.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec or the weights are wrong; every problem found, warnings included.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A batch whose shape does not fit the model.
+    #[error("the input has shape {found:?}, expected [N, {}] (NHWC, any batch size N)", expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    InputShape { expected: Vec<usize>, found: Vec<usize> },
+    /// A bad option value (e.g. an input shape override that is not H,W,C).
+    #[error("{0}")]
+    Option(String),
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// A safetensors file with Keras-named weights; without one the notebook's initialization is used.
+    pub weights: Option<PathBuf>,
+    /// Overrides the spec's `[H, W, C]` input shape.
+    pub input_shape: Option<Vec<usize>>,
+    /// Overrides the spec's `shortcut_projection` policy.
+    pub projection: Option<ProjectionPolicy>,
+    /// Seed of the glorot initialization (used without a weights file).
+    pub seed: u64,
+}
+
+/// A loaded, validated model: its spec, graph (with shapes) and weights.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub spec: Spec,
+    pub graph: Graph,
+    pub weights: Weights,
+    /// Shortcut projections the compiler inserted.
+    pub projections: Vec<Projection>,
+    /// Warnings found while loading (unused nodes, unused weight tensors).
+    pub warnings: Diagnostics,
+}
+
+/// Parses and checks a spec without loading weights: the graph, or every problem found.
+pub fn check(file: &str, text: &[u8], opts: &Options) -> (Option<(Spec, Graph, Vec<Projection>)>, Diagnostics) {
+    let file: Arc<str> = file.into();
+    if let Some(s) = &opts.input_shape {
+        if s.len() != 3 || s.iter().any(|&d| d == 0 || d > ops::MAX_DIM) {
+            let d = diag::Diagnostic::error(
+                None,
+                format!("the input shape override must be H,W,C with positive sizes, found {s:?}"),
+            );
+            return (None, Diagnostics(vec![d]));
+        }
+    }
+    let (spec, mut diags) = spec::parse_spec(&file, text, opts.input_shape.as_deref());
+    let Some(spec) = spec else {
+        diags.sort();
+        return (None, diags);
+    };
+    let (g, rep) = graph::build(&spec, opts.projection);
+    diags.extend(rep.diagnostics);
+    diags.sort();
+    match g {
+        Some(g) if !diags.has_errors() => (Some((spec, g, rep.projections)), diags),
+        _ => (None, diags),
+    }
+}
+
+impl Model {
+    /// Loads a spec file (and the weights file named in `opts`, if any).
+    pub fn from_file(path: impl AsRef<Path>, opts: &Options) -> Result<Model, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        Model::from_bytes(&path.display().to_string(), &bytes, opts)
+    }
+
+    /// Loads a spec from text; `name` is the file name used in messages.
+    pub fn from_str(name: &str, text: &str, opts: &Options) -> Result<Model, Error> {
+        Model::from_bytes(name, text.as_bytes(), opts)
+    }
+
+    pub fn from_bytes(name: &str, bytes: &[u8], opts: &Options) -> Result<Model, Error> {
+        let (checked, mut diags) = check(name, bytes, opts);
+        let Some((spec, graph, projections)) = checked else { return Err(Error::Invalid(diags)) };
+        let weights = match &opts.weights {
+            Some(p) => {
+                let (w, d) = weights::load_safetensors(p, &graph);
+                diags.extend(d);
+                match w {
+                    Some(w) => w,
+                    None => return Err(Error::Invalid(diags)),
+                }
+            }
+            None => weights::init_glorot(&graph, opts.seed),
+        };
+        Ok(Model { spec, graph, weights, projections, warnings: diags })
+    }
+
+    /// The per-item input shape `[H, W, C]`.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.graph.node(self.graph.input).shape
+    }
+
+    /// The per-item output shape.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.graph.node(self.graph.output).shape
+    }
+
+    /// Checks that `x` is `[N, H, W, C]` for this model.
+    pub fn check_input(&self, x: &ArrayViewD<f32>) -> Result<(), Error> {
+        let s = x.shape();
+        if s.len() != 4 || &s[1..] != self.input_shape() || s[0] == 0 {
+            return Err(Error::InputShape { expected: self.input_shape().to_vec(), found: s.to_vec() });
+        }
+        Ok(())
+    }
+
+    /// Runs the reference interpreter on an NHWC batch of any size.
+    pub fn run_reference(&self, x: ArrayViewD<f32>) -> Result<ArrayD<f32>, Error> {
+        self.check_input(&x)?;
+        Ok(interp::run(&self.graph, &self.weights, x))
+    }
+}

@@ -118,12 +118,16 @@ pub struct Pool {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// The model input; `shape` is `[H, W, C]`.
-    Input { shape: Shape },
+    Input {
+        shape: Shape,
+    },
     /// Keras ZeroPadding2D.
     ZeroPad(Pads),
     Conv(Conv),
     /// Inference-mode batch normalization over the channel (last) axis, with moving statistics.
-    BatchNorm { epsilon: f32 },
+    BatchNorm {
+        epsilon: f32,
+    },
     Relu,
     /// Softmax over the last axis.
     Softmax,
@@ -135,7 +139,11 @@ pub enum Op {
     GlobalMaxPool,
     /// NHWC-order flatten to a vector (a free reshape).
     Flatten,
-    Dense { units: usize, activation: Activation, bias: bool },
+    Dense {
+        units: usize,
+        activation: Activation,
+        bias: bool,
+    },
 }
 
 /// Why an op cannot take the shapes it is given; the message names what was expected and found.
@@ -202,7 +210,13 @@ impl Op {
             return Err(ShapeError(format!(
                 "`{}` takes {} input(s), found {}",
                 self.kind(),
-                if lo == hi { lo.to_string() } else if hi == usize::MAX { format!("{lo} or more") } else { format!("{lo} to {hi}") },
+                if lo == hi {
+                    lo.to_string()
+                } else if hi == usize::MAX {
+                    format!("{lo} or more")
+                } else {
+                    format!("{lo} to {hi}")
+                },
                 inputs.len()
             )));
         }
@@ -391,16 +405,9 @@ impl fmt::Display for Op {
                 Ok(())
             }
             Op::BatchNorm { epsilon } => write!(f, "batch_norm eps={epsilon}"),
-            Op::MaxPool(p) | Op::AvgPool(p) => write!(
-                f,
-                "{} {}x{}/{}x{} {}",
-                self.kind(),
-                p.size[0],
-                p.size[1],
-                p.strides[0],
-                p.strides[1],
-                p.padding
-            ),
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                write!(f, "{} {}x{}/{}x{} {}", self.kind(), p.size[0], p.size[1], p.strides[0], p.strides[1], p.padding)
+            }
             Op::Dense { units, activation, bias } => {
                 write!(f, "dense units={units} activation={activation}{}", if *bias { "" } else { " no-bias" })
             }

@@ -185,9 +185,7 @@ fn convert(file: &Arc<str>, s: Spanned<Raw>) -> YNode {
         YValueRaw::Float(x) => YValue::Float(x),
         YValueRaw::Str(x) => YValue::Str(x),
         YValueRaw::Seq(v) => YValue::Seq(v.into_iter().map(|x| convert(file, x)).collect()),
-        YValueRaw::Map(m) => {
-            YValue::Map(m.into_iter().map(|(k, v)| (convert(file, k), convert(file, v))).collect())
-        }
+        YValueRaw::Map(m) => YValue::Map(m.into_iter().map(|(k, v)| (convert(file, k), convert(file, v))).collect()),
     };
     YNode { loc, value }
 }
