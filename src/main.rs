@@ -39,6 +39,9 @@ enum Cmd {
         /// Print one JSON object instead of the text report.
         #[arg(long)]
         json: bool,
+        /// Print the graph as it is after this optimizer pass, and stop.
+        #[arg(long, value_name = "PASS")]
+        dump_after: Option<String>,
     },
     /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
     Summary {
@@ -51,6 +54,9 @@ enum Cmd {
         spec: PathBuf,
         #[command(flatten)]
         common: Common,
+        /// Draw the graph as it is after this optimizer pass.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -177,35 +183,65 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Compile { spec, common, weights, json } => {
-            let t0 = Instant::now();
+        Cmd::Compile { spec, common, weights, json, dump_after } => {
+            check_pass(dump_after.as_deref())?;
             let m = load(&spec, &common.options(weights))?;
-            let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let o = m.optimize(dump_after.as_deref())?;
+            if let Some(d) = &o.report.dump {
+                print!("{d}");
+                return Ok(());
+            }
             let g = &m.graph;
+            let fusions: serde_json::Map<String, serde_json::Value> =
+                o.report.rewrites.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+            let stages: Vec<(&str, f64)> = m.stages_ms.iter().chain(&o.stages_ms).copied().collect();
             if json {
                 let v = serde_json::json!({
                     "model": g.model,
-                    "nodes": g.g.node_count(),
+                    "nodes_before": o.report.nodes_before,
+                    "nodes_after": o.report.nodes_after,
+                    "kernels": o.plan.steps.len(),
+                    "fusions": fusions,
+                    "projections": m.projections.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+                    "arena_bytes": o.plan.arena_bytes,
+                    "arena_lower_bound_bytes": o.plan.lower_bound_bytes,
+                    "activation_bytes_total": o.plan.total_bytes,
+                    "weight_bytes": o.weights.bytes(),
                     "params": g.params(),
                     "macs": g.macs(),
-                    "weight_bytes": m.weights.bytes(),
-                    "projections": m.projections.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
                     "input_shape": m.input_shape(),
                     "output_shape": m.output_shape(),
-                    "stages_ms": {"load": load_ms},
+                    "stages_ms": stages.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 });
                 println!("{v}");
             } else {
                 println!("model {}: {} → {}", g.model, fmt(m.input_shape()), fmt(m.output_shape()));
-                println!("  nodes            {}", g.g.node_count());
                 println!("  parameters       {}", report::thousands(g.params() as u64));
                 println!("  MACs per image   {}", report::thousands(g.macs()));
-                println!("  weight bytes     {}", report::thousands(m.weights.bytes() as u64));
+                println!("  nodes            {} → {} after optimization", o.report.nodes_before, o.report.nodes_after);
                 println!("  projections      {}", m.projections.len());
                 for p in &m.projections {
                     println!("    {p}");
                 }
-                println!("  load + check     {load_ms:.1} ms");
+                println!("  rewrites");
+                for (k, v) in &o.report.rewrites {
+                    println!("    {k:<24} {v}");
+                }
+                let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+                for &n in &o.plan.steps {
+                    *kinds.entry(o.graph.node(n).op.kind()).or_default() += 1;
+                }
+                let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                println!("  kernels          {} ({})", o.plan.steps.len(), kinds.join(", "));
+                println!(
+                    "  arena            {} bytes per image (lower bound {}, all activations {})",
+                    report::thousands(o.plan.arena_bytes as u64),
+                    report::thousands(o.plan.lower_bound_bytes as u64),
+                    report::thousands(o.plan.total_bytes as u64)
+                );
+                println!("  weight bytes     {}", report::thousands(o.weights.bytes() as u64));
+                let st: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+                println!("  stages (ms)      {}", st.join(", "));
             }
             Ok(())
         }
@@ -214,9 +250,16 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             print!("{}", report::summary(&m.graph));
             Ok(())
         }
-        Cmd::Dot { spec, common, output } => {
+        Cmd::Dot { spec, common, output, after } => {
+            check_pass(after.as_deref())?;
             let m = load(&spec, &common.options(None))?;
-            let text = report::dot(&m.graph);
+            let text = match after {
+                Some(p) => {
+                    let o = m.optimize(Some(&p))?;
+                    report::dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
+                }
+                None => report::dot(&m.graph),
+            };
             match output {
                 Some(o) => std::fs::write(&o, text).map_err(|e| Fail(format!("{}: {e}", o.display()))),
                 None => {
@@ -241,6 +284,17 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
+    }
+}
+
+/// Refuses a `--dump-after`/`--after` that names no pass, listing the passes.
+fn check_pass(p: Option<&str>) -> Result<(), Fail> {
+    match p {
+        Some(p) if !resnetc_compiler::passes::is_pass(p) => {
+            let names: Vec<&str> = resnetc_compiler::passes::PASSES.iter().map(|x| x.name).collect();
+            Err(Fail(format!("error: unknown pass `{p}`; the passes are: {}", names.join(", "))))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -415,15 +415,18 @@ fn reconcile_shortcut(
                 format!("the shortcut is smaller than the main path, which no projection can fix: {sides}"),
             ));
         }
-        if hs % hm != 0 || ws % wm != 0 {
+        // The stride of a 1x1 `valid` conv maps n to (n - 1) / s + 1: find the one that lands on the main
+        // path's size (e.g. 5 → 3 with stride 2, as a stride-2 `same` conv on the main path gives).
+        let stride = |from: usize, to: usize| (1..=from).find(|&s| (from - 1) / s + 1 == to);
+        let (Some(sh), Some(sw)) = (stride(hs, hm), stride(ws, wm)) else {
             return Err(node_err(
                 &add_node,
                 format!(
-                    "no 1x1 projection can match the shortcut to the main path: {hs}/{hm} x {ws}/{wm} is not an integral stride; {sides}"
+                    "no 1x1 projection can match the shortcut to the main path: no integral stride maps {hs}x{ws} to {hm}x{wm}; {sides}"
                 ),
             ));
-        }
-        let strides = [hs / hm, ws / wm];
+        };
+        let strides = [sh, sw];
         if policy == ProjectionPolicy::Error {
             return Err(node_err(
                 &add_node,

@@ -6,7 +6,10 @@
 //! 2. [`spec`] — blocks expanded, fields type-checked → a flat list of typed nodes;
 //! 3. [`graph`] — references resolved, cycles refused, shapes inferred, shortcut projections inserted;
 //! 4. [`weights`] — a safetensors file checked against the graph, or the notebook's initialization;
-//! 5. [`interp`] — the reference interpreter (with [`reference`], one plain ndarray function per op).
+//! 5. [`interp`] — the reference interpreter (with [`reference`], one plain ndarray function per op);
+//! 6. [`passes`] — the optimizer: padding and BatchNorm folding, conv/add/relu fusion, verified after
+//!    every pass;
+//! 7. [`plan`] — kernel order, activation lifetimes and arena offsets.
 //!
 //! [`Model`] runs these stages for library users; every error a user can cause comes back as an
 //! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
@@ -15,6 +18,8 @@ pub mod diag;
 pub mod graph;
 pub mod interp;
 pub mod ops;
+pub mod passes;
+pub mod plan;
 pub mod reference;
 pub mod report;
 pub mod spec;
@@ -43,6 +48,9 @@ pub enum Error {
     /// A bad option value (e.g. an input shape override that is not H,W,C).
     #[error("{0}")]
     Option(String),
+    /// A compiler bug caught by a consistency check.
+    #[error(transparent)]
+    Internal(#[from] passes::PassError),
 }
 
 /// How to load a model.
@@ -68,6 +76,26 @@ pub struct Model {
     pub projections: Vec<Projection>,
     /// Warnings found while loading (unused nodes, unused weight tensors).
     pub warnings: Diagnostics,
+    /// Milliseconds spent in each loading stage.
+    pub stages_ms: Vec<(&'static str, f64)>,
+}
+
+/// The optimized, planned model: what the back end turns into kernels.
+#[derive(Clone, Debug)]
+pub struct Optimized {
+    pub graph: Graph,
+    /// The optimizer's own weights (folded tensors included); the model's weights are untouched.
+    pub weights: Weights,
+    pub report: passes::OptReport,
+    pub plan: plan::Plan,
+    pub stages_ms: Vec<(&'static str, f64)>,
+}
+
+impl Optimized {
+    /// Runs the optimized graph on the reference interpreter.
+    pub fn run_reference(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
+        interp::run(&self.graph, &self.weights, x)
+    }
 }
 
 /// Parses and checks a spec without loading weights: the graph, or every problem found.
@@ -110,7 +138,9 @@ impl Model {
     }
 
     pub fn from_bytes(name: &str, bytes: &[u8], opts: &Options) -> Result<Model, Error> {
+        let t0 = std::time::Instant::now();
         let (checked, mut diags) = check(name, bytes, opts);
+        let t1 = std::time::Instant::now();
         let Some((spec, graph, projections)) = checked else { return Err(Error::Invalid(diags)) };
         let weights = match &opts.weights {
             Some(p) => {
@@ -123,7 +153,23 @@ impl Model {
             }
             None => weights::init_glorot(&graph, opts.seed),
         };
-        Ok(Model { spec, graph, weights, projections, warnings: diags })
+        let stages_ms = vec![
+            ("check", (t1 - t0).as_secs_f64() * 1e3),
+            ("weights", t1.elapsed().as_secs_f64() * 1e3),
+        ];
+        Ok(Model { spec, graph, weights, projections, warnings: diags, stages_ms })
+    }
+
+    /// Runs the optimizer and the memory planner. `dump_after` captures the graph after that pass.
+    pub fn optimize(&self, dump_after: Option<&str>) -> Result<Optimized, Error> {
+        let t0 = std::time::Instant::now();
+        let (graph, weights, report) = passes::optimize(&self.graph, &self.weights, dump_after)?;
+        let t1 = std::time::Instant::now();
+        let plan = plan::plan(&graph, &|_| 0);
+        plan.verify().map_err(|reason| passes::PassError { pass: "memory plan", reason })?;
+        let stages_ms =
+            vec![("optimize", (t1 - t0).as_secs_f64() * 1e3), ("plan", t1.elapsed().as_secs_f64() * 1e3)];
+        Ok(Optimized { graph, weights, report, plan, stages_ms })
     }
 
     /// The per-item input shape `[H, W, C]`.
