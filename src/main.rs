@@ -6,6 +6,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, Axis};
 use resnetc_compiler::spec::ProjectionPolicy;
+use resnetc_compiler::backend::BackendOptions;
 use resnetc_compiler::{report, Error, Model, Options};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,14 +77,19 @@ enum Cmd {
         #[arg(long)]
         output: Option<PathBuf>,
         /// Which executor runs the model.
-        #[arg(long, value_enum, default_value_t = Backend::Reference)]
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
+        /// Threads each kernel is split over (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
-    /// The plain ndarray reference interpreter.
+    /// JIT-compiled cranelift kernels (the optimized graph).
+    Jit,
+    /// The plain ndarray reference interpreter (the graph as written).
     Reference,
 }
 
@@ -268,13 +274,18 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 }
             }
         }
-        Cmd::Run { spec, common, weights, input, output, backend } => {
+        Cmd::Run { spec, common, weights, input, output, backend, threads } => {
             let m = load(&spec, &common.options(weights))?;
             let x: ArrayD<f32> = ndarray_npy::read_npy(&input)
                 .map_err(|e| Fail(format!("{}: cannot read a float32 .npy array: {e}", input.display())))?;
             let t0 = Instant::now();
             let y = match backend {
                 Backend::Reference => m.run_reference(x.view())?,
+                Backend::Jit => {
+                    let c = m.compile(&BackendOptions { threads, ..Default::default() })?;
+                    eprintln!("compiled {} kernels in {:.1} ms", c.kernels.len(), t0.elapsed().as_secs_f64() * 1e3);
+                    c.run(x.view())?
+                }
             };
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             eprintln!("ran batch of {} in {ms:.1} ms", x.shape()[0]);

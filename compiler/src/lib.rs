@@ -9,11 +9,14 @@
 //! 5. [`interp`] — the reference interpreter (with [`reference`], one plain ndarray function per op);
 //! 6. [`passes`] — the optimizer: padding and BatchNorm folding, conv/add/relu fusion, verified after
 //!    every pass;
-//! 7. [`plan`] — kernel order, activation lifetimes and arena offsets.
+//! 7. [`plan`] — kernel order, activation lifetimes and arena offsets;
+//! 8. [`codegen`] and [`backend`] — one cranelift kernel per node, assembled into a runtime program.
 //!
 //! [`Model`] runs these stages for library users; every error a user can cause comes back as an
 //! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
 
+pub mod codegen;
+pub mod backend;
 pub mod diag;
 pub mod graph;
 pub mod interp;
@@ -158,6 +161,17 @@ impl Model {
             ("weights", t1.elapsed().as_secs_f64() * 1e3),
         ];
         Ok(Model { spec, graph, weights, projections, warnings: diags, stages_ms })
+    }
+
+    /// Optimizes, plans and JIT-compiles the model into a runnable [`backend::Compiled`].
+    pub fn compile(&self, o: &backend::BackendOptions) -> Result<backend::Compiled, Error> {
+        let opt = self.optimize(None)?;
+        let mut c = backend::compile(&opt, o)?;
+        let mut stages = self.stages_ms.clone();
+        stages.extend(opt.stages_ms.iter().copied());
+        stages.extend(c.stages_ms.iter().copied());
+        c.stages_ms = stages;
+        Ok(c)
     }
 
     /// Runs the optimizer and the memory planner. `dump_after` captures the graph after that pass.

@@ -1,0 +1,233 @@
+//! Convolution kernel throughput on the conv shapes of ResNet-50 at 224x224.
+//!
+//! Prints, per shape, GFLOP/s (2 * M * N * K / time) and the share of the f32x4 FMA peak of one core
+//! (58.6 GFLOP/s, see shared/notes/cranelift-kernels.md), single-threaded; one shape also on 2 threads.
+//! Criterion's `thrpt` line is GFLOP/s too (elements = flops). `CONV_BENCH_FILTER=substr` picks shapes.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
+use resnetc_compiler::ops::{Conv, Padding};
+use resnetc_runtime::{AlignedBuf, KernelArgs, ThreadPool};
+use std::time::{Duration, Instant};
+
+const PEAK_GFLOPS_PER_CORE: f64 = 58.6;
+
+struct Shape {
+    name: &'static str,
+    /// Input height; the width is `hw` too unless `w` is set.
+    hw: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+}
+
+const SHAPES: &[Shape] = &[
+    // The micro-kernel alone: one 12-row tile, data in L1.
+    Shape { name: "L1_micro_1x12_1x1_256to16", hw: 1, w: 12, cin: 256, cout: 16, k: 1, stride: 1 },
+    Shape { name: "56x56_1x1_64to256", hw: 56, w: 0, cin: 64, cout: 256, k: 1, stride: 1 },
+    Shape { name: "56x56_1x1_256to64", hw: 56, w: 0, cin: 256, cout: 64, k: 1, stride: 1 },
+    Shape { name: "56x56_3x3_64to64", hw: 56, w: 0, cin: 64, cout: 64, k: 3, stride: 1 },
+    Shape { name: "28x28_1x1_128to512", hw: 28, w: 0, cin: 128, cout: 512, k: 1, stride: 1 },
+    Shape { name: "28x28_3x3_128to128", hw: 28, w: 0, cin: 128, cout: 128, k: 3, stride: 1 },
+    Shape { name: "14x14_3x3_256to256", hw: 14, w: 0, cin: 256, cout: 256, k: 3, stride: 1 },
+    Shape { name: "14x14_1x1_1024to256", hw: 14, w: 0, cin: 1024, cout: 256, k: 1, stride: 1 },
+    Shape { name: "7x7_1x1_512to2048", hw: 7, w: 0, cin: 512, cout: 2048, k: 1, stride: 1 },
+    Shape { name: "7x7_3x3_512to512", hw: 7, w: 0, cin: 512, cout: 512, k: 3, stride: 1 },
+    Shape { name: "224_7x7s2_3to64_stem", hw: 224, w: 0, cin: 3, cout: 64, k: 7, stride: 2 },
+];
+
+fn width(s: &Shape) -> usize {
+    if s.w == 0 {
+        s.hw
+    } else {
+        s.w
+    }
+}
+
+/// This machine's f32x4 FMA throughput (12 independent chains, registers only), GFLOP/s of one thread.
+fn measured_fma_peak() -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "fma,avx")]
+        unsafe fn chains(iters: u64) -> f32 {
+            use std::arch::x86_64::*;
+            let mut acc = [_mm_set1_ps(0.0); 12];
+            let (a, b) = (_mm_set1_ps(0.999), _mm_set1_ps(0.001));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut s = _mm_set1_ps(0.0);
+            for x in acc {
+                s = _mm_add_ps(s, x);
+            }
+            _mm_cvtss_f32(s)
+        }
+        let iters = 20_000_000u64;
+        return measure(
+            || {
+                std::hint::black_box(unsafe { chains(std::hint::black_box(iters / 10)) });
+            },
+            (iters / 10 * 12 * 8) as f64,
+        );
+    }
+    (0.0, 0.0)
+}
+
+struct Bench {
+    _code: JitCode,
+    f: resnetc_runtime::KernelFn,
+    kernel: Kernel,
+    input: AlignedBuf,
+    output: AlignedBuf,
+    consts: AlignedBuf,
+    work: Vec<AlignedBuf>,
+    flops: f64,
+}
+
+impl Bench {
+    fn new(s: &Shape, threads: usize) -> Bench {
+        let mut opts = SessionOptions::default();
+        // Tuning knobs: CONV_UNROLL=n, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels.
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let t = &mut opts.conv_tiling;
+        t.unroll = env("CONV_UNROLL").unwrap_or(t.unroll);
+        t.fma_b_first = env("CONV_FMA_B_FIRST").map_or(t.fma_b_first, |v| v != 0);
+        t.kc = env("CONV_KC").unwrap_or(t.kc);
+        t.mc_tiles = env("CONV_MC").unwrap_or(t.mc_tiles);
+        t.nc_panels = env("CONV_NC").unwrap_or(t.nc_panels);
+        let mut sess = Session::with_options(opts).unwrap();
+        let mut conv = Conv::new(s.cout, [s.k, s.k], [s.stride, s.stride], Padding::Same, true);
+        conv.relu = true;
+        let wt: Vec<f32> = (0..s.k * s.k * s.cin * s.cout).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+        let bias = vec![0.1f32; s.cout];
+        let kernel = sess.conv(s.name, &conv, [s.hw, width(s), s.cin], &wt, Some(&bias)).unwrap();
+        let code = sess.finish().unwrap();
+        let [oh, ow, n] = [kernel.out_shape[0], kernel.out_shape[1], kernel.out_shape[2]];
+        let flops = 2.0 * (oh * ow * n) as f64 * (s.k * s.k * s.cin) as f64;
+        let input =
+            AlignedBuf::from_slice(&(0..s.hw * width(s) * s.cin).map(|i| (i % 13) as f32 * 0.1).collect::<Vec<_>>());
+        Bench {
+            f: code.kernel(kernel.id),
+            _code: code,
+            output: AlignedBuf::zeroed(oh * ow * n),
+            consts: AlignedBuf::from_slice(&kernel.consts),
+            work: (0..threads).map(|_| AlignedBuf::zeroed(kernel.work_floats.max(16))).collect(),
+            kernel,
+            input,
+            flops,
+        }
+    }
+
+    fn args(&mut self) -> KernelArgs {
+        KernelArgs {
+            input: self.input.as_ptr(),
+            input2: std::ptr::null(),
+            output: self.output.as_mut_ptr(),
+            consts: self.consts.as_ptr(),
+        }
+    }
+
+    fn run1(&mut self) {
+        let a = self.args();
+        unsafe { (self.f)(&a, self.work[0].as_mut_ptr(), 0, self.kernel.ntasks) };
+    }
+
+    fn run_pool(&mut self, pool: &ThreadPool) {
+        let a = self.args();
+        let (f, addr) = (self.f, &a as *const KernelArgs as usize);
+        let work: Vec<usize> = self.work.iter_mut().map(|w| w.as_mut_ptr() as usize).collect();
+        pool.parallel_for_indexed(self.kernel.ntasks, &|t, th| unsafe {
+            f(addr as *const KernelArgs, work[th] as *mut f32, t, t + 1)
+        });
+    }
+}
+
+/// Nanoseconds this thread has spent on a CPU (from /proc/thread-self/schedstat), if available.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Best-of-5 GFLOP/s over runs of ~0.1 s: (by wall time, by this thread's CPU time). The CPU-time figure
+/// discounts time the thread was descheduled (the machine is shared); it is meaningless for multi-threaded runs.
+fn measure(mut run: impl FnMut(), flops: f64) -> (f64, f64) {
+    run();
+    let (mut best, mut best_cpu) = (0f64, 0f64);
+    for _ in 0..5 {
+        let c0 = thread_cpu_ns();
+        let t0 = Instant::now();
+        let mut n = 0u32;
+        while t0.elapsed() < Duration::from_millis(100) {
+            run();
+            n += 1;
+        }
+        best = best.max(flops * n as f64 / t0.elapsed().as_secs_f64() / 1e9);
+        if let (Some(c0), Some(c1)) = (c0, thread_cpu_ns()) {
+            best_cpu = best_cpu.max(flops * n as f64 / (c1 - c0).max(1) as f64);
+        }
+    }
+    (best, best_cpu)
+}
+
+fn selected() -> Vec<&'static Shape> {
+    let filt = std::env::var("CONV_BENCH_FILTER").unwrap_or_default();
+    SHAPES.iter().filter(|s| s.name.contains(&filt)).collect()
+}
+
+fn bench_conv(c: &mut Criterion) {
+    let (peak_wall, peak) = measured_fma_peak();
+    println!(
+        "f32x4 FMA peak: {PEAK_GFLOPS_PER_CORE} GFLOP/s per core per the notes (Zen 4); measured on this machine: \
+         {peak_wall:.1} GFLOP/s by wall time, {peak:.1} by thread CPU time"
+    );
+    println!(
+        "{:<24} {:>6} {:>10} {:>8} {:>13} {:>10}",
+        "shape", "tasks", "GFLOP/s", "% notes", "cpu-time GF/s", "% measured"
+    );
+    for s in selected() {
+        let mut b = Bench::new(s, 1);
+        let fl = b.flops;
+        let (g, gc) = measure(|| b.run1(), fl);
+        println!(
+            "{:<24} {:>6} {:>10.1} {:>7.0}% {:>13.1} {:>9.0}%  (1 thread)",
+            s.name,
+            b.kernel.ntasks,
+            g,
+            100.0 * g / PEAK_GFLOPS_PER_CORE,
+            gc,
+            100.0 * gc / peak
+        );
+    }
+    let pool = ThreadPool::new(2);
+    for s in selected().into_iter().filter(|s| s.name.starts_with("28x28_3x3") || s.name.starts_with("7x7_1x1")) {
+        let mut b = Bench::new(s, 2);
+        let fl = b.flops;
+        let (g, _) = measure(|| b.run_pool(&pool), fl);
+        println!(
+            "{:<24} {:>6} {:>10.1} {:>7.0}%   (2 threads; % of 2-core peak)",
+            s.name,
+            b.kernel.ntasks,
+            g,
+            100.0 * g / (2.0 * PEAK_GFLOPS_PER_CORE)
+        );
+    }
+
+    if std::env::var_os("CONV_BENCH_TABLE_ONLY").is_some() {
+        return;
+    }
+    let mut group = c.benchmark_group("conv");
+    group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(600));
+    for s in selected() {
+        let mut b = Bench::new(s, 1);
+        group.throughput(Throughput::Elements(b.flops as u64));
+        group.bench_function(s.name, |bn| bn.iter(|| b.run1()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_conv);
+criterion_main!(benches);

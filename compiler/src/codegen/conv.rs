@@ -1,0 +1,657 @@
+//! Convolution kernels: NHWC conv as a GEMM `C[M x N] = A[M x K] * B[K x N]` with M = output pixels,
+//! N = output channels, K = kh*kw*cin (tap-major, channel-minor, as in the Keras kernel), plus a fused epilogue.
+//!
+//! - B (weights) is packed at compile time into panels of 4 output channels: `B[panel][k][4]` (zero-padded to a
+//!   multiple of 4 channels), followed by the bias padded to the same width. That is [`Kernel::consts`].
+//! - A: a 1x1, stride-1, unpadded convolution reads the NHWC input directly (row `m` = pixel `m`, stride cin).
+//!   Everything else packs an `mr`-row tile of A per K block (im2col on the fly, zeros for padding) into the
+//!   per-thread work buffer, laid out `A[k][mr]`; the final partial row tile always goes through packing.
+//! - Micro-kernel: `mr` rows (12, or fewer balanced rows when M is small, e.g. 5 x 10 rows for M = 49) x 4
+//!   columns, one f32x4 accumulator per row, one B vector per K step held in a register,
+//!   one broadcast-from-memory load of A per FMA; K loop with a header test and an unconditional back edge
+//!   carrying the accumulators. Unrolled by `ConvTiling::unroll` (default 2, the notes' best on Zen 4; on the
+//!   Intel Xeon this machine turned out to be, 1 and 2 measured the same within the (large) noise).
+//!   Partial tiles use fewer rows (compile-time) and masked column stores.
+//! - Blocking: K in blocks of about `kc` (whole taps when cin <= kc, channel chunks otherwise); outputs of earlier
+//!   K blocks are accumulated in the output buffer, the last block applies bias, relu, the residual add (read from
+//!   `input2`) and relu-after-add before storing.
+//! - Tasks: (block of row tiles) x (block of column panels); each task writes its own output rectangle.
+//!
+//! The output must not overlap either input (partial sums are stored in it).
+
+use super::util::*;
+use super::{CodegenError, Kernel, Session};
+use crate::ops::Conv;
+use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::Module;
+
+/// Rows of the micro-kernel.
+/// Rows of the micro-kernel at most; small layers use fewer, balanced rows (see `ConvPlan::mr`).
+pub const MR: usize = 12;
+/// Columns of the micro-kernel (one f32x4).
+pub const NR: usize = 4;
+
+/// Blocking parameters of convolution kernels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvTiling {
+    /// Target K block length.
+    pub kc: usize,
+    /// Row tiles per task, at most.
+    pub mc_tiles: usize,
+    /// Column panels (of 4 channels) per task, at most.
+    pub nc_panels: usize,
+    /// Shrink the blocks until there are at least this many tasks (see `ConvPlan::new`).
+    pub min_tasks: usize,
+    /// K steps per iteration of the micro-kernel loop.
+    pub unroll: usize,
+    /// Emit `fma(b, a, acc)` instead of `fma(a, b, acc)` (operand order affects register allocation).
+    pub fma_b_first: bool,
+}
+
+impl Default for ConvTiling {
+    fn default() -> Self {
+        ConvTiling { kc: 256, mc_tiles: 8, nc_panels: 64, min_tasks: 16, unroll: 2, fma_b_first: false }
+    }
+}
+
+/// Everything about one convolution that the generated code bakes in.
+#[derive(Clone, Debug)]
+pub struct ConvPlan {
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub pt: usize,
+    pub pl: usize,
+    pub m: usize,
+    pub taps: usize,
+    /// Channels per tap in the packed K dimension (cin rounded up to whole chunks).
+    pub cinp: usize,
+    /// Channel chunks per tap (1 when cin <= kc).
+    pub nch: usize,
+    /// Channels per chunk (== cin when nch == 1).
+    pub cc: usize,
+    /// Taps per K block (1 when nch > 1).
+    pub tpb: usize,
+    pub nkb: usize,
+    pub kc_full: usize,
+    pub kc_last: usize,
+    pub taps_last: usize,
+    /// Packed K = taps * cinp.
+    pub kp: usize,
+    pub npan: usize,
+    pub nfullpan: usize,
+    pub ntail: usize,
+    pub mtiles: usize,
+    /// Rows per tile (<= MR).
+    pub mr: usize,
+    pub mfull: usize,
+    pub mrem: usize,
+    pub direct: bool,
+    pub mct: usize,
+    pub ncp: usize,
+    pub nmb: usize,
+    pub nnb: usize,
+    pub bias: bool,
+    pub relu: bool,
+    pub residual: bool,
+    pub relu_after_add: bool,
+    pub unroll: usize,
+    pub fma_b_first: bool,
+}
+
+impl ConvPlan {
+    pub fn new(conv: &Conv, input: [usize; 3], t: &ConvTiling) -> Result<ConvPlan, String> {
+        let [h, w, cin] = input;
+        let [kh, kw] = conv.kernel;
+        let [sh, sw] = conv.strides;
+        let cout = conv.filters;
+        if h == 0 || w == 0 || cin == 0 || cout == 0 || kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+            return Err("zero-sized dimension".into());
+        }
+        let p = conv.padding.pads(h, w, conv.kernel, conv.strides);
+        let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
+        if hp < kh || wp < kw {
+            return Err(format!("kernel {kh}x{kw} larger than the padded input {hp}x{wp}"));
+        }
+        let (oh, ow) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+        let m = oh * ow;
+        let taps = kh * kw;
+        let kcmax = t.kc.max(8);
+        let (nch, cc, cinp, tpb, nkb) = if cin <= kcmax {
+            let tpb0 = (kcmax / cin).max(1);
+            let nkb = taps.div_ceil(tpb0);
+            let tpb = taps.div_ceil(nkb);
+            (1, cin, cin, tpb, nkb)
+        } else {
+            let nch = cin.div_ceil(kcmax);
+            let cc = cin.div_ceil(nch).next_multiple_of(2);
+            (nch, cc, nch * cc, 1, taps * nch)
+        };
+        let (kc_full, taps_last, kc_last) = if nch == 1 {
+            let tl = taps - (nkb - 1) * tpb;
+            (tpb * cin, tl, tl * cin)
+        } else {
+            (cc, 1, cc)
+        };
+        let direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && p.is_zero() && cinp == cin;
+        let npan = cout.div_ceil(NR);
+        // Balanced row tiles: e.g. M = 49 gives 5 tiles of 10 (+9) rows instead of 4 x 12 + 1.
+        let mr = m.div_ceil(m.div_ceil(MR));
+        let mtiles = m.div_ceil(mr);
+        // Tasks: blocks of row tiles x blocks of column panels. Below `min_tasks`, split rows first (down to
+        // 2 tiles per task: packing is repeated per column block), then columns (down to 4 panels).
+        let (mut mct, mut ncp) = (t.mc_tiles.max(1), t.nc_panels.max(1));
+        loop {
+            let tasks = mtiles.div_ceil(mct) * npan.div_ceil(ncp);
+            if tasks >= t.min_tasks {
+                break;
+            } else if mct > 2 && mtiles > mtiles.div_ceil(mct) {
+                mct /= 2;
+            } else if ncp > 4 && npan > npan.div_ceil(ncp) {
+                ncp /= 2;
+            } else {
+                break;
+            }
+        }
+        let nmb = mtiles.div_ceil(mct);
+        let mct = mtiles.div_ceil(nmb);
+        let nnb = npan.div_ceil(ncp);
+        let ncp = npan.div_ceil(nnb);
+        Ok(ConvPlan {
+            h,
+            w,
+            cin,
+            oh,
+            ow,
+            cout,
+            kh,
+            kw,
+            sh,
+            sw,
+            pt: p.top,
+            pl: p.left,
+            m,
+            taps,
+            cinp,
+            nch,
+            cc,
+            tpb,
+            nkb,
+            kc_full,
+            kc_last,
+            taps_last,
+            kp: taps * cinp,
+            npan,
+            nfullpan: cout / NR,
+            ntail: cout % NR,
+            mtiles,
+            mr,
+            mfull: m / mr,
+            mrem: m % mr,
+            direct,
+            mct,
+            ncp,
+            nmb,
+            nnb,
+            bias: conv.bias,
+            relu: conv.relu,
+            residual: conv.residual,
+            relu_after_add: conv.relu_after_add,
+            unroll: t.unroll,
+            fma_b_first: t.fma_b_first,
+        })
+    }
+
+    pub fn ntasks(&self) -> usize {
+        self.nmb * self.nnb
+    }
+
+    /// Per-thread work buffer (floats): one packed mr x kc tile of A, when any tile is packed.
+    pub fn work_floats(&self) -> usize {
+        if self.direct && self.mrem == 0 {
+            0
+        } else {
+            self.mr * self.kc_full.max(self.kc_last)
+        }
+    }
+
+    /// Float offset of the bias in the packed constants.
+    pub fn bias_offset(&self) -> usize {
+        self.npan * self.kp * NR
+    }
+
+    /// Packs the Keras kernel `[kh, kw, cin, cout]` (and bias) into `B[panel][k][4]` + bias.
+    pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let mut out = vec![0f32; self.bias_offset() + self.npan * NR];
+        for p in 0..self.npan {
+            for tap in 0..self.taps {
+                for c in 0..self.cin {
+                    let src = (tap * self.cin + c) * self.cout;
+                    let dst = (p * self.kp + tap * self.cinp + c) * NR;
+                    for j in 0..NR {
+                        let n = p * NR + j;
+                        if n < self.cout {
+                            out[dst + j] = kernel[src + n];
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bias) = bias {
+            let o = self.bias_offset();
+            out[o..o + self.cout].copy_from_slice(bias);
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ptrs {
+    inp: Value,
+    res: Value,
+    out: Value,
+    cst: Value,
+    work: Value,
+}
+
+#[derive(Clone, Copy)]
+struct BlockKind {
+    kc: usize,
+    ntaps: usize,
+    init_zero: bool,
+    epi: bool,
+}
+
+impl Session {
+    /// Compiles a convolution node: `input` is `[H, W, Cin]`, `kernel` the Keras kernel `[kh, kw, Cin, filters]`
+    /// flattened, `bias` the `[filters]` bias (required iff `conv.bias`). If `conv.residual`, the kernel reads
+    /// the residual (shape = output shape) from `KernelArgs::input2`.
+    pub fn conv(
+        &mut self,
+        name: &str,
+        conv: &Conv,
+        input: [usize; 3],
+        kernel: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Kernel, CodegenError> {
+        let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
+        let klen = plan.taps * plan.cin * plan.cout;
+        if kernel.len() != klen {
+            return Err(CodegenError::invalid(name, format!("kernel has {} floats, expected {klen}", kernel.len())));
+        }
+        match (conv.bias, bias) {
+            (true, Some(b)) if b.len() == plan.cout => {}
+            (false, None) => {}
+            (true, _) => return Err(CodegenError::invalid(name, format!("expected a bias of {} floats", plan.cout))),
+            (false, Some(_)) => return Err(CodegenError::invalid(name, "bias given to a conv without bias")),
+        }
+        let consts = plan.pack_weights(kernel, bias);
+        let id = self.begin(name)?;
+        let fcfg = self.module.isa().frontend_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let [a, work, start, end] = entry(&mut b);
+        let [inp, res, out, cst] = load_args(&mut b, a);
+        let ptrs = Ptrs { inp, res, out, cst, work };
+        for_range(&mut b, start, end, &[], |b, t, _| {
+            emit_task(b, &plan, ptrs, t);
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+        let out_shape = vec![plan.oh, plan.ow, plan.cout];
+        self.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)
+    }
+}
+
+fn emit_task(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, t: Value) {
+    let (mb, nb) = if p.nnb == 1 {
+        (t, iconst(b, 0))
+    } else {
+        (b.ins().udiv_imm_u(t, p.nnb as i64), b.ins().urem_imm_u(t, p.nnb as i64))
+    };
+    let mt0 = b.ins().imul_imm_s(mb, p.mct as i64);
+    let mt1 = b.ins().iadd_imm_s(mt0, p.mct as i64);
+    let mfull = iconst(b, p.mfull);
+    let mt_end = b.ins().umin(mt1, mfull);
+    let p0 = b.ins().imul_imm_s(nb, p.ncp as i64);
+    let p1 = b.ins().iadd_imm_s(p0, p.ncp as i64);
+    let nfull = iconst(b, p.nfullpan);
+    let p_end = b.ins().umin(p1, nfull);
+    let last_mb = b.ins().icmp_imm_s(IntCC::Equal, mb, (p.nmb - 1) as i64);
+    let last_nb = b.ins().icmp_imm_s(IntCC::Equal, nb, (p.nnb - 1) as i64);
+    let tiles = TaskTiles { mt0, mt_end, p0, p_end, last_mb, last_nb };
+    if p.nkb == 1 {
+        let kb = iconst(b, 0);
+        emit_block(b, p, ptrs, tiles, kb, BlockKind { kc: p.kc_last, ntaps: p.taps_last, init_zero: true, epi: true });
+    } else {
+        let full = |init_zero| BlockKind { kc: p.kc_full, ntaps: p.tpb, init_zero, epi: false };
+        let kb0 = iconst(b, 0);
+        emit_block(b, p, ptrs, tiles, kb0, full(true));
+        if p.nkb > 2 {
+            let lo = iconst(b, 1);
+            let hi = iconst(b, p.nkb - 1);
+            for_range(b, lo, hi, &[], |b, kb, _| {
+                emit_block(b, p, ptrs, tiles, kb, full(false));
+                vec![]
+            });
+        }
+        let kbl = iconst(b, p.nkb - 1);
+        emit_block(
+            b,
+            p,
+            ptrs,
+            tiles,
+            kbl,
+            BlockKind { kc: p.kc_last, ntaps: p.taps_last, init_zero: false, epi: true },
+        );
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TaskTiles {
+    mt0: Value,
+    mt_end: Value,
+    p0: Value,
+    p_end: Value,
+    last_mb: Value,
+    last_nb: Value,
+}
+
+/// One K block over the task's tiles.
+fn emit_block(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, tt: TaskTiles, kb: Value, kind: BlockKind) {
+    // B for panel `pan` of this block: cst + (pan*kp + kb*kc_full)*16 bytes.
+    let kb_off = b.ins().imul_imm_s(kb, (p.kc_full * NR * 4) as i64);
+    let bbase = b.ins().iadd(ptrs.cst, kb_off);
+    let panels = |b: &mut FunctionBuilder, a: (Value, usize, usize), m0: Value, rows: usize| {
+        for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
+            micro(b, p, ptrs, a, bbase, pan, m0, rows, NR, kind);
+            vec![]
+        });
+        if p.ntail > 0 {
+            if_then(b, tt.last_nb, |b| {
+                let pan = iconst(b, p.nfullpan);
+                micro(b, p, ptrs, a, bbase, pan, m0, rows, p.ntail, kind);
+            });
+        }
+    };
+    if p.mfull > 0 {
+        for_range(b, tt.mt0, tt.mt_end, &[], |b, mt, _| {
+            let m0 = b.ins().imul_imm_s(mt, p.mr as i64);
+            let a = if p.direct {
+                // A row m at inp + (m*cin + c0)*4, c0 = kb*cc (taps == 1).
+                let c0 = b.ins().imul_imm_s(kb, p.cc as i64);
+                let mc = b.ins().imul_imm_s(m0, p.cin as i64);
+                let e = b.ins().iadd(mc, c0);
+                let ap = addr(b, ptrs.inp, e, 4, 0);
+                (ap, p.cin * 4, 4)
+            } else {
+                emit_pack(b, p, ptrs, m0, kb, kind);
+                (ptrs.work, 4, p.mr * 4)
+            };
+            panels(b, a, m0, p.mr);
+            vec![]
+        });
+    }
+    if p.mrem > 0 {
+        if_then(b, tt.last_mb, |b| {
+            let m0 = iconst(b, p.mfull * p.mr);
+            emit_pack(b, p, ptrs, m0, kb, kind);
+            panels(b, (ptrs.work, 4, p.mr * 4), m0, p.mrem);
+        });
+    }
+}
+
+/// Packs the `mr`-row tile of A starting at output pixel `m0` for K block `kb` into `work` as `A[k][mr]`.
+fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: Value, kind: BlockKind) {
+    let st = mf_rw().with_aligned();
+    let (tap0, c0, clen, valid): (Value, Value, usize, Option<usize>) = if p.nch == 1 {
+        let tap0 = b.ins().imul_imm_s(kb, p.tpb as i64);
+        (tap0, iconst(b, 0), p.cin, Some(p.cin))
+    } else {
+        let tap0 = b.ins().udiv_imm_u(kb, p.nch as i64);
+        let ch = b.ins().urem_imm_u(kb, p.nch as i64);
+        let c0 = b.ins().imul_imm_s(ch, p.cc as i64);
+        (tap0, c0, p.cc, if p.cinp == p.cin { Some(p.cc) } else { None })
+    };
+    let lo = iconst(b, 0);
+    let hi = iconst(b, p.mr);
+    for_range(b, lo, hi, &[], |b, i, _| {
+        let m = b.ins().iadd(m0, i);
+        let row_ok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, m, p.m as i64);
+        let dst_row = addr(b, ptrs.work, i, 4, 0);
+        if_else(
+            b,
+            row_ok,
+            |b| {
+                let (oy, ox) = if p.ow == 1 {
+                    (m, iconst(b, 0))
+                } else {
+                    (b.ins().udiv_imm_u(m, p.ow as i64), b.ins().urem_imm_u(m, p.ow as i64))
+                };
+                let oys = b.ins().imul_imm_s(oy, p.sh as i64);
+                let iy0 = b.ins().iadd_imm_s(oys, -(p.pt as i64));
+                let oxs = b.ins().imul_imm_s(ox, p.sw as i64);
+                let ix0 = b.ins().iadd_imm_s(oxs, -(p.pl as i64));
+                let one_tap = |b: &mut FunctionBuilder, t: Value| {
+                    let tap = b.ins().iadd(tap0, t);
+                    let (ky, kx) = if p.kw == 1 {
+                        (tap, iconst(b, 0))
+                    } else {
+                        (b.ins().udiv_imm_u(tap, p.kw as i64), b.ins().urem_imm_u(tap, p.kw as i64))
+                    };
+                    let iy = b.ins().iadd(iy0, ky);
+                    let ix = b.ins().iadd(ix0, kx);
+                    let yok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, iy, p.h as i64);
+                    let xok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, ix, p.w as i64);
+                    let ok = b.ins().band(yok, xok);
+                    // dst = dst_row + t*clen*48
+                    let dst = addr(b, dst_row, t, clen * p.mr * 4, 0);
+                    if_else(
+                        b,
+                        ok,
+                        |b| {
+                            let yw = b.ins().imul_imm_s(iy, p.w as i64);
+                            let pix = b.ins().iadd(yw, ix);
+                            let e = b.ins().imul_imm_s(pix, p.cin as i64);
+                            let e = b.ins().iadd(e, c0);
+                            let src = addr(b, ptrs.inp, e, 4, 0);
+                            match valid {
+                                Some(n) => copy_const(b, src, dst, n, p.mr, st),
+                                None => {
+                                    let cinv = iconst(b, p.cin);
+                                    let rest = b.ins().isub(cinv, c0);
+                                    let ccv = iconst(b, p.cc);
+                                    let n = b.ins().umin(rest, ccv);
+                                    let z = iconst(b, 0);
+                                    for_range(b, z, n, &[], |b, c, _| {
+                                        let s = addr(b, src, c, 4, 0);
+                                        let x = b.ins().load(types::F32, mf_input_scalar(), s, 0);
+                                        let d = addr(b, dst, c, p.mr * 4, 0);
+                                        b.ins().store(st, x, d, 0);
+                                        vec![]
+                                    });
+                                    let clenv = iconst(b, clen);
+                                    let zf = b.ins().f32const(0.0);
+                                    for_range(b, n, clenv, &[], |b, c, _| {
+                                        let d = addr(b, dst, c, p.mr * 4, 0);
+                                        b.ins().store(st, zf, d, 0);
+                                        vec![]
+                                    });
+                                }
+                            }
+                        },
+                        |b| zero_const(b, dst, clen, p.mr, st),
+                    );
+                };
+                if kind.ntaps == 1 {
+                    let t = iconst(b, 0);
+                    one_tap(b, t);
+                } else {
+                    let z = iconst(b, 0);
+                    let nt = iconst(b, kind.ntaps);
+                    for_range(b, z, nt, &[], |b, t, _| {
+                        one_tap(b, t);
+                        vec![]
+                    });
+                }
+            },
+            |b| zero_const(b, dst_row, kind.kc, p.mr, st),
+        );
+        vec![]
+    });
+}
+
+/// `dst[c*mr*4] = src[c*4]` for c in 0..n (bytes), unrolled by 4.
+fn copy_const(b: &mut FunctionBuilder, src: Value, dst: Value, n: usize, mr: usize, st: MemFlagsData) {
+    let groups = n / 4;
+    let one = |b: &mut FunctionBuilder, s: Value, d: Value, c: usize| {
+        let x = b.ins().load(types::F32, mf_input_scalar(), s, (c * 4) as i32);
+        b.ins().store(st, x, d, (c * mr * 4) as i32);
+    };
+    if groups > 0 {
+        let z = iconst(b, 0);
+        let g = iconst(b, groups);
+        for_range(b, z, g, &[], |b, gi, _| {
+            let s = addr(b, src, gi, 16, 0);
+            let d = addr(b, dst, gi, 4 * mr * 4, 0);
+            for c in 0..4 {
+                one(b, s, d, c);
+            }
+            vec![]
+        });
+    }
+    for c in groups * 4..n {
+        one(b, src, dst, c);
+    }
+}
+
+/// `dst[c*mr*4] = 0` for c in 0..n.
+fn zero_const(b: &mut FunctionBuilder, dst: Value, n: usize, mr: usize, st: MemFlagsData) {
+    let zf = b.ins().f32const(0.0);
+    let groups = n / 4;
+    if groups > 0 {
+        let z = iconst(b, 0);
+        let g = iconst(b, groups);
+        for_range(b, z, g, &[], |b, gi, _| {
+            let d = addr(b, dst, gi, 4 * mr * 4, 0);
+            for c in 0..4 {
+                b.ins().store(st, zf, d, (c * mr * 4) as i32);
+            }
+            vec![]
+        });
+    }
+    for c in groups * 4..n {
+        b.ins().store(st, zf, dst, (c * mr * 4) as i32);
+    }
+}
+
+/// One `rows` x `lanes` output tile over one K block: accumulate, then store (with the epilogue if last block).
+/// `a` = (A pointer, row stride, k stride) in bytes.
+#[allow(clippy::too_many_arguments)]
+fn micro(
+    b: &mut FunctionBuilder,
+    p: &ConvPlan,
+    ptrs: Ptrs,
+    a: (Value, usize, usize),
+    bbase: Value,
+    pan: Value,
+    m0: Value,
+    rows: usize,
+    lanes: usize,
+    kind: BlockKind,
+) {
+    let (ap0, rs, ks) = a;
+    let aflags = if p.direct && rs != 4 { mf_input_scalar() } else { mf_packed() };
+    let bp0 = addr(b, bbase, pan, p.kp * NR * 4, 0);
+    // Output tile base: out + (m0*cout + pan*4)*4.
+    let mrow = b.ins().imul_imm_s(m0, p.cout as i64);
+    let pcol = b.ins().imul_imm_s(pan, NR as i64);
+    let e = b.ins().iadd(mrow, pcol);
+    let cbase = addr(b, ptrs.out, e, 4, 0);
+    let rstride = (p.cout * 4) as i32;
+    let mut accs: Vec<Value> = (0..rows)
+        .map(|i| if kind.init_zero { zero4(b) } else { load_lanes(b, mf_rw(), cbase, i as i32 * rstride, lanes) })
+        .collect();
+    let fma_step = |b: &mut FunctionBuilder, accs: &mut [Value], ap: Value, aoff: usize, bv: Value| {
+        for (i, acc) in accs.iter_mut().enumerate() {
+            let x = b.ins().load(types::F32, aflags, ap, (aoff + i * rs) as i32);
+            let s = b.ins().splat(types::F32X4, x);
+            *acc = if p.fma_b_first { b.ins().fma(bv, s, *acc) } else { b.ins().fma(s, bv, *acc) };
+        }
+    };
+    let u = p.unroll.max(1);
+    let nsteps = kind.kc / u;
+    let (mut bp, mut ap) = (bp0, ap0);
+    if nsteps > 0 {
+        let bend = b.ins().iadd_imm_s(bp0, (nsteps * u * NR * 4) as i64);
+        let header = b.create_block();
+        let body = b.create_block();
+        let exit = b.create_block();
+        b.append_block_param(header, types::I64);
+        b.append_block_param(header, types::I64);
+        for _ in 0..rows {
+            b.append_block_param(header, types::F32X4);
+        }
+        let mut init = vec![bp0, ap0];
+        init.extend_from_slice(&accs);
+        b.ins().jump(header, &args(&init));
+        b.switch_to_block(header);
+        let hp = b.block_params(header).to_vec();
+        let cond = b.ins().icmp(IntCC::UnsignedLessThan, hp[0], bend);
+        b.ins().brif(cond, body, &[], exit, &[]);
+        b.switch_to_block(body);
+        let mut acc2 = hp[2..].to_vec();
+        let bvs: Vec<Value> = (0..u).map(|j| b.ins().load(types::F32X4, mf_packed(), hp[0], (16 * j) as i32)).collect();
+        for (j, &bv) in bvs.iter().enumerate() {
+            fma_step(b, &mut acc2, hp[1], j * ks, bv);
+        }
+        let bpn = b.ins().iadd_imm_s(hp[0], (16 * u) as i64);
+        let apn = b.ins().iadd_imm_s(hp[1], (u * ks) as i64);
+        let mut back = vec![bpn, apn];
+        back.extend_from_slice(&acc2);
+        b.ins().jump(header, &args(&back));
+        b.switch_to_block(exit);
+        bp = hp[0];
+        ap = hp[1];
+        accs = hp[2..].to_vec();
+    }
+    for j in 0..kind.kc % u {
+        let b0 = b.ins().load(types::F32X4, mf_packed(), bp, (16 * j) as i32);
+        fma_step(b, &mut accs, ap, j * ks, b0);
+    }
+    // Store (and the epilogue on the last K block).
+    let bias = (kind.epi && p.bias).then(|| {
+        let bo = addr(b, ptrs.cst, pan, NR * 4, (p.bias_offset() * 4) as i64);
+        b.ins().load(types::F32X4, mf_packed(), bo, 0)
+    });
+    let rbase = (kind.epi && p.residual).then(|| addr(b, ptrs.res, e, 4, 0));
+    for (i, &acc) in accs.iter().enumerate() {
+        let off = i as i32 * rstride;
+        let mut v = acc;
+        if kind.epi {
+            if let Some(bv) = bias {
+                v = b.ins().fadd(v, bv);
+            }
+            if p.relu {
+                v = relu4(b, v);
+            }
+            if let Some(rb) = rbase {
+                let r = load_lanes(b, mf_input(), rb, off, lanes);
+                v = b.ins().fadd(v, r);
+            }
+            if p.relu_after_add {
+                v = relu4(b, v);
+            }
+        }
+        store_lanes(b, mf_rw(), v, cbase, off, lanes);
+    }
+}

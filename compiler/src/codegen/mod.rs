@@ -1,0 +1,294 @@
+//! Cranelift code generation: shape-specialized JIT kernels following the runtime's kernel ABI.
+//!
+//! A [`Session`] owns one `JITModule` (ISA flags from `cranelift_native`, `opt_level=speed`) and one reused
+//! `Context` / `FunctionBuilderContext`. Each `Session::conv`, `Session::max_pool`, … call takes an op, its
+//! input shape and its weights (Keras layouts, flat `f32`), emits one function, and returns a [`Kernel`]:
+//! the packed constants the function reads, its task count, its per-thread work-buffer size and its output
+//! shape. [`Session::finish`] finalizes the module and returns the [`JitCode`] that owns the machine code and
+//! hands out [`resnetc_runtime::KernelFn`] pointers; give it to `ProgramBuilder::keep_alive`.
+//!
+//! Every kernel follows `resnetc_runtime::abi`: `fn(args: *const KernelArgs, work: *mut f32, start, end)`.
+//! With `SessionOptions::keep_ir`, each kernel carries its cranelift IR as text (`--emit clif`).
+//!
+//! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue.
+//! - [`pool`]: max/avg pooling (Keras same-padding semantics) and global pooling.
+//! - [`dense`]: dense layers (GEMV over weights packed by 4 units) with relu/softmax.
+
+pub mod conv;
+pub mod dense;
+pub mod pool;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+use cranelift_codegen::ir::{types, AbiParam, Signature, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use resnetc_runtime::{Buf, KernelFn, ProgramBuilder, Step};
+
+pub use conv::ConvTiling;
+
+/// Errors from code generation.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    #[error("cranelift: {0}")]
+    Cranelift(String),
+    #[error("invalid kernel `{name}`: {msg}")]
+    Invalid { name: String, msg: String },
+}
+
+impl CodegenError {
+    pub(crate) fn invalid(name: &str, msg: impl Into<String>) -> CodegenError {
+        CodegenError::Invalid { name: name.to_string(), msg: msg.into() }
+    }
+}
+
+fn cl<E: std::fmt::Display>(e: E) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+/// Options of a code-generation session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Run cranelift's IR verifier on every function (on in tests).
+    pub verify: bool,
+    /// Keep each kernel's cranelift IR as text in [`Kernel::clif`].
+    pub keep_ir: bool,
+    /// Keep each kernel's machine code listing (VCode) in [`Kernel::asm`].
+    pub keep_asm: bool,
+    /// Convolution blocking parameters.
+    pub conv_tiling: ConvTiling,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            verify: cfg!(debug_assertions),
+            keep_ir: false,
+            keep_asm: false,
+            conv_tiling: ConvTiling::default(),
+        }
+    }
+}
+
+/// Handle of a kernel inside a session's module; resolve it with [`JitCode::kernel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelId(FuncId);
+
+/// One generated kernel and what the runtime needs to call it.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub name: String,
+    pub id: KernelId,
+    /// Packed constants the kernel reads through `KernelArgs::consts` (add them with `ProgramBuilder::add_consts`).
+    pub consts: Vec<f32>,
+    /// The kernel's task count (`Step::ntasks`).
+    pub ntasks: usize,
+    /// Per-thread work buffer size in floats (`Step::work_floats`); 0 if none.
+    pub work_floats: usize,
+    /// Whether the kernel reads `KernelArgs::input2` (a convolution's residual input).
+    pub uses_input2: bool,
+    /// Output shape of one batch item.
+    pub out_shape: Vec<usize>,
+    /// The function's cranelift IR, if `keep_ir`.
+    pub clif: Option<String>,
+    /// The function's machine code listing, if `keep_asm`.
+    pub asm: Option<String>,
+}
+
+impl Kernel {
+    /// Adds this kernel's constants to `pb` and returns the runtime step calling it. `input2` is the residual
+    /// input of a conv with `residual` (must be given exactly when [`Kernel::uses_input2`]).
+    pub fn step(
+        &self,
+        code: &JitCode,
+        pb: &mut ProgramBuilder,
+        input: Buf,
+        input2: Option<Buf>,
+        output: Buf,
+    ) -> Result<Step, CodegenError> {
+        if input2.is_some() != self.uses_input2 {
+            return Err(CodegenError::invalid(&self.name, "input2 must be given exactly for residual convolutions"));
+        }
+        let out_len: usize = self.out_shape.iter().product();
+        if output.len != out_len {
+            return Err(CodegenError::invalid(
+                &self.name,
+                format!("output buffer has {} floats, expected {out_len}", output.len),
+            ));
+        }
+        let consts = (!self.consts.is_empty()).then(|| pb.add_consts(&self.consts));
+        Ok(Step {
+            name: self.name.clone(),
+            kernel: code.kernel(self.id),
+            input: Some(input),
+            input2,
+            output,
+            consts,
+            ntasks: self.ntasks,
+            work_floats: self.work_floats,
+        })
+    }
+}
+
+/// Owns the finalized JIT code; drop it only after every program using its kernels is gone.
+pub struct JitCode {
+    module: Option<JITModule>,
+    funcs: Vec<(FuncId, KernelFn)>,
+}
+
+// SAFETY: after finalization the module is never touched again except to free its memory on drop (which
+// needs `&mut self`); the function pointers it hands out point to immutable, executable memory.
+unsafe impl Send for JitCode {}
+unsafe impl Sync for JitCode {}
+
+impl JitCode {
+    /// The callable kernel for `id` (panics if `id` comes from another session).
+    pub fn kernel(&self, id: KernelId) -> KernelFn {
+        self.funcs.iter().find(|(f, _)| *f == id.0).map(|(_, k)| *k).expect("kernel id from another session")
+    }
+}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the owner of JitCode guarantees no kernel runs any more (see the type's docs).
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// A code-generation session: one JIT module, one reused builder context. See the module docs.
+pub struct Session {
+    pub(crate) module: JITModule,
+    pub(crate) ctx: Context,
+    pub(crate) fctx: FunctionBuilderContext,
+    pub(crate) opts: SessionOptions,
+    funcs: Vec<FuncId>,
+    softmax_fn: Option<FuncId>,
+    count: u32,
+}
+
+impl Session {
+    pub fn new() -> Result<Session, CodegenError> {
+        Session::with_options(SessionOptions::default())
+    }
+
+    pub fn with_options(opts: SessionOptions) -> Result<Session, CodegenError> {
+        let mut fb = settings::builder();
+        fb.set("opt_level", "speed").map_err(cl)?;
+        fb.set("enable_verifier", if opts.verify { "true" } else { "false" }).map_err(cl)?;
+        fb.set("use_colocated_libcalls", "false").map_err(cl)?;
+        fb.set("is_pic", "false").map_err(cl)?;
+        let isa = cranelift_native::builder().map_err(cl)?.finish(settings::Flags::new(fb)).map_err(cl)?;
+        let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+        jb.symbol("resnetc_softmax", dense::softmax_in_place as *const u8);
+        let module = JITModule::new(jb);
+        let ctx = module.make_context();
+        Ok(Session {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            opts,
+            funcs: Vec::new(),
+            softmax_fn: None,
+            count: 0,
+        })
+    }
+
+    /// The kernel ABI's signature: (args ptr, work ptr, start, end) -> ().
+    pub(crate) fn kernel_signature(&self) -> Signature {
+        let mut sig = self.module.make_signature();
+        for _ in 0..4 {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        sig
+    }
+
+    /// Prepares `self.ctx` for a new kernel function; returns its id.
+    pub(crate) fn begin(&mut self, name: &str) -> Result<FuncId, CodegenError> {
+        self.module.clear_context(&mut self.ctx);
+        let sig = self.kernel_signature();
+        self.count += 1;
+        let sym = format!("k{}_{}", self.count, sanitize(name));
+        let id = self.module.declare_function(&sym, Linkage::Local, &sig).map_err(cl)?;
+        self.ctx.func.signature = sig;
+        self.ctx.func.name = UserFuncName::user(0, id.as_u32());
+        Ok(id)
+    }
+
+    /// The imported `resnetc_softmax(ptr, n)` helper, declared once per session.
+    pub(crate) fn softmax_import(&mut self) -> Result<FuncId, CodegenError> {
+        if let Some(f) = self.softmax_fn {
+            return Ok(f);
+        }
+        let mut sig = self.module.make_signature();
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params.push(AbiParam::new(types::I64));
+        let f = self.module.declare_function("resnetc_softmax", Linkage::Import, &sig).map_err(cl)?;
+        self.softmax_fn = Some(f);
+        Ok(f)
+    }
+
+    /// Compiles the function in `self.ctx` (built after [`Session::begin`]) into the module.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn end(
+        &mut self,
+        id: FuncId,
+        name: &str,
+        consts: Vec<f32>,
+        ntasks: usize,
+        work_floats: usize,
+        uses_input2: bool,
+        out_shape: Vec<usize>,
+    ) -> Result<Kernel, CodegenError> {
+        let clif = self.opts.keep_ir.then(|| self.ctx.func.display().to_string());
+        self.ctx.set_disasm(self.opts.keep_asm);
+        self.module.define_function(id, &mut self.ctx).map_err(|e| match e {
+            cranelift_module::ModuleError::Compilation(cranelift_codegen::CodegenError::Verifier(v)) => {
+                CodegenError::Cranelift(format!(
+                    "verifier errors in `{name}`:\n{}",
+                    cranelift_codegen::print_errors::pretty_verifier_error(&self.ctx.func, None, v)
+                ))
+            }
+            e => CodegenError::Cranelift(format!("{e:?}")),
+        })?;
+        let asm = if self.opts.keep_asm { self.ctx.compiled_code().and_then(|c| c.vcode.clone()) } else { None };
+        self.module.clear_context(&mut self.ctx);
+        self.funcs.push(id);
+        Ok(Kernel {
+            name: name.to_string(),
+            id: KernelId(id),
+            consts,
+            ntasks: ntasks.max(1),
+            work_floats,
+            uses_input2,
+            out_shape,
+            clif,
+            asm,
+        })
+    }
+
+    /// Finalizes all kernels and returns the code owner.
+    pub fn finish(mut self) -> Result<JitCode, CodegenError> {
+        self.module.finalize_definitions().map_err(cl)?;
+        let funcs = self
+            .funcs
+            .iter()
+            .map(|&f| {
+                let p = self.module.get_finalized_function(f);
+                // SAFETY: every function was declared with the kernel ABI's signature (see `kernel_signature`).
+                (f, unsafe { std::mem::transmute::<*const u8, KernelFn>(p) })
+            })
+            .collect();
+        Ok(JitCode { module: Some(self.module), funcs })
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}

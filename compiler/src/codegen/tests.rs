@@ -1,0 +1,510 @@
+//! Tests of the generated kernels against naive nested-loop references.
+
+use super::pool::PoolKind;
+use super::*;
+use crate::ops::{Activation, Conv, Padding, Pads, Pool};
+use proptest::prelude::*;
+use resnetc_runtime::{AlignedBuf, Buf, KernelArgs, ProgramBuilder, ThreadPool};
+use std::sync::Arc;
+
+fn opts() -> SessionOptions {
+    SessionOptions { verify: true, ..SessionOptions::default() }
+}
+
+/// A deterministic pseudo-random vector in [-1, 1).
+fn rnd(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Calls a kernel on one batch item, task by task, on the calling thread.
+fn call(code: &JitCode, k: &Kernel, input: &[f32], input2: Option<&[f32]>) -> Vec<f32> {
+    let out_len: usize = k.out_shape.iter().product();
+    // Guard floats around the output catch out-of-bounds stores.
+    let guard = 64;
+    let mut out = AlignedBuf::zeroed(out_len + 2 * guard);
+    out.as_mut_slice().fill(f32::from_bits(0x7fc0_dead));
+    let consts = AlignedBuf::from_slice(&k.consts);
+    let mut work = AlignedBuf::zeroed(k.work_floats.max(1));
+    let inp = AlignedBuf::from_slice(input);
+    let in2 = input2.map(AlignedBuf::from_slice);
+    let args = KernelArgs {
+        input: inp.as_ptr(),
+        input2: in2.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()),
+        output: unsafe { out.as_mut_ptr().add(guard) },
+        consts: consts.as_ptr(),
+    };
+    let f = code.kernel(k.id);
+    // Run tasks in reverse order, one at a time, to check that they are independent.
+    for t in (0..k.ntasks).rev() {
+        unsafe { f(&args, work.as_mut_ptr(), t, t + 1) };
+    }
+    let s = out.as_slice();
+    for g in s[..guard].iter().chain(&s[guard + out_len..]) {
+        assert_eq!(g.to_bits(), 0x7fc0_dead, "kernel wrote outside its output");
+    }
+    s[guard..guard + out_len].to_vec()
+}
+
+#[derive(Clone, Debug)]
+struct ConvCase {
+    h: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    padding: Padding,
+    bias: bool,
+    relu: bool,
+    residual: bool,
+    relu_after_add: bool,
+}
+
+fn naive_conv(c: &ConvCase, x: &[f32], wt: &[f32], bias: &[f32], res: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let p = c.padding.pads(c.h, c.w, c.k, c.s);
+    let oh = (c.h + p.top + p.bottom - c.k[0]) / c.s[0] + 1;
+    let ow = (c.w + p.left + p.right - c.k[1]) / c.s[1] + 1;
+    let mut y = vec![0f32; oh * ow * c.cout];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for n in 0..c.cout {
+                let mut acc = 0f64;
+                for ky in 0..c.k[0] {
+                    for kx in 0..c.k[1] {
+                        let iy = (oy * c.s[0] + ky) as isize - p.top as isize;
+                        let ix = (ox * c.s[1] + kx) as isize - p.left as isize;
+                        if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                            continue;
+                        }
+                        for ci in 0..c.cin {
+                            let xv = x[(iy as usize * c.w + ix as usize) * c.cin + ci] as f64;
+                            let wv = wt[((ky * c.k[1] + kx) * c.cin + ci) * c.cout + n] as f64;
+                            acc += xv * wv;
+                        }
+                    }
+                }
+                if c.bias {
+                    acc += bias[n] as f64;
+                }
+                if c.relu {
+                    acc = acc.max(0.0);
+                }
+                let o = (oy * ow + ox) * c.cout + n;
+                if c.residual {
+                    acc += res[o] as f64;
+                }
+                if c.relu_after_add {
+                    acc = acc.max(0.0);
+                }
+                y[o] = acc as f32;
+            }
+        }
+    }
+    (vec![oh, ow, c.cout], y)
+}
+
+fn conv_op(c: &ConvCase) -> Conv {
+    let mut op = Conv::new(c.cout, c.k, c.s, c.padding, c.bias);
+    op.relu = c.relu;
+    op.residual = c.residual;
+    op.relu_after_add = c.relu_after_add;
+    op
+}
+
+fn check_close(got: &[f32], want: &[f32], what: &str) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} != {}", got.len(), want.len()));
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-4 * w.abs().max(1.0);
+        if !((g - w).abs() <= tol) {
+            return Err(format!("{what}: element {i}: got {g}, want {w}"));
+        }
+    }
+    Ok(())
+}
+
+fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String> {
+    let x = rnd(c.h * c.w * c.cin, 1);
+    let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
+    let bias = rnd(c.cout, 3);
+    let p = c.padding.pads(c.h, c.w, c.k, c.s);
+    let oh = (c.h + p.top + p.bottom - c.k[0]) / c.s[0] + 1;
+    let ow = (c.w + p.left + p.right - c.k[1]) / c.s[1] + 1;
+    let res = rnd(oh * ow * c.cout, 4);
+    let (shape, want) = naive_conv(c, &x, &wt, &bias, &res);
+    let mut o = opts();
+    if let Some(t) = tiling {
+        o.conv_tiling = t;
+    }
+    let mut s = Session::with_options(o).map_err(|e| e.to_string())?;
+    let k =
+        s.conv("conv", &conv_op(c), [c.h, c.w, c.cin], &wt, c.bias.then_some(&bias[..])).map_err(|e| e.to_string())?;
+    if k.out_shape != shape {
+        return Err(format!("shape {:?} != {:?}", k.out_shape, shape));
+    }
+    let code = s.finish().map_err(|e| e.to_string())?;
+    let got = call(&code, &k, &x, c.residual.then_some(&res[..]));
+    check_close(&got, &want, &format!("{c:?}"))
+}
+
+fn small_tiling() -> ConvTiling {
+    // Tiny blocks: exercises K blocking (first/middle/last), channel chunks and many tasks on small shapes.
+    ConvTiling { kc: 8, mc_tiles: 1, nc_panels: 1, min_tasks: 1, unroll: 3, ..ConvTiling::default() }
+}
+
+fn case(h: usize, w: usize, cin: usize, cout: usize, k: usize, s: usize, padding: Padding) -> ConvCase {
+    ConvCase {
+        h,
+        w,
+        cin,
+        cout,
+        k: [k, k],
+        s: [s, s],
+        padding,
+        bias: true,
+        relu: false,
+        residual: false,
+        relu_after_add: false,
+    }
+}
+
+#[test]
+fn codegen_conv_1x1_direct() {
+    run_conv_case(&case(6, 8, 16, 8, 1, 1, Padding::Valid), None).unwrap();
+    run_conv_case(&case(7, 7, 64, 36, 1, 1, Padding::Same), None).unwrap();
+}
+
+#[test]
+fn codegen_conv_3x3_same_with_epilogue() {
+    let mut c = case(9, 11, 13, 10, 3, 1, Padding::Same);
+    c.relu = true;
+    c.residual = true;
+    c.relu_after_add = true;
+    run_conv_case(&c, None).unwrap();
+    run_conv_case(&c, Some(small_tiling())).unwrap();
+}
+
+#[test]
+fn codegen_conv_k_blocking_and_channel_chunks() {
+    // cin > kc: channel chunks (cin=300 -> 2 chunks of 150 at kc=256; 3 chunks of 7 + padding at kc=8).
+    let c = case(5, 4, 300, 9, 1, 1, Padding::Valid);
+    run_conv_case(&c, None).unwrap();
+    run_conv_case(&c, Some(small_tiling())).unwrap();
+    let c = case(6, 5, 19, 5, 3, 2, Padding::Same);
+    run_conv_case(&c, Some(small_tiling())).unwrap();
+    let c = case(8, 8, 9, 7, 3, 1, Padding::Explicit(Pads { top: 2, bottom: 0, left: 1, right: 3 }));
+    run_conv_case(&c, Some(small_tiling())).unwrap();
+}
+
+#[test]
+fn codegen_conv_resnet_stem_like() {
+    // 7x7/2 same on 3 channels (K = 147, odd).
+    let mut c = case(20, 18, 3, 16, 7, 2, Padding::Same);
+    c.relu = true;
+    run_conv_case(&c, None).unwrap();
+}
+
+#[test]
+fn codegen_conv_edge_cases() {
+    let mut cases = vec![
+        case(1, 1, 4, 4, 1, 1, Padding::Valid),   // M = 1: a single one-row tile
+        case(1, 1, 1, 1, 7, 3, Padding::Same),    // 7x7 window over a 1x1 map, all padding but the centre
+        case(7, 7, 1, 70, 3, 3, Padding::Valid),  // cin = 1, stride 3
+        case(40, 1, 5, 3, 5, 2, Padding::Same),   // a column map
+        case(7, 7, 512, 6, 1, 1, Padding::Valid), // M = 49: balanced 10-row tiles, 2 channel chunks
+        case(14, 14, 3, 5, 2, 2, Padding::Same),  // even kernel: Keras puts the extra padding bottom/right
+    ];
+    cases[2].bias = false;
+    cases[3].residual = true;
+    cases[4].relu = true;
+    cases[4].residual = true;
+    cases[4].relu_after_add = true;
+    for c in &cases {
+        run_conv_case(c, None).unwrap();
+        run_conv_case(c, Some(small_tiling())).unwrap();
+    }
+}
+
+fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3),
+        (1usize..=70, 1usize..=70),
+        (0usize..=40, 0usize..=40),
+        any::<bool>(),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|((kh, kw, sh, sw), (cin, cout), (dh, dw), same, (bias, relu, residual, raa))| {
+            // Spatial size 1..=40 but at least the kernel size for valid padding.
+            let h = if same { dh.max(1) } else { (kh + dh).min(40).max(kh) };
+            let w = if same { dw.max(1) } else { (kw + dw).min(40).max(kw) };
+            ConvCase {
+                h,
+                w,
+                cin,
+                cout,
+                k: [kh, kw],
+                s: [sh, sw],
+                padding: if same { Padding::Same } else { Padding::Valid },
+                bias,
+                relu,
+                residual,
+                relu_after_add: raa,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn codegen_conv_matches_naive(c in conv_case_strategy()) {
+        run_conv_case(&c, None).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn codegen_conv_matches_naive_small_blocks(c in conv_case_strategy()) {
+        run_conv_case(&c, Some(small_tiling())).map_err(TestCaseError::fail)?;
+    }
+}
+
+// ---- pools and dense ----
+
+fn naive_pool(kind: PoolKind, p: &Pool, [h, w, c]: [usize; 3], x: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let pads = p.padding.pads(h, w, p.size, p.strides);
+    let oh = (h + pads.top + pads.bottom - p.size[0]) / p.strides[0] + 1;
+    let ow = (w + pads.left + pads.right - p.size[1]) / p.strides[1] + 1;
+    let mut y = vec![0f32; oh * ow * c];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ch in 0..c {
+                let (mut m, mut s, mut n) = (f32::NEG_INFINITY, 0f64, 0usize);
+                for ky in 0..p.size[0] {
+                    for kx in 0..p.size[1] {
+                        let iy = (oy * p.strides[0] + ky) as isize - pads.top as isize;
+                        let ix = (ox * p.strides[1] + kx) as isize - pads.left as isize;
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let v = x[(iy as usize * w + ix as usize) * c + ch];
+                        m = m.max(v);
+                        s += v as f64;
+                        n += 1;
+                    }
+                }
+                y[(oy * ow + ox) * c + ch] = match kind {
+                    PoolKind::Max => m,
+                    PoolKind::Avg => (s / n as f64) as f32,
+                };
+            }
+        }
+    }
+    (vec![oh, ow, c], y)
+}
+
+#[test]
+fn codegen_pools_match_naive() {
+    let shapes = [[7usize, 9, 5], [8, 8, 4], [1, 1, 3], [13, 6, 9], [5, 5, 64]];
+    let pools = [
+        Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same },
+        Pool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+        Pool { size: [3, 2], strides: [1, 2], padding: Padding::Same },
+        Pool { size: [1, 1], strides: [1, 1], padding: Padding::Valid },
+        Pool { size: [4, 4], strides: [3, 3], padding: Padding::Same },
+    ];
+    for (si, shape) in shapes.iter().enumerate() {
+        // All-negative inputs: a padded zero must never win the max.
+        let x: Vec<f32> = rnd(shape.iter().product(), si as u64).iter().map(|v| v - 2.0).collect();
+        for p in &pools {
+            if p.padding == Padding::Valid && (shape[0] < p.size[0] || shape[1] < p.size[1]) {
+                continue;
+            }
+            for kind in [PoolKind::Max, PoolKind::Avg] {
+                let mut s = Session::with_options(opts()).unwrap();
+                let k = s.window_pool("pool", kind, p, *shape).unwrap();
+                let code = s.finish().unwrap();
+                let (oshape, want) = naive_pool(kind, p, *shape, &x);
+                assert_eq!(k.out_shape, oshape);
+                let got = call(&code, &k, &x, None);
+                check_close(&got, &want, &format!("{kind:?} {p:?} {shape:?}")).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn codegen_global_pools_match_naive() {
+    for shape in [[7usize, 7, 2048], [2, 3, 5], [1, 1, 1], [4, 4, 6]] {
+        let [h, w, c] = shape;
+        let x = rnd(h * w * c, 9);
+        for kind in [PoolKind::Avg, PoolKind::Max] {
+            let mut s = Session::with_options(opts()).unwrap();
+            let k = s.global_pool("gp", kind, shape).unwrap();
+            let code = s.finish().unwrap();
+            let want: Vec<f32> = (0..c)
+                .map(|ch| {
+                    let vals = (0..h * w).map(|p| x[p * c + ch]);
+                    match kind {
+                        PoolKind::Avg => (vals.map(|v| v as f64).sum::<f64>() / (h * w) as f64) as f32,
+                        PoolKind::Max => vals.fold(f32::NEG_INFINITY, f32::max),
+                    }
+                })
+                .collect();
+            check_close(&call(&code, &k, &x, None), &want, &format!("{kind:?} {shape:?}")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn codegen_dense_matches_naive() {
+    for (cin, units) in [(2048usize, 1000usize), (7, 3), (16, 33), (1, 1), (5, 64)] {
+        for act in [Activation::Linear, Activation::Relu, Activation::Softmax] {
+            for bias in [true, false] {
+                let x = rnd(cin, 1);
+                let wt = rnd(cin * units, 2);
+                let bv = rnd(units, 3);
+                let mut s = Session::with_options(opts()).unwrap();
+                let k = s.dense("fc", cin, units, act, &wt, bias.then_some(&bv[..])).unwrap();
+                let code = s.finish().unwrap();
+                let mut want: Vec<f64> = (0..units)
+                    .map(|u| {
+                        (0..cin).map(|i| x[i] as f64 * wt[i * units + u] as f64).sum::<f64>()
+                            + if bias { bv[u] as f64 } else { 0.0 }
+                    })
+                    .collect();
+                match act {
+                    Activation::Relu => want.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    Activation::Softmax => {
+                        let m = want.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = want.iter().map(|v| (v - m).exp()).collect();
+                        let s: f64 = e.iter().sum();
+                        want = e.iter().map(|v| v / s).collect();
+                    }
+                    Activation::Linear => {}
+                }
+                let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+                check_close(&call(&code, &k, &x, None), &want, &format!("dense {cin}x{units} {act}")).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn codegen_softmax_kernel() {
+    let mut s = Session::with_options(opts()).unwrap();
+    let k = s.softmax("sm", 10).unwrap();
+    let code = s.finish().unwrap();
+    let x = rnd(10, 5);
+    let got = call(&code, &k, &x, None);
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    let want: Vec<f32> = e.iter().map(|v| v / sum).collect();
+    check_close(&got, &want, "softmax").unwrap();
+}
+
+// ---- a small program on the runtime, one thread vs two ----
+
+fn tiny_net(threads: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut s = Session::with_options(opts()).unwrap();
+    let (h, w, c) = (23, 19, 13);
+    let w1 = rnd(3 * 3 * c * 24, 11);
+    let b1 = rnd(24, 12);
+    let mut c1 = Conv::new(24, [3, 3], [1, 1], Padding::Same, true);
+    c1.relu = true;
+    let k1 = s.conv("c1", &c1, [h, w, c], &w1, Some(&b1)).unwrap();
+    let w2 = rnd(24 * 24, 13);
+    let mut c2 = Conv::new(24, [1, 1], [1, 1], Padding::Valid, false);
+    c2.residual = true;
+    c2.relu_after_add = true;
+    let k2 = s.conv("c2", &c2, [h, w, 24], &w2, None).unwrap();
+    let pool = Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same };
+    let k3 = s.max_pool("mp", &pool, [h, w, 24]).unwrap();
+    let [ph, pw, _] = [k3.out_shape[0], k3.out_shape[1], 24];
+    let k4 = s.global_pool("gap", PoolKind::Avg, [ph, pw, 24]).unwrap();
+    let w5 = rnd(24 * 10, 14);
+    let k5 = s.dense("fc", 24, 10, Activation::Softmax, &w5, None).unwrap();
+    let code = s.finish().unwrap();
+    let a1 = h * w * 24;
+    let a3 = ph * pw * 24;
+    let mut pb = ProgramBuilder::new(&[h, w, c], &[10]);
+    // Arena: [c1 out | c2 out | mp out | gap out], each 16-float aligned.
+    let al = resnetc_runtime::abi::align_floats;
+    let (o1, o2) = (0, al(a1));
+    let o3 = o2 + al(a1);
+    let o4 = o3 + al(a3);
+    pb.arena_floats(o4 + al(24));
+    let mut step = |k: &Kernel, input: Buf, input2: Option<Buf>, output: Buf| {
+        let st = k.step(&code, &mut pb, input, input2, output).unwrap();
+        pb.push(st);
+    };
+    step(&k1, Buf::input(h * w * c), None, Buf::arena(o1, a1));
+    step(&k2, Buf::arena(o1, a1), Some(Buf::arena(o1, a1)), Buf::arena(o2, a1));
+    step(&k3, Buf::arena(o2, a1), None, Buf::arena(o3, a3));
+    step(&k4, Buf::arena(o3, a3), None, Buf::arena(o4, 24));
+    step(&k5, Buf::arena(o4, 24), None, Buf::output(10));
+    pb.keep_alive(Box::new(code));
+    let prog = pb.build(Arc::new(ThreadPool::new(threads))).unwrap();
+    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, h, w, c]), rnd(2 * h * w * c, 15)).unwrap();
+    let y = prog.run(x.view()).unwrap();
+    let y = y.as_slice().unwrap().to_vec();
+    // Also run from two threads at once.
+    let prog = Arc::new(prog);
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let (p, x) = (prog.clone(), x.clone());
+            std::thread::spawn(move || p.run(x.view()).unwrap().as_slice().unwrap().to_vec())
+        })
+        .collect();
+    let ys: Vec<Vec<f32>> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    (y, ys.concat())
+}
+
+#[test]
+fn codegen_program_multithreaded_matches_single_thread() {
+    let (y1, y1c) = tiny_net(1);
+    let (y2, y2c) = tiny_net(2);
+    assert_eq!(y1, y2, "2 threads must give bit-identical results");
+    assert_eq!(y1c, [y1.clone(), y1.clone()].concat());
+    assert_eq!(y2c, [y2.clone(), y2].concat());
+    let s: f32 = y1[..10].iter().sum();
+    assert!((s - 1.0).abs() < 1e-5);
+}
+
+// ---- golden IR ----
+
+#[test]
+fn codegen_golden_ir_conv1x1_c4() {
+    let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
+    let mut c = Conv::new(4, [1, 1], [1, 1], Padding::Valid, true);
+    c.relu = true;
+    let wt = rnd(16, 1);
+    let k = s.conv("golden", &c, [1, 1, 4], &wt, Some(&[0.5; 4])).unwrap();
+    let got = k.clif.unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/codegen/golden/conv1x1_c4.clif");
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(path).expect("golden file missing: run with BLESS=1");
+    assert_eq!(got, want, "IR changed; if intended, regenerate with BLESS=1");
+}
+
+/// Writes the machine code of a ResNet-like conv to $DUMP_ASM (for tuning): `DUMP_ASM=/tmp/x.s cargo test ... -- --ignored`.
+#[test]
+#[ignore]
+fn codegen_dump_asm() {
+    let path = std::env::var("DUMP_ASM").unwrap_or_else(|_| "/tmp/conv.s".into());
+    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, ..opts() }).unwrap();
+    let c = Conv::new(256, [1, 1], [1, 1], Padding::Valid, true);
+    let k = s.conv("c", &c, [56, 56, 64], &rnd(64 * 256, 1), Some(&rnd(256, 2))).unwrap();
+    std::fs::write(&path, k.asm.unwrap()).unwrap();
+    std::fs::write(format!("{path}.clif"), k.clif.unwrap()).unwrap();
+}

@@ -1,0 +1,480 @@
+//! Programs: a list of kernel calls over an activation arena, and the object that runs them.
+//!
+//! A [`ProgramBuilder`] collects packed constants ([`ProgramBuilder::add_consts`]), steps ([`Step`]: one kernel
+//! call with its input/output [`Buf`]s located in the model input, the model output or the arena) and the object
+//! that owns the JIT code memory. [`ProgramBuilder::build`] checks every buffer against its region and returns a
+//! [`Program`].
+//!
+//! Data enters through [`Program::run`] (an `ndarray` with a leading batch dimension) or [`Program::run_slice`];
+//! for each batch item the steps run in order, each split over the thread pool; results leave as a new array
+//! (or in the caller's slice). Kernels read the input in place and write the output in place: only the steps'
+//! intermediate results live in the arena.
+//!
+//! A `Program` is `Send + Sync`; `run` may be called from several threads at once. Each call takes an
+//! [`Arena`] (activations + per-thread work buffers) from a free list behind a mutex, allocating a new one only
+//! when all are in use, so a steady stream of calls allocates nothing but its output array.
+
+use crate::abi::{align_floats, KernelArgs, KernelFn, ALIGN};
+use crate::pool::ThreadPool;
+use crate::RuntimeError;
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+/// A zero-initialized, 64-byte-aligned buffer of `f32`.
+pub struct AlignedBuf {
+    ptr: NonNull<f32>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation, like a Vec<f32>.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        if len == 0 {
+            return AlignedBuf { ptr: NonNull::<[f32; 16]>::dangling().cast(), len };
+        }
+        let layout = Layout::from_size_align(len * 4, ALIGN).expect("buffer too large");
+        // SAFETY: non-zero size.
+        let p = unsafe { alloc_zeroed(layout) } as *mut f32;
+        let ptr = NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    pub fn from_slice(s: &[f32]) -> AlignedBuf {
+        let mut b = AlignedBuf::zeroed(s.len());
+        b.as_mut_slice().copy_from_slice(s);
+        b
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> *const f32 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: owned, initialized allocation of `len` floats.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe { dealloc(self.ptr.as_ptr() as *mut u8, Layout::from_size_align_unchecked(self.len * 4, ALIGN)) }
+        }
+    }
+}
+
+impl Clone for AlignedBuf {
+    fn clone(&self) -> Self {
+        AlignedBuf::from_slice(self.as_slice())
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} floats)", self.len)
+    }
+}
+
+/// Where a step's buffer lives, per batch item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    /// The model input of the current batch item, at this float offset.
+    Input(usize),
+    /// The model output of the current batch item, at this float offset.
+    Output(usize),
+    /// The activation arena, at this float offset (keep it a multiple of 16 for aligned rows).
+    Arena(usize),
+}
+
+/// A buffer a step reads or writes: a location and a length in floats (checked at build time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    pub loc: Loc,
+    pub len: usize,
+}
+
+impl Buf {
+    pub fn input(len: usize) -> Buf {
+        Buf { loc: Loc::Input(0), len }
+    }
+    pub fn output(len: usize) -> Buf {
+        Buf { loc: Loc::Output(0), len }
+    }
+    pub fn arena(offset: usize, len: usize) -> Buf {
+        Buf { loc: Loc::Arena(offset), len }
+    }
+}
+
+/// A range of the program's packed constants, returned by [`ProgramBuilder::add_consts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConstRef {
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// One kernel call.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// For profiles and error messages.
+    pub name: String,
+    pub kernel: KernelFn,
+    pub input: Option<Buf>,
+    pub input2: Option<Buf>,
+    pub output: Buf,
+    pub consts: Option<ConstRef>,
+    /// The kernel's task count: it is called with ranges covering `0..ntasks`.
+    pub ntasks: usize,
+    /// Floats of per-thread scratch the kernel needs.
+    pub work_floats: usize,
+}
+
+/// Collects constants and steps; see the module docs.
+pub struct ProgramBuilder {
+    consts: Vec<f32>,
+    steps: Vec<Step>,
+    input_shape: Vec<usize>,
+    output_shape: Vec<usize>,
+    arena_floats: usize,
+    code: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl ProgramBuilder {
+    /// A program mapping batch items of `input_shape` to batch items of `output_shape` (batch dim excluded).
+    pub fn new(input_shape: &[usize], output_shape: &[usize]) -> ProgramBuilder {
+        ProgramBuilder {
+            consts: Vec::new(),
+            steps: Vec::new(),
+            input_shape: input_shape.to_vec(),
+            output_shape: output_shape.to_vec(),
+            arena_floats: 0,
+            code: None,
+        }
+    }
+
+    /// Appends packed constants (64-byte aligned in the final program) and returns where they are.
+    pub fn add_consts(&mut self, data: &[f32]) -> ConstRef {
+        let offset = align_floats(self.consts.len());
+        self.consts.resize(offset, 0.0);
+        self.consts.extend_from_slice(data);
+        ConstRef { offset, len: data.len() }
+    }
+
+    /// Sets the arena size in floats (what the memory planner computed).
+    pub fn arena_floats(&mut self, n: usize) -> &mut Self {
+        self.arena_floats = n;
+        self
+    }
+
+    /// Keeps `code` (e.g. the JIT module owning the kernels' machine code) alive as long as the program.
+    pub fn keep_alive(&mut self, code: Box<dyn Any + Send + Sync>) -> &mut Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn push(&mut self, step: Step) -> &mut Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// Checks every buffer and builds the program, running on `pool`.
+    pub fn build(self, pool: Arc<ThreadPool>) -> Result<Program, RuntimeError> {
+        let in_len: usize = self.input_shape.iter().product();
+        let out_len: usize = self.output_shape.iter().product();
+        let mut work_floats = 0;
+        for s in &self.steps {
+            let check = |b: &Buf, what: &str| -> Result<(), RuntimeError> {
+                let (off, cap) = match b.loc {
+                    Loc::Input(o) => (o, in_len),
+                    Loc::Output(o) => (o, out_len),
+                    Loc::Arena(o) => (o, self.arena_floats),
+                };
+                match off.checked_add(b.len) {
+                    Some(end) if end <= cap => Ok(()),
+                    _ => Err(RuntimeError::BadStep(format!(
+                        "step `{}`: {what} {:?} of {} floats does not fit in its region of {cap} floats",
+                        s.name, b.loc, b.len
+                    ))),
+                }
+            };
+            if let Some(b) = &s.input {
+                check(b, "input")?;
+            }
+            if let Some(b) = &s.input2 {
+                check(b, "input2")?;
+            }
+            check(&s.output, "output")?;
+            if matches!(s.output.loc, Loc::Input(_)) {
+                return Err(RuntimeError::BadStep(format!("step `{}` writes the model input", s.name)));
+            }
+            for b in [s.input, s.input2].into_iter().flatten() {
+                if overlaps(b, s.output) {
+                    return Err(RuntimeError::BadStep(format!("step `{}`: output overlaps an input", s.name)));
+                }
+            }
+            if let Some(c) = s.consts {
+                if c.offset + c.len > self.consts.len() {
+                    return Err(RuntimeError::BadStep(format!("step `{}`: constants out of range", s.name)));
+                }
+            }
+            work_floats = work_floats.max(align_floats(s.work_floats));
+        }
+        let threads = pool.threads();
+        Ok(Program {
+            consts: AlignedBuf::from_slice(&self.consts),
+            steps: self.steps,
+            input_shape: self.input_shape,
+            output_shape: self.output_shape,
+            arena_floats: align_floats(self.arena_floats),
+            work_floats,
+            threads,
+            arenas: Mutex::new(Vec::new()),
+            pool,
+            _code: self.code,
+        })
+    }
+}
+
+fn overlaps(a: Buf, b: Buf) -> bool {
+    let range = |x: Buf| match x.loc {
+        Loc::Input(o) => (0, o, o + x.len),
+        Loc::Output(o) => (1, o, o + x.len),
+        Loc::Arena(o) => (2, o, o + x.len),
+    };
+    let (ra, a0, a1) = range(a);
+    let (rb, b0, b1) = range(b);
+    ra == rb && a0 < b1 && b0 < a1 && a.len > 0 && b.len > 0
+}
+
+/// Activations and per-thread work buffers of one `run` call.
+pub struct Arena {
+    buf: AlignedBuf,
+}
+
+/// A runnable model: steps, constants, the code they call, and a pool of arenas. See the module docs.
+pub struct Program {
+    consts: AlignedBuf,
+    steps: Vec<Step>,
+    input_shape: Vec<usize>,
+    output_shape: Vec<usize>,
+    arena_floats: usize,
+    work_floats: usize,
+    threads: usize,
+    arenas: Mutex<Vec<Arena>>,
+    pool: Arc<ThreadPool>,
+    _code: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Program {
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+    pub fn output_shape(&self) -> &[usize] {
+        &self.output_shape
+    }
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+    /// Bytes of one arena (activations + work buffers of all threads).
+    pub fn arena_bytes(&self) -> usize {
+        (self.arena_floats + self.threads * self.work_floats) * 4
+    }
+
+    /// Runs a batch: `input` has shape `[N, ..input_shape]`; returns `[N, ..output_shape]`.
+    pub fn run(&self, input: ArrayViewD<f32>) -> Result<ArrayD<f32>, RuntimeError> {
+        let sh = input.shape();
+        if sh.len() != self.input_shape.len() + 1 || sh[1..] != self.input_shape[..] {
+            return Err(RuntimeError::Shape {
+                expected: format!("[N, {}]", join(&self.input_shape)),
+                found: format!("[{}]", join(sh)),
+            });
+        }
+        let n = sh[0];
+        let input = input.as_standard_layout();
+        let mut oshape = vec![n];
+        oshape.extend_from_slice(&self.output_shape);
+        let mut out = ArrayD::<f32>::zeros(IxDyn(&oshape));
+        self.run_slice(input.as_slice().expect("standard layout"), out.as_slice_mut().expect("standard layout"), n)?;
+        Ok(out)
+    }
+
+    /// Runs `batch` items from a dense slice into a dense slice.
+    pub fn run_slice(&self, input: &[f32], output: &mut [f32], batch: usize) -> Result<(), RuntimeError> {
+        let in_len: usize = self.input_shape.iter().product();
+        let out_len: usize = self.output_shape.iter().product();
+        if input.len() != batch * in_len || output.len() != batch * out_len {
+            return Err(RuntimeError::Shape {
+                expected: format!("{} input and {} output floats", batch * in_len, batch * out_len),
+                found: format!("{} and {}", input.len(), output.len()),
+            });
+        }
+        let mut arena =
+            self.arenas.lock().unwrap().pop().unwrap_or_else(|| Arena {
+                buf: AlignedBuf::zeroed(self.arena_floats + self.threads * self.work_floats),
+            });
+        for b in 0..batch {
+            let inp = input[b * in_len..].as_ptr();
+            let outp = output[b * out_len..].as_mut_ptr();
+            // SAFETY: the build step checked every buffer against its region's size.
+            unsafe { self.run_item(inp, outp, &mut arena) };
+        }
+        self.arenas.lock().unwrap().push(arena);
+        Ok(())
+    }
+
+    unsafe fn run_item(&self, input: *const f32, output: *mut f32, arena: &mut Arena) {
+        let base = arena.buf.as_mut_ptr();
+        let work_base = base.add(self.arena_floats) as usize;
+        let resolve = |l: Loc| -> *mut f32 {
+            match l {
+                Loc::Input(o) => input.add(o) as *mut f32,
+                Loc::Output(o) => output.add(o),
+                Loc::Arena(o) => base.add(o),
+            }
+        };
+        for s in &self.steps {
+            let args = KernelArgs {
+                input: s.input.map_or(std::ptr::null(), |b| resolve(b.loc) as *const f32),
+                input2: s.input2.map_or(std::ptr::null(), |b| resolve(b.loc) as *const f32),
+                output: resolve(s.output.loc),
+                consts: s.consts.map_or(std::ptr::null(), |c| self.consts.as_ptr().add(c.offset)),
+            };
+            let (kernel, ntasks, wf) = (s.kernel, s.ntasks, self.work_floats);
+            if ntasks <= 1 || self.threads <= 1 {
+                kernel(&args, work_base as *mut f32, 0, ntasks);
+                continue;
+            }
+            let args_addr = &args as *const KernelArgs as usize;
+            self.pool.parallel_for_indexed(ntasks, &|t, thread| {
+                let work = (work_base + thread * wf * 4) as *mut f32;
+                // SAFETY: each thread has its own work buffer; tasks write disjoint outputs.
+                unsafe { kernel(args_addr as *const KernelArgs, work, t, t + 1) };
+            });
+        }
+    }
+}
+
+fn join(s: &[usize]) -> String {
+    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::ArrayD;
+
+    /// A hand-written kernel: output[i] = input[i] * consts[0] + input2[i] (if present), tasks = elements.
+    unsafe extern "C" fn axpy(args: *const KernelArgs, _work: *mut f32, start: usize, end: usize) {
+        let a = &*args;
+        for i in start..end {
+            let mut v = *a.input.add(i) * *a.consts;
+            if !a.input2.is_null() {
+                v += *a.input2.add(i);
+            }
+            *a.output.add(i) = v;
+        }
+    }
+
+    fn program(pool: Arc<ThreadPool>) -> Program {
+        let n = 40;
+        let mut b = ProgramBuilder::new(&[n], &[n]);
+        let two = b.add_consts(&[2.0]);
+        let three = b.add_consts(&[3.0]);
+        b.arena_floats(2 * n + 16);
+        b.push(Step {
+            name: "x2".into(),
+            kernel: axpy,
+            input: Some(Buf::input(n)),
+            input2: None,
+            output: Buf::arena(0, n),
+            consts: Some(two),
+            ntasks: n,
+            work_floats: 0,
+        });
+        b.push(Step {
+            name: "x3+".into(),
+            kernel: axpy,
+            input: Some(Buf::arena(0, n)),
+            input2: Some(Buf::input(n)),
+            output: Buf::output(n),
+            consts: Some(three),
+            ntasks: n,
+            work_floats: 8,
+        });
+        assert_eq!(three.offset % 16, 0);
+        b.build(pool).unwrap()
+    }
+
+    #[test]
+    fn runs_steps_in_order_over_a_batch() {
+        let p = program(Arc::new(ThreadPool::new(2)));
+        let x = ArrayD::from_shape_fn(IxDyn(&[3, 40]), |i| (i[0] * 40 + i[1]) as f32);
+        let y = p.run(x.view()).unwrap();
+        assert_eq!(y.shape(), &[3, 40]);
+        for (a, b) in x.iter().zip(y.iter()) {
+            assert_eq!(*b, a * 7.0);
+        }
+        assert!(p.run(ArrayD::zeros(IxDyn(&[1, 41])).view()).is_err());
+    }
+
+    #[test]
+    fn program_is_send_sync_and_runs_concurrently() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Program>();
+        let p = Arc::new(program(Arc::new(ThreadPool::new(2))));
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let x = ArrayD::from_elem(IxDyn(&[2, 40]), t as f32);
+                        let y = p.run(x.view()).unwrap();
+                        assert!(y.iter().all(|&v| v == 7.0 * t as f32));
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+    }
+
+    #[test]
+    fn bad_buffers_are_refused() {
+        let mut b = ProgramBuilder::new(&[4], &[4]);
+        b.arena_floats(4);
+        b.push(Step {
+            name: "oops".into(),
+            kernel: axpy,
+            input: Some(Buf::arena(2, 4)),
+            input2: None,
+            output: Buf::output(4),
+            consts: None,
+            ntasks: 4,
+            work_floats: 0,
+        });
+        let e = b.build(Arc::new(ThreadPool::new(1))).err().unwrap();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+    }
+}
