@@ -44,6 +44,27 @@ enum Cmd {
         #[arg(long, value_name = "PASS")]
         dump_after: Option<String>,
     },
+    /// Time the JIT-compiled model: compile time, latency median/min, GFLOP/s and share of the f32x4 FMA peak.
+    Bench {
+        spec: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Safetensors weights (timing does not depend on them; default: the seeded initialization).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Threads each kernel is split over (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Timed iterations (after 3 warm-up runs).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
     Summary {
         spec: PathBuf,
@@ -248,6 +269,53 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 println!("  weight bytes     {}", report::thousands(o.weights.bytes() as u64));
                 let st: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
                 println!("  stages (ms)      {}", st.join(", "));
+            }
+            Ok(())
+        }
+        Cmd::Bench { spec, common, weights, batch, threads, iters, json } => {
+            if batch == 0 || iters == 0 {
+                return Err(Fail("error: --batch and --iters must be at least 1".into()));
+            }
+            let t0 = Instant::now();
+            let m = load(&spec, &common.options(weights))?;
+            let c = m.compile(&BackendOptions { threads, ..Default::default() })?;
+            let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let shape: Vec<usize> = std::iter::once(batch).chain(m.input_shape().iter().copied()).collect();
+            let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&shape), |i| {
+                ((ndarray::Dimension::slice(&i).iter().sum::<usize>() % 17) as f32 - 8.0) / 8.0
+            });
+            for _ in 0..3 {
+                c.run(x.view())?;
+            }
+            let mut ts: Vec<f64> = (0..iters)
+                .map(|_| {
+                    let t = Instant::now();
+                    let r = c.run(x.view());
+                    (t.elapsed().as_secs_f64() * 1e3, r.is_ok())
+                })
+                .map(|(t, _)| t)
+                .collect();
+            ts.sort_by(f64::total_cmp);
+            let (median, min) = (ts[ts.len() / 2], ts[0]);
+            let gflops = 2.0 * c.macs as f64 * batch as f64 / (median * 1e-3) / 1e9;
+            let ghz = std::env::var("RESNETC_PEAK_GHZ").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(3.66);
+            // Two FMA pipes x 4 lanes x 2 flops per core per cycle (cranelift emits 128-bit vectors).
+            let peak = c.threads() as f64 * 2.0 * 4.0 * 2.0 * ghz;
+            if json {
+                let v = serde_json::json!({
+                    "model": m.graph.model, "batch": batch, "threads": c.threads(), "iters": iters,
+                    "compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gflops": gflops,
+                    "peak_gflops": peak, "peak_fraction": gflops / peak,
+                });
+                println!("{v}");
+            } else {
+                println!("model {} batch {batch}, {} thread(s), {iters} iterations", m.graph.model, c.threads());
+                println!("  compile   {compile_ms:.1} ms (spec, weights, optimize, codegen)");
+                println!("  latency   median {median:.2} ms, min {min:.2} ms");
+                println!(
+                    "  speed     {gflops:.1} GFLOP/s = {:.1} % of the f32x4 FMA peak ({peak:.1} GFLOP/s at {ghz} GHz; set RESNETC_PEAK_GHZ)",
+                    100.0 * gflops / peak
+                );
             }
             Ok(())
         }
