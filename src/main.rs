@@ -310,7 +310,8 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 println!("{v}");
             } else {
                 println!("model {} batch {batch}, {} thread(s), {iters} iterations", m.graph.model, c.threads());
-                println!("  compile   {compile_ms:.1} ms (spec, weights, optimize, codegen)");
+                let st: Vec<String> = c.stages_ms.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+                println!("  compile   {compile_ms:.1} ms ({} ms)", st.join(", "));
                 println!("  latency   median {median:.2} ms, min {min:.2} ms");
                 println!(
                     "  speed     {gflops:.1} GFLOP/s = {:.1} % of the f32x4 FMA peak ({peak:.1} GFLOP/s at {ghz} GHz; set RESNETC_PEAK_GHZ)",

@@ -23,7 +23,7 @@ fn randomize(w: &mut Weights, seed: u64) {
             "bias" => (-0.1, 0.1),
             _ => continue,
         };
-        w.tensors.get_mut(&k).unwrap().mapv_inplace(|_| rng.random_range(lo..hi));
+        w.get_mut(&k).unwrap().mapv_inplace(|_| rng.random_range(lo..hi));
     }
 }
 

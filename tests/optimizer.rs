@@ -23,7 +23,7 @@ fn randomize(w: &mut Weights, seed: u64) {
     let mut keys: Vec<String> = w.tensors.keys().cloned().collect();
     keys.sort();
     for k in keys {
-        let t = w.tensors.get_mut(&k).unwrap();
+        let t = w.get_mut(&k).unwrap();
         let (lo, hi) = match k.rsplit('.').next().unwrap() {
             "gamma" => (0.5, 1.5),
             "moving_variance" => (0.5, 2.0),

@@ -14,16 +14,27 @@ use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-/// Weight tensors by `<node>.<weight>` key.
+/// Weight tensors by `<node>.<weight>` key. Tensors are shared (`Arc`), so copying a `Weights` — as the
+/// optimizer does to keep the caller's untouched — costs no tensor data.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Weights {
-    pub tensors: HashMap<String, ArrayD<f32>>,
+    pub tensors: HashMap<String, Arc<ArrayD<f32>>>,
 }
 
 impl Weights {
     pub fn get(&self, node: &str, weight: &str) -> Option<&ArrayD<f32>> {
-        self.tensors.get(&format!("{node}.{weight}"))
+        self.tensors.get(&format!("{node}.{weight}")).map(|t| &**t)
+    }
+
+    pub fn insert(&mut self, key: String, t: ArrayD<f32>) {
+        self.tensors.insert(key, Arc::new(t));
+    }
+
+    /// A tensor to modify in place (copied first if another `Weights` shares it).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut ArrayD<f32>> {
+        self.tensors.get_mut(key).map(Arc::make_mut)
     }
 
     /// Bytes of f32 data held.
@@ -63,7 +74,7 @@ pub fn init_glorot(graph: &Graph, seed: u64) -> Weights {
             "gamma" | "moving_variance" => ArrayD::ones(IxDyn(&shape)),
             _ => ArrayD::zeros(IxDyn(&shape)),
         };
-        tensors.insert(key, t);
+        tensors.insert(key, Arc::new(t));
     }
     Weights { tensors }
 }
@@ -131,7 +142,7 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
         };
         match ArrayD::from_shape_vec(IxDyn(&shape), data) {
             Ok(a) => {
-                tensors.insert(key, a);
+                tensors.insert(key, Arc::new(a));
             }
             Err(e) => diags.push(Diagnostic::error(None, format!("{p}: tensor `{key}` is malformed: {e}"))),
         }

@@ -123,8 +123,8 @@ pub fn fold_batch_norm(g: &mut Graph, w: &mut Weights) -> usize {
         for key in ["gamma", "beta", "moving_mean", "moving_variance"] {
             w.tensors.remove(&format!("{bname}.{key}"));
         }
-        w.tensors.insert(format!("{fused}.kernel"), k2);
-        w.tensors.insert(format!("{fused}.bias"), b2);
+        w.insert(format!("{fused}.kernel"), k2);
+        w.insert(format!("{fused}.bias"), b2);
         let shape = g.g[bn].shape.clone();
         let node = &mut g.g[conv];
         node.name = fused;
