@@ -138,19 +138,29 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     best.map(|(_, c)| c)
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and transpositions of two
+/// neighbouring characters each cost 1 (so `frist` is one edit from `first`).
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut cur = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let sub = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j - 1] + cost).min(d[i - 1][j] + 1).min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -162,6 +172,10 @@ mod tests {
         assert_eq!(did_you_mean("conv2", ["conv", "dense", "relu"]), Some("conv"));
         assert_eq!(did_you_mean("filtres", ["filters", "kernel"]), Some("filters"));
         assert_eq!(did_you_mean("zzz", ["filters", "kernel"]), None);
+        // Swapped neighbours are one edit.
+        assert_eq!(did_you_mean("frist", ["first", "second"]), Some("first"));
+        assert_eq!(did_you_mean("reul", ["relu", "input"]), Some("relu"));
+        assert_eq!(did_you_mean("unti", ["unit"]), Some("unit"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`Graph::verify`] is what they check after every change.
 
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Loc};
-use crate::ops::{fmt_shape, Conv, Op, Padding, Shape};
+use crate::ops::{fmt_shape, Conv, Op, Padding, Shape, MAX_TENSOR_ELEMS};
 use crate::spec::{ProjectionPolicy, Spec};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -248,6 +248,10 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
     }
     // Anything that depends on a node with errors is skipped, not reported again.
     let mut poisoned: HashSet<NodeIndex> = HashSet::new();
+    if spec.broken.contains(&spec.input.name) {
+        // The input's shape was wrong (reported): check references and cycles, but infer no shapes.
+        poisoned.insert(input);
+    }
     for (ns, &n) in spec.nodes.iter().zip(&idx) {
         for (port, r) in ns.inputs.iter().enumerate() {
             match by_name.get(&r.name) {
@@ -258,7 +262,9 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
                     poisoned.insert(n);
                 }
                 None => {
-                    let hint = did_you_mean(&r.name, by_name.keys().map(|s| s.as_str()))
+                    // Any name the spec defines (nodes with errors of their own too), never the node itself.
+                    let known = by_name.keys().chain(spec.broken.iter().filter(|b| !b.starts_with('<')));
+                    let hint = did_you_mean(&r.name, known.map(|s| s.as_str()).filter(|s| *s != ns.name))
                         .map(|s| format!(" (did you mean `{s}`?)"))
                         .unwrap_or_default();
                     let mut d = Diagnostic::error(
@@ -301,10 +307,29 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
         }
     }
     let mut graph = Graph { model: spec.model.clone(), file: spec.file.clone(), g, input, output };
-    if !poisoned.is_empty() || rep.diagnostics.has_errors() {
-        // Still infer what can be inferred to report more errors at once.
-    }
+    // With errors above, still infer what can be inferred to report more errors at once.
+    let complete = poisoned.is_empty() && spec.broken.is_empty() && !rep.diagnostics.has_errors();
     infer_shapes(&mut graph, &mut poisoned, policy, spec, &mut rep);
+    if !complete {
+        // Edges to broken or unknown nodes are missing, so "unused" would be noise: errors only.
+        rep.diagnostics.sort();
+        return (None, rep);
+    }
+    // An explicit projection name on an `add` that needed none.
+    for ns in &spec.nodes {
+        if let Some(p) = &ns.projection {
+            if !rep.projections.iter().any(|x| x.add == ns.name) && !rep.diagnostics.has_errors() {
+                rep.diagnostics.push(Diagnostic::warning(
+                    Some(ns.loc.clone()),
+                    format!(
+                        "node `{}`: `projection: {p}` is unused: the shortcut already has the main path's shape, \
+                         so no projection is inserted",
+                        ns.name
+                    ),
+                ));
+            }
+        }
+    }
     // Unused nodes: not an ancestor of the output.
     let mut live = HashSet::new();
     let mut stack = vec![graph.output];
@@ -317,6 +342,10 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
     unused.sort();
     for n in unused {
         let node = &graph.g[n];
+        if node.loc.is_none() {
+            // Inserted by the compiler for an `add` that is itself unused (and reported).
+            continue;
+        }
         rep.diagnostics.push(Diagnostic::warning(
             node.loc.clone(),
             format!("node `{}` is unused: it does not reach the output `{}`", node.name, graph.g[graph.output].name),
@@ -357,7 +386,26 @@ fn infer_shapes(
         let ins = graph.inputs(n);
         let shapes: Vec<&[usize]> = ins.iter().map(|&i| graph.g[i].shape.as_slice()).collect();
         match graph.g[n].op.infer(&shapes) {
-            Ok(s) => graph.g[n].shape = s,
+            Ok(s) => {
+                // Refuse absurd weight tensors before anything would allocate them.
+                let w = shapes.first().map(|i| graph.g[n].op.weights(i)).unwrap_or_default();
+                for (wname, ws) in w {
+                    let elems = ws.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                    if elems.is_none_or(|e| e > MAX_TENSOR_ELEMS) {
+                        rep.diagnostics.push(node_err(
+                            &graph.g[n],
+                            format!(
+                                "its `{wname}` weights would have shape {} ({} elements), more than the limit of \
+                                 {MAX_TENSOR_ELEMS}",
+                                fmt_shape(&ws),
+                                ws.iter().map(|&d| d as u128).product::<u128>()
+                            ),
+                        ));
+                        poisoned.insert(n);
+                    }
+                }
+                graph.g[n].shape = s;
+            }
             Err(e) => {
                 let node = &graph.g[n];
                 let mut d = node_err(node, e.0);
@@ -390,6 +438,10 @@ fn reconcile_shortcut(
         v.sort_by_key(|x| x.2.port);
         v
     };
+    if edges.len() < 2 {
+        // Nothing to reconcile; shape inference reports the arity.
+        return Ok(());
+    }
     // The main path: the first operand that is not a shortcut (or the first one).
     let main = edges.iter().position(|e| !e.2.shortcut).unwrap_or(0);
     let target = graph.g[edges[main].1].shape.clone();

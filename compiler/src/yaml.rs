@@ -45,6 +45,28 @@ impl YValue {
     }
 }
 
+impl YValue {
+    /// The value for "found X" in messages: its kind and, briefly, the value itself
+    /// (`the string "abc"`, `the list [1, 2, 3]`, `the integer -1`).
+    pub fn describe(&self) -> String {
+        let mut text = self.to_string();
+        if text.chars().count() > 40 {
+            text = text.chars().take(37).collect::<String>() + "...";
+        }
+        match self {
+            YValue::Null => "nothing (null)".into(),
+            YValue::Bool(b) => format!("the boolean {b}"),
+            YValue::Int(i) => format!("the integer {i}"),
+            YValue::Float(_) => format!("the number {text}"),
+            YValue::Str(s) if s.is_empty() => "an empty string".into(),
+            YValue::Str(_) => format!("the string {text}"),
+            YValue::Seq(v) if v.is_empty() => "an empty list".into(),
+            YValue::Seq(_) => format!("the list {text}"),
+            YValue::Map(_) => format!("the mapping {text}"),
+        }
+    }
+}
+
 impl fmt::Display for YValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -218,7 +240,9 @@ pub fn parse(file: &Arc<str>, bytes: &[u8]) -> Result<YNode, Diagnostic> {
             "the spec is empty: expected a mapping with at least `input` and `layers`",
         ));
     }
-    match serde_saphyr::from_str::<Spanned<Raw>>(text) {
+    // YAML 1.2 booleans only: `n`, `y`, `no`, `on`... are names here (a block parameter `n`), not booleans.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(v) => Ok(convert(file, v)),
         Err(e) => {
             let (line, col) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((1, 1));
@@ -267,6 +291,24 @@ mod tests {
         let e = parse(&f(), b"a: 1\na: 2\n").unwrap_err();
         assert!(e.message.contains("duplicate mapping key: a"), "{}", e.message);
         assert_eq!(e.loc.unwrap().line, 2);
+    }
+
+    #[test]
+    fn only_yaml_12_booleans() {
+        let n = parse(&f(), b"a: [n, y, no, off, true, False]\n").unwrap();
+        let a: Vec<&YValue> = n.get("a").unwrap().as_seq().unwrap().iter().map(|x| &x.value).collect();
+        assert_eq!(a[0], &YValue::Str("n".into()));
+        assert_eq!(a[3], &YValue::Str("off".into()));
+        assert_eq!(a[4], &YValue::Bool(true));
+        assert_eq!(a[5], &YValue::Bool(false));
+    }
+
+    #[test]
+    fn describe_shows_kind_and_value() {
+        assert_eq!(YValue::Str("abc".into()).describe(), "the string \"abc\"");
+        let l = YValue::Seq(vec![]);
+        assert_eq!(l.describe(), "an empty list");
+        assert_eq!(YValue::Int(-1).describe(), "the integer -1");
     }
 
     #[test]

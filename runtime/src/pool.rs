@@ -192,7 +192,7 @@ fn worker(s: &Shared, thread: usize) {
                 break st;
             }
             spins += 1;
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut g = s.lock.lock().unwrap();
                 s.sleepers.fetch_add(1, SeqCst);
                 loop {

@@ -16,7 +16,10 @@ use cranelift_module::Module;
 const PANELS_PER_TASK: usize = 8;
 
 /// In-place softmax over `n` floats (called from JIT code).
-pub extern "C" fn softmax_in_place(p: *mut f32, n: usize) {
+///
+/// # Safety
+/// `p` must be null or point to `n` writable floats.
+pub unsafe extern "C" fn softmax_in_place(p: *mut f32, n: usize) {
     if p.is_null() || n == 0 {
         return;
     }
@@ -134,7 +137,7 @@ impl Session {
             panel(b, p, 4);
             vec![]
         });
-        if units % 4 != 0 {
+        if !units.is_multiple_of(4) {
             let has_tail = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::UnsignedGreaterThan, phi, nfull);
             if_then(&mut b, has_tail, |b| {
                 let p = iconst(b, units / 4);

@@ -64,6 +64,7 @@ pub struct SessionOptions {
     pub conv_tiling: ConvTiling,
 }
 
+#[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {

@@ -125,7 +125,7 @@ fn check_close(got: &[f32], want: &[f32], what: &str) -> Result<(), String> {
     }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let tol = 1e-4 * w.abs().max(1.0);
-        if !((g - w).abs() <= tol) {
+        if g.is_nan() || (g - w).abs() > tol {
             return Err(format!("{what}: element {i}: got {g}, want {w}"));
         }
     }

@@ -74,10 +74,20 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
             out.push(Tok::Op(c));
             i += 1;
         } else {
-            return Err(format!("unexpected character `{c}` in expression `{s}`"));
+            return Err(format!("unexpected character `{c}` in expression `{{{s}}}`"));
         }
     }
     Ok(out)
+}
+
+impl fmt::Display for Tok {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tok::Int(i) => write!(f, "{i}"),
+            Tok::Ident(s) => write!(f, "{s}"),
+            Tok::Op(c) => write!(f, "{c}"),
+        }
+    }
 }
 
 struct Parser<'a> {
@@ -102,7 +112,7 @@ impl Parser<'_> {
     fn int(&self, v: Value, what: &str) -> Result<i64, String> {
         match v {
             Value::Int(i) => Ok(i),
-            other => Err(format!("{what} needs integers, found `{other}` in `{}`", self.src)),
+            other => Err(format!("{what} needs integers, found `{other}` in `{{{}}}`", self.src)),
         }
     }
     fn sum(&mut self) -> Result<Value, String> {
@@ -118,7 +128,7 @@ impl Parser<'_> {
             let r = self.product()?;
             let (a, b) = (self.int(v, "arithmetic")?, self.int(r, "arithmetic")?);
             let x = if op == '+' { a.checked_add(b) } else { a.checked_sub(b) };
-            v = Value::Int(x.ok_or_else(|| format!("overflow in `{}`", self.src))?);
+            v = Value::Int(x.ok_or_else(|| format!("overflow in `{{{}}}`", self.src))?);
         }
     }
     fn product(&mut self) -> Result<Value, String> {
@@ -137,12 +147,12 @@ impl Parser<'_> {
             let (a, b) = (self.int(v, "arithmetic")?, self.int(r, "arithmetic")?);
             let x = match op {
                 '*' => a.checked_mul(b),
-                _ if b == 0 => return Err(format!("division by zero in `{}`", self.src)),
-                '/' if a % b != 0 => return Err(format!("{a} / {b} is not a whole number in `{}`", self.src)),
+                _ if b == 0 => return Err(format!("division by zero in `{{{}}}`", self.src)),
+                '/' if a % b != 0 => return Err(format!("{a} / {b} is not a whole number in `{{{}}}`", self.src)),
                 '/' => Some(a / b),
                 _ => Some(a % b),
             };
-            v = Value::Int(x.ok_or_else(|| format!("overflow in `{}`", self.src))?);
+            v = Value::Int(x.ok_or_else(|| format!("overflow in `{{{}}}`", self.src))?);
         }
     }
     fn postfix(&mut self) -> Result<Value, String> {
@@ -150,18 +160,21 @@ impl Parser<'_> {
         while self.eat('[') {
             let i = self.sum()?;
             if !self.eat(']') {
-                return Err(format!("expected `]` in `{}`", self.src));
+                return Err(format!("expected `]` in `{{{}}}`", self.src));
             }
             let i = self.int(i, "an index")?;
             v = match v {
                 Value::List(items) => {
                     let n = items.len();
-                    usize::try_from(i)
-                        .ok()
-                        .and_then(|i| items.into_iter().nth(i))
-                        .ok_or_else(|| format!("index {i} is out of range for a list of {n} in `{}`", self.src))?
+                    usize::try_from(i).ok().and_then(|i| items.into_iter().nth(i)).ok_or_else(|| {
+                        let valid = match n {
+                            0 => "the list is empty".to_string(),
+                            _ => format!("valid indices: 0 to {}", n - 1),
+                        };
+                        format!("index {i} is out of range for a list of {n} ({valid}) in `{{{}}}`", self.src)
+                    })?
                 }
-                other => return Err(format!("cannot index `{other}` (not a list) in `{}`", self.src)),
+                other => return Err(format!("cannot index `{other}` (not a list) in `{{{}}}`", self.src)),
             };
         }
         Ok(v)
@@ -180,14 +193,20 @@ impl Parser<'_> {
                     let hint = crate::diag::did_you_mean(&name, known.iter().copied())
                         .map(|s| format!(" (did you mean `{s}`?)"))
                         .unwrap_or_default();
-                    format!("unknown parameter `{name}` in `{}`{hint}; parameters here: {}", self.src, known.join(", "))
+                    let here = if known.is_empty() {
+                        "there are no parameters here (templates take their values from a block's parameters)"
+                            .to_string()
+                    } else {
+                        format!("parameters here: {}", known.join(", "))
+                    };
+                    format!("unknown parameter `{name}` in `{{{}}}`{hint}; {}", self.src, here)
                 })
             }
             Some(Tok::Op('(')) => {
                 self.pos += 1;
                 let v = self.sum()?;
                 if !self.eat(')') {
-                    return Err(format!("expected `)` in `{}`", self.src));
+                    return Err(format!("expected `)` in `{{{}}}`", self.src));
                 }
                 Ok(v)
             }
@@ -197,7 +216,7 @@ impl Parser<'_> {
                 let i = self.int(v, "negation")?;
                 Ok(Value::Int(-i))
             }
-            _ => Err(format!("incomplete expression `{}`", self.src)),
+            _ => Err(format!("incomplete expression `{{{}}}`", self.src)),
         }
     }
 }
@@ -211,7 +230,7 @@ pub fn eval(src: &str, env: &Env) -> Result<Value, String> {
     let mut p = Parser { toks, pos: 0, env, src };
     let v = p.sum()?;
     if p.pos != p.toks.len() {
-        return Err(format!("unexpected `{:?}` in expression `{src}`", p.toks[p.pos]));
+        return Err(format!("unexpected `{}` in expression `{{{src}}}`", p.toks[p.pos]));
     }
     Ok(v)
 }
@@ -288,5 +307,7 @@ mod tests {
         assert!(expand("x{stage", &env()).unwrap_err().contains("unclosed"));
         assert!(expand("{stage / 0}", &env()).unwrap_err().contains("division by zero"));
         assert!(expand("{9223372036854775807 * 2}", &env()).unwrap_err().contains("overflow"));
+        assert_eq!(expand("{stage stage}", &env()).unwrap_err(), "unexpected `stage` in expression `{stage stage}`");
+        assert!(expand("{x}", &Env::new()).unwrap_err().contains("no parameters here"));
     }
 }

@@ -11,7 +11,7 @@
 pub mod expr;
 
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Loc};
-use crate::ops::{Activation, Conv, Op, Padding, Pads, Pool, MAX_DIM};
+use crate::ops::{fmt_shape, Activation, Conv, Op, Padding, Pads, Pool, MAX_DIM, MAX_TENSOR_ELEMS};
 use crate::yaml::{YNode, YValue};
 use expr::{Env, Value};
 use std::collections::{HashMap, HashSet};
@@ -128,11 +128,20 @@ struct Expander<'a> {
     stack: Vec<String>,
     context: Vec<String>,
     broken: HashSet<String>,
+    /// In the entry being expanded: values whose template substitution failed (reported), so that the
+    /// placeholder left there draws no second error.
+    failed: HashSet<Loc>,
+    /// Template errors reported so far: a block used many times reports a bad template once.
+    template_errors: HashSet<(Loc, String)>,
+    /// In the node being checked: fields that an unknown, misspelled key was taken for (so that the
+    /// "missing field" error is not added to the "did you mean" one).
+    misspelled: HashSet<String>,
 }
 
 /// Parses and expands a spec. `input_shape` overrides the spec's input shape (the CLI's `--input-shape`).
 /// Returns the spec (possibly with `broken` nodes left out) and every diagnostic found; the spec is
-/// `None` only when nothing sensible can follow (no input, no layers, YAML syntax errors).
+/// `None` only when nothing sensible can follow (no layers, YAML syntax errors). When the input itself
+/// is wrong its name is in `broken`, so the graph stage still checks references and cycles.
 pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) -> (Option<Spec>, Diagnostics) {
     let doc = match crate::yaml::parse(file, bytes) {
         Ok(d) => d,
@@ -146,11 +155,14 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
         stack: vec![],
         context: vec![],
         broken: HashSet::new(),
+        failed: HashSet::new(),
+        template_errors: HashSet::new(),
+        misspelled: HashSet::new(),
     };
     let Some(top) = doc.as_map() else {
         ex.diags.error(
             Some(&doc.loc),
-            format!("a spec is a mapping with `input` and `layers`; found {}", doc.value.kind()),
+            format!("a spec is a mapping with `input` and `layers`; found {}", doc.value.describe()),
         );
         return (None, ex.diags);
     };
@@ -171,13 +183,21 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
             _ => ProjectionPolicy::Insert,
         },
     };
-    let input = ex.input(&doc, input_shape);
+    let input = match ex.input(&doc, input_shape) {
+        Some(i) => i,
+        None => {
+            // Reported already. Keep the input's name so the layers are still checked (references,
+            // cycles, fields), but mark it broken: no shapes can be inferred from it.
+            let name = doc.get("input").and_then(|i| i.get("name")).and_then(|n| n.as_str()).unwrap_or("input");
+            let loc = doc.get("input").map(|i| i.loc.clone()).unwrap_or(doc.loc.clone());
+            ex.broken.insert(name.to_string());
+            InputSpec { name: name.to_string(), shape: vec![], loc }
+        }
+    };
     if let Some(b) = doc.get("blocks") {
         ex.collect_blocks(b);
     }
-    if let Some(inp) = &input {
-        ex.names.insert(inp.name.clone(), inp.loc.clone());
-    }
+    ex.names.insert(input.name.clone(), input.loc.clone());
     let layers = match doc.get("layers") {
         Some(l) => match l.as_seq() {
             Some(s) if !s.is_empty() => Some(s),
@@ -186,7 +206,7 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
                 None
             }
             None => {
-                ex.diags.error(Some(&l.loc), format!("`layers` must be a list of nodes, found {}", l.value.kind()));
+                ex.diags.error(Some(&l.loc), format!("`layers` must be a list of nodes, found {}", l.value.describe()));
                 None
             }
         },
@@ -195,21 +215,20 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
             None
         }
     };
-    let mut last = input.as_ref().map(|i| i.name.clone());
-    if let Some(layers) = layers {
-        last = ex.sequence(layers, &Env::new(), last);
-    }
+    let Some(layers) = layers else { return (None, ex.diags) };
+    let last = ex.sequence(layers, &Env::new(), Some(input.name.clone()));
+    let last_loc = layers.last().map(|n| n.loc.clone()).unwrap_or(doc.loc.clone());
     let output = match doc.get("output") {
         Some(n) => ex.string(n, "`output`").map(|s| (s, n.loc.clone())),
-        None => last.map(|l| (l, layers.and_then(|s| s.last()).map(|n| n.loc.clone()).unwrap_or(doc.loc.clone()))),
+        None => last.map(|l| (l, last_loc)),
     };
     let diags = ex.diags;
-    match (input, output) {
-        (Some(input), Some(output)) => (
+    match output {
+        Some(output) => (
             Some(Spec { file: file.clone(), model, input, nodes: ex.nodes, output, projection, broken: ex.broken }),
             diags,
         ),
-        _ => (None, diags),
+        None => (None, diags),
     }
 }
 
@@ -236,8 +255,16 @@ fn to_value(n: &YNode) -> Option<Value> {
     })
 }
 
+fn hint(s: Option<&str>) -> String {
+    s.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+}
+
 impl<'a> Expander<'a> {
     fn err(&mut self, loc: &Loc, msg: impl Into<String>) {
+        if self.failed.contains(loc) {
+            // A template here failed to expand and was reported; its placeholder value is not the user's.
+            return;
+        }
         let mut d = Diagnostic::error(Some(loc.clone()), msg);
         for c in self.context.iter().rev() {
             d = d.note(c.clone());
@@ -245,11 +272,15 @@ impl<'a> Expander<'a> {
         self.diags.push(d);
     }
 
-    fn unknown_field(&mut self, key: &YNode, what: &str, allowed: &[&str]) {
+    /// Reports an unknown key; returns the allowed key it is probably a misspelling of.
+    fn unknown_field(&mut self, key: &YNode, what: &str, allowed: &[&str]) -> Option<String> {
         let k = key.as_str().map(str::to_string).unwrap_or_else(|| key.value.to_string());
-        let hint =
-            did_you_mean(&k, allowed.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-        self.err(&key.loc, format!("unknown field `{k}` in {what}{hint}; expected one of: {}", allowed.join(", ")));
+        let guess = did_you_mean(&k, allowed.iter().copied()).map(str::to_string);
+        self.err(
+            &key.loc,
+            format!("unknown field `{k}` in {what}{}; expected one of: {}", hint(guess.as_deref()), allowed.join(", ")),
+        );
+        guess
     }
 
     fn string(&mut self, n: &YNode, what: &str) -> Option<String> {
@@ -261,7 +292,7 @@ impl<'a> Expander<'a> {
             }
             YValue::Int(i) => Some(i.to_string()),
             v => {
-                self.err(&n.loc, format!("{what} must be a string, found {}", v.kind()));
+                self.err(&n.loc, format!("{what} must be a string, found {}", v.describe()));
                 None
             }
         }
@@ -273,14 +304,12 @@ impl<'a> Expander<'a> {
                 if let Some(o) = options.iter().find(|o| o.eq_ignore_ascii_case(s)) {
                     return Some(o);
                 }
-                let hint = did_you_mean(s, options.iter().copied())
-                    .map(|x| format!(" (did you mean `{x}`?)"))
-                    .unwrap_or_default();
-                self.err(&n.loc, format!("{what} must be one of {}, found `{s}`{hint}", options.join(", ")));
+                let h = hint(did_you_mean(s, options.iter().copied()));
+                self.err(&n.loc, format!("{what} must be one of {}, found `{s}`{h}", options.join(", ")));
                 None
             }
             v => {
-                self.err(&n.loc, format!("{what} must be one of {}, found {}", options.join(", "), v.kind()));
+                self.err(&n.loc, format!("{what} must be one of {}, found {}", options.join(", "), v.describe()));
                 None
             }
         }
@@ -308,7 +337,7 @@ impl<'a> Expander<'a> {
                 None
             }
             v => {
-                self.err(&n.loc, format!("{what} must be a positive integer, found {}", v.kind()));
+                self.err(&n.loc, format!("{what} must be a positive integer, found {}", v.describe()));
                 None
             }
         }
@@ -317,6 +346,10 @@ impl<'a> Expander<'a> {
     fn nonneg(&mut self, n: &YNode, what: &str) -> Option<usize> {
         match &n.value {
             YValue::Int(0) => Some(0),
+            YValue::Int(i) if *i < 0 => {
+                self.err(&n.loc, format!("{what} must be zero or a positive integer, found {i}"));
+                None
+            }
             _ => self.size(n, what),
         }
     }
@@ -329,14 +362,21 @@ impl<'a> Expander<'a> {
                 let b = self.size(&s[1], what);
                 Some([a?, b?])
             }
-            YValue::Seq(s) => {
+            YValue::Seq(_) => {
                 self.err(
                     &n.loc,
-                    format!("{what} must be an integer or a list [height, width], found a list of {}", s.len()),
+                    format!("{what} must be an integer or a list [height, width], found {}", n.value.describe()),
                 );
                 None
             }
-            _ => self.size(n, what).map(|x| [x, x]),
+            YValue::Int(_) | YValue::Float(_) => self.size(n, what).map(|x| [x, x]),
+            v => {
+                self.err(
+                    &n.loc,
+                    format!("{what} must be an integer or a list [height, width], found {}", v.describe()),
+                );
+                None
+            }
         }
     }
 
@@ -344,7 +384,7 @@ impl<'a> Expander<'a> {
         match &n.value {
             YValue::Bool(b) => Some(*b),
             v => {
-                self.err(&n.loc, format!("{what} must be true or false, found {}", v.kind()));
+                self.err(&n.loc, format!("{what} must be true or false, found {}", v.describe()));
                 None
             }
         }
@@ -357,9 +397,11 @@ impl<'a> Expander<'a> {
         };
         let (shape_node, name) = match &n.value {
             YValue::Map(m) => {
+                let mut misspelled_shape = false;
                 for (k, _) in m {
                     if !matches!(k.as_str(), Some("shape" | "name")) {
-                        self.unknown_field(k, "`input`", &["shape", "name"]);
+                        let guess = self.unknown_field(k, "`input`", &["shape", "name"]);
+                        misspelled_shape |= guess.as_deref() == Some("shape");
                     }
                 }
                 let name = match n.get("name") {
@@ -369,7 +411,9 @@ impl<'a> Expander<'a> {
                 match n.get("shape") {
                     Some(s) => (s, name),
                     None => {
-                        self.err(&n.loc, "missing field `shape` in `input` (expected [height, width, channels])");
+                        if !misspelled_shape {
+                            self.err(&n.loc, "missing field `shape` in `input` (expected [height, width, channels])");
+                        }
                         return None;
                     }
                 }
@@ -384,7 +428,12 @@ impl<'a> Expander<'a> {
             Some(s) => {
                 self.err(
                     &shape_node.loc,
-                    format!("the input shape must be [height, width, channels] (NHWC without the batch), found {} dimension(s)", s.len()),
+                    format!(
+                        "the input shape must be [height, width, channels] (NHWC without the batch), found {} \
+                         dimension(s): {}",
+                        s.len(),
+                        shape_node.value
+                    ),
                 );
                 return None;
             }
@@ -393,19 +442,37 @@ impl<'a> Expander<'a> {
                     &shape_node.loc,
                     format!(
                         "the input shape must be a list [height, width, channels], found {}",
-                        shape_node.value.kind()
+                        shape_node.value.describe()
                     ),
                 );
                 return None;
             }
         };
+        let overridden = over.is_some();
         let shape = over.map(|o| o.to_vec()).unwrap_or(shape);
+        // Refuse a tensor too large to hold before anything is allocated for it.
+        let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elems.is_none_or(|e| e > MAX_TENSOR_ELEMS) {
+            self.err(
+                &shape_node.loc,
+                format!(
+                    "the input shape {}{} has {} elements per batch item, more than the limit of {MAX_TENSOR_ELEMS}",
+                    fmt_shape(&shape),
+                    if overridden { " (from the input shape override)" } else { "" },
+                    shape.iter().map(|&d| d as u128).product::<u128>()
+                ),
+            );
+            return None;
+        }
         Some(InputSpec { name, shape, loc: shape_node.loc.clone() })
     }
 
     fn collect_blocks(&mut self, b: &'a YNode) {
         let Some(m) = b.as_map() else {
-            self.err(&b.loc, format!("`blocks` must be a mapping of block names to blocks, found {}", b.value.kind()));
+            self.err(
+                &b.loc,
+                format!("`blocks` must be a mapping of block names to blocks, found {}", b.value.describe()),
+            );
             return;
         };
         for (k, v) in m {
@@ -413,7 +480,7 @@ impl<'a> Expander<'a> {
             let Some(fields) = v.as_map() else {
                 self.err(
                     &v.loc,
-                    format!("block `{name}` must be a mapping with `params` and `nodes`, found {}", v.value.kind()),
+                    format!("block `{name}` must be a mapping with `params` and `nodes`, found {}", v.value.describe()),
                 );
                 continue;
             };
@@ -422,29 +489,53 @@ impl<'a> Expander<'a> {
                     self.unknown_field(fk, &format!("block `{name}`"), BLOCK_KEYS);
                 }
             }
-            let mut params = vec![];
+            let mut params: Vec<(String, Option<Value>)> = vec![];
+            let mut declare = |me: &mut Self, pk: &YNode, default: Option<Value>| {
+                let Some(pn) = me.string(pk, "a parameter name") else { return };
+                if params.iter().any(|(p, _)| *p == pn) {
+                    me.err(&pk.loc, format!("block `{name}` declares the parameter `{pn}` twice"));
+                } else {
+                    params.push((pn, default));
+                }
+            };
             match v.get("params") {
                 None => {}
                 Some(p) => match &p.value {
                     YValue::Seq(s) => {
                         for x in s {
-                            if let Some(pn) = self.string(x, "a parameter name") {
-                                params.push((pn, None));
-                            }
+                            declare(self, x, None);
                         }
                     }
                     YValue::Map(m) => {
                         for (pk, pv) in m {
-                            if let Some(pn) = self.string(pk, "a parameter name") {
-                                params.push((pn, to_value(pv)));
-                            }
+                            // `~` (null) marks a required parameter; anything else is its default.
+                            let default = match &pv.value {
+                                YValue::Null => None,
+                                _ => match to_value(pv) {
+                                    Some(d) => Some(d),
+                                    None => {
+                                        self.err(
+                                            &pv.loc,
+                                            format!(
+                                                "the default of parameter `{}` must be a number, string or list (or \
+                                                 `~` for a required parameter), found {}",
+                                                pk.as_str().map(str::to_string).unwrap_or_else(|| pk.value.to_string()),
+                                                pv.value.describe()
+                                            ),
+                                        );
+                                        continue;
+                                    }
+                                },
+                            };
+                            declare(self, pk, default);
                         }
                     }
+                    YValue::Null => {}
                     other => self.err(
                         &p.loc,
                         format!(
                             "`params` must be a list of names or a mapping of names to defaults, found {}",
-                            other.kind()
+                            other.describe()
                         ),
                     ),
                 },
@@ -453,12 +544,15 @@ impl<'a> Expander<'a> {
                 Some(n) => match n.as_seq() {
                     Some(s) if !s.is_empty() => s,
                     _ => {
-                        self.err(&n.loc, format!("block `{name}` needs a non-empty list of `nodes`"));
+                        self.err(
+                            &n.loc,
+                            format!("block `{name}` needs a non-empty list of `nodes`, found {}", n.value.describe()),
+                        );
                         continue;
                     }
                 },
                 None => {
-                    self.err(&v.loc, format!("block `{name}` has no `nodes`"));
+                    self.err(&v.loc, format!("block `{name}` has no `nodes` (the list of its nodes)"));
                     continue;
                 }
             };
@@ -466,13 +560,17 @@ impl<'a> Expander<'a> {
         }
     }
 
-    /// Substitutes template parameters everywhere in a node.
+    /// Substitutes template parameters everywhere in a node. A template that fails is reported, and
+    /// its value's location remembered so that the placeholder left there draws no second error.
     fn substitute(&mut self, n: &YNode, env: &Env) -> YNode {
         let value = match &n.value {
             YValue::Str(s) if expr::is_template(s) => match expr::expand(s, env) {
                 Ok(v) => to_yvalue(v, &n.loc),
                 Err(e) => {
-                    self.err(&n.loc, e);
+                    if self.template_errors.insert((n.loc.clone(), e.clone())) {
+                        self.err(&n.loc, e);
+                    }
+                    self.failed.insert(n.loc.clone());
                     YValue::Null
                 }
             },
@@ -483,14 +581,33 @@ impl<'a> Expander<'a> {
         YNode { loc: n.loc.clone(), value }
     }
 
+    /// A stand-in name for something that went wrong and has no name of its own (a block use that could
+    /// not be expanded, a node whose name is invalid): it is `broken`, so whatever follows it is not
+    /// checked against a wrong input.
+    fn placeholder(&mut self, what: &str, loc: &Loc) -> Option<String> {
+        let name = format!("<{what} at {}:{}>", loc.line, loc.col);
+        self.broken.insert(name.clone());
+        self.names.insert(name.clone(), loc.clone());
+        Some(name)
+    }
+
     /// Expands a list of entries chained one after the other; returns the name of the last node.
     fn sequence(&mut self, entries: &[YNode], env: &Env, mut prev: Option<String>) -> Option<String> {
         for e in entries {
             if e.as_map().is_none() {
+                let h = match e.as_str() {
+                    Some(s) if OPS.iter().any(|(o, _)| *o == s) => format!(" (write `{{op: {s}}}`)"),
+                    Some(s) if self.blocks.contains_key(s) => format!(" (write `{{use: {s}}}`)"),
+                    _ => String::new(),
+                };
                 self.err(
                     &e.loc,
-                    format!("expected a node (a mapping with `op`) or a block use (`use:`), found {}", e.value.kind()),
+                    format!(
+                        "expected a node (a mapping with `op`) or a block use (`use:`), found {}{h}",
+                        e.value.describe()
+                    ),
                 );
+                prev = self.placeholder("invalid entry", &e.loc);
                 continue;
             }
             prev = if e.get("use").is_some() { self.use_block(e, env, prev) } else { self.node(e, env, prev) };
@@ -499,54 +616,66 @@ impl<'a> Expander<'a> {
     }
 
     fn use_block(&mut self, e: &YNode, env: &Env, prev: Option<String>) -> Option<String> {
+        self.failed.clear();
         let e = self.substitute(e, env);
+        if !self.failed.is_empty() {
+            // A template in the use itself failed (reported): expanding with a hole would mislead.
+            return self.placeholder("block use", &e.loc);
+        }
+        let failed = |me: &mut Self| me.placeholder("block use", &e.loc);
         for (k, _) in e.as_map().unwrap_or(&[]) {
             if !USE_KEYS.contains(&k.as_str().unwrap_or("")) {
                 self.unknown_field(k, "a block use", USE_KEYS);
             }
         }
-        let use_node = e.get("use")?;
-        let bname = self.string(use_node, "`use`")?;
+        let Some(use_node) = e.get("use") else { return failed(self) };
+        let Some(bname) = self.string(use_node, "`use`") else { return failed(self) };
         let Some(block) = self.blocks.get(&bname) else {
-            let hint = did_you_mean(&bname, self.blocks.keys().map(|s| s.as_str()))
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
+            let h = hint(did_you_mean(&bname, self.blocks.keys().map(|s| s.as_str())));
             let mut known: Vec<&str> = self.blocks.keys().map(|s| s.as_str()).collect();
             known.sort();
             let list = if known.is_empty() {
-                "none are defined".to_string()
+                "no blocks are defined (under the top-level `blocks`)".to_string()
             } else {
                 format!("defined: {}", known.join(", "))
             };
-            self.err(&use_node.loc, format!("unknown block `{bname}`{hint}; {list}"));
-            return prev;
+            let h = if h.is_empty() && OPS.iter().any(|(o, _)| *o == bname) {
+                format!(" (`{bname}` is an op: write `op: {bname}`)")
+            } else {
+                h
+            };
+            self.err(&use_node.loc, format!("unknown block `{bname}`{h}; {list}"));
+            return failed(self);
         };
         let (bparams, bnodes, bloc) = (block.params.clone(), block.nodes, block.loc.clone());
         if self.stack.contains(&bname) {
+            let from = self.stack.iter().position(|b| *b == bname).unwrap_or(0);
+            let chain: Vec<&str> = self.stack[from..].iter().map(|s| s.as_str()).chain([bname.as_str()]).collect();
             self.err(
                 &use_node.loc,
-                format!("block `{bname}` uses itself (through {}): blocks cannot be recursive", self.stack.join(" → ")),
+                format!("block `{bname}` uses itself ({}): blocks cannot be recursive", chain.join(" → ")),
             );
-            return prev;
+            return failed(self);
         }
-        // Arguments.
+        let names: Vec<&str> = bparams.iter().map(|(p, _)| p.as_str()).collect();
+        let param_list = if names.is_empty() { "it has none".to_string() } else { names.join(", ") };
+        // Arguments. `input` (the implicit parameter) may be given to start the block elsewhere.
         let mut args: Env = Env::new();
+        let mut block_input: Option<String> = None;
         if let Some(w) = e.get("with") {
             match w.as_map() {
                 Some(m) => {
                     for (k, v) in m {
                         let Some(key) = self.string(k, "a parameter name") else { continue };
-                        if !bparams.iter().any(|(p, _)| *p == key) {
-                            let names: Vec<&str> = bparams.iter().map(|(p, _)| p.as_str()).collect();
-                            let hint = did_you_mean(&key, names.iter().copied())
-                                .map(|s| format!(" (did you mean `{s}`?)"))
-                                .unwrap_or_default();
+                        if key == "input" && !names.contains(&"input") {
+                            block_input = self.string(v, "the block's `input`");
+                            continue;
+                        }
+                        if !names.contains(&key.as_str()) {
+                            let h = hint(did_you_mean(&key, names.iter().copied()));
                             self.err(
                                 &k.loc,
-                                format!(
-                                    "block `{bname}` has no parameter `{key}`{hint}; its parameters are: {}",
-                                    names.join(", ")
-                                ),
+                                format!("block `{bname}` has no parameter `{key}`{h}; its parameters: {param_list}"),
                             );
                             continue;
                         }
@@ -556,61 +685,94 @@ impl<'a> Expander<'a> {
                             }
                             None => self.err(
                                 &v.loc,
-                                format!("parameter `{key}` must be a number, string or list, found {}", v.value.kind()),
+                                format!(
+                                    "parameter `{key}` must be a number, string or list, found {}",
+                                    v.value.describe()
+                                ),
                             ),
                         }
                     }
                 }
                 None => self.err(
                     &w.loc,
-                    format!("`with` must be a mapping of parameter names to values, found {}", w.value.kind()),
+                    format!("`with` must be a mapping of parameter names to values, found {}", w.value.describe()),
                 ),
             }
         }
         // Iterations: `for: {param: [values] | "a..c" | "2..5"}` or `repeat: N`.
         let mut iters: Vec<Option<(String, Value)>> = vec![None];
-        if let Some(f) = e.get("for") {
-            match f.as_map() {
+        let mut iterated: Option<String> = None;
+        match (e.get("for"), e.get("repeat")) {
+            (Some(_), Some(r)) => {
+                self.err(&r.loc, "a block use takes `for` or `repeat`, not both");
+                return failed(self);
+            }
+            (Some(f), None) => match f.as_map() {
                 Some([(k, v)]) => {
-                    if let Some(key) = self.string(k, "a parameter name") {
-                        if !bparams.iter().any(|(p, _)| *p == key) {
-                            self.err(&k.loc, format!("block `{bname}` has no parameter `{key}` to iterate over"));
-                        } else if let Some(vals) = self.range(v) {
-                            iters = vals.into_iter().map(|x| Some((key.clone(), x))).collect();
-                        }
+                    let Some(key) = self.string(k, "a parameter name") else { return failed(self) };
+                    if !names.contains(&key.as_str()) {
+                        let h = hint(did_you_mean(&key, names.iter().copied()));
+                        self.err(
+                            &k.loc,
+                            format!(
+                                "block `{bname}` has no parameter `{key}` to iterate over{h}; its parameters: \
+                                 {param_list}"
+                            ),
+                        );
+                        return failed(self);
                     }
+                    match self.range(v) {
+                        Some(vals) if vals.is_empty() => {
+                            self.err(&v.loc, format!("`for` gives `{key}` no values: the block would be left out"));
+                            return failed(self);
+                        }
+                        Some(vals) => iters = vals.into_iter().map(|x| Some((key.clone(), x))).collect(),
+                        None => return failed(self),
+                    }
+                    iterated = Some(key);
                 }
-                _ => self.err(&f.loc, "`for` must be a mapping of one parameter to its values, e.g. `for: {block: [b, c]}` or `for: {block: b..c}`"),
-            }
-        } else if let Some(r) = e.get("repeat") {
-            if let Some(n) = self.size(r, "`repeat`") {
-                if n > 10_000 {
-                    self.err(&r.loc, format!("`repeat` is absurdly large: {n}"));
-                } else {
-                    iters = vec![None; n];
+                _ => {
+                    self.err(
+                        &f.loc,
+                        format!(
+                            "`for` must be a mapping of one parameter to its values, e.g. `for: {{block: [b, c]}}` or \
+                             `for: {{block: b..c}}`; found {}",
+                            f.value.describe()
+                        ),
+                    );
+                    return failed(self);
                 }
-            }
+            },
+            (None, Some(r)) => match self.size(r, "`repeat`") {
+                Some(n) if n > 10_000 => {
+                    self.err(&r.loc, format!("`repeat` is absurdly large: {n} (the limit is 10000)"));
+                    return failed(self);
+                }
+                Some(n) => iters = vec![None; n],
+                None => return failed(self),
+            },
+            (None, None) => {}
         }
         let mut missing = vec![];
         for (p, def) in &bparams {
-            let iterated = iters.first().and_then(|i| i.as_ref()).is_some_and(|(k, _)| k == p);
-            if !args.contains_key(p) && def.is_none() && !iterated && p != "input" {
-                missing.push(p.as_str());
+            if !args.contains_key(p) && def.is_none() && iterated.as_ref() != Some(p) && p != "input" {
+                missing.push(format!("`{p}`"));
             }
         }
         if !missing.is_empty() {
             self.err(
                 &use_node.loc,
                 format!(
-                    "block `{bname}` is missing parameter(s) {} (defined at {bloc})",
-                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    "block `{bname}` is missing parameter(s) {} (give them in `with:`; the block is defined at {bloc})",
+                    missing.join(", ")
                 ),
             );
-            return prev;
+            return failed(self);
         }
         self.stack.push(bname.clone());
-        let mut prev = prev;
-        for it in iters {
+        let mut prev = block_input.or(prev);
+        let total = iters.len();
+        for (idx, it) in iters.into_iter().enumerate() {
             let mut local = Env::new();
             for (p, def) in &bparams {
                 if let Some(d) = def {
@@ -622,9 +784,13 @@ impl<'a> Expander<'a> {
             if let Some((k, v)) = it {
                 desc = format!(" with {k}={v}");
                 local.insert(k, v);
+            } else if total > 1 {
+                desc = format!(" (repetition {} of {total})", idx + 1);
             }
             if let Some(p) = &prev {
-                local.insert("input".into(), Value::Str(p.clone()));
+                if !args.contains_key("input") {
+                    local.insert("input".into(), Value::Str(p.clone()));
+                }
             }
             self.context.push(format!("in block `{bname}` used at {}{desc}", use_node.loc));
             prev = self.sequence(bnodes, &local, prev);
@@ -637,65 +803,91 @@ impl<'a> Expander<'a> {
     /// Values of a `for`: a list, or an inclusive range `"2..5"` / `"b..f"`.
     fn range(&mut self, v: &YNode) -> Option<Vec<Value>> {
         match &v.value {
-            YValue::Seq(s) => s.iter().map(to_value).collect(),
+            YValue::Seq(s) => {
+                let mut out = vec![];
+                for x in s {
+                    match to_value(x) {
+                        Some(val) => out.push(val),
+                        None => {
+                            self.err(
+                                &x.loc,
+                                format!("`for` values must be numbers, strings or lists, found {}", x.value.describe()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
             YValue::Str(s) => {
-                let bad = |me: &mut Self| {
-                    me.err(&v.loc, format!("`{s}` is not a range: write `2..5` or `b..f` (inclusive), or a list"));
+                let bad = |me: &mut Self, why: &str| {
+                    me.err(
+                        &v.loc,
+                        format!(
+                            "`{s}` is not a range{why}: write `2..5` or `b..f` (inclusive, first <= last), or a list"
+                        ),
+                    );
                     None
                 };
-                let Some((a, b)) = s.split_once("..") else { return bad(self) };
+                let Some((a, b)) = s.split_once("..") else { return bad(self, "") };
                 if let (Ok(a), Ok(b)) = (a.trim().parse::<i64>(), b.trim().parse::<i64>()) {
-                    if b < a || b - a > 10_000 {
-                        return bad(self);
+                    if b < a {
+                        return bad(self, &format!(" ({b} is before {a})"));
+                    }
+                    if b - a >= 10_000 {
+                        return bad(self, " (more than 10000 values)");
                     }
                     return Some((a..=b).map(Value::Int).collect());
                 }
                 let (a, b): (Vec<char>, Vec<char>) = (a.trim().chars().collect(), b.trim().chars().collect());
                 match (a.as_slice(), b.as_slice()) {
-                    ([a], [b]) if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() && a <= b => {
+                    ([a], [b]) if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() && a > b => {
+                        bad(self, &format!(" (`{b}` is before `{a}`)"))
+                    }
+                    ([a], [b])
+                        if a.is_ascii_alphabetic()
+                            && b.is_ascii_alphabetic()
+                            && a.is_ascii_lowercase() == b.is_ascii_lowercase() =>
+                    {
                         Some((*a..=*b).map(|c| Value::Str(c.to_string())).collect())
                     }
-                    _ => bad(self),
+                    _ => bad(self, ""),
                 }
             }
             other => {
-                self.err(&v.loc, format!("`for` values must be a list or a range like `b..f`, found {}", other.kind()));
+                self.err(
+                    &v.loc,
+                    format!("`for` values must be a list or a range like `b..f`, found {}", other.describe()),
+                );
                 None
             }
         }
     }
 
     fn node(&mut self, raw: &YNode, env: &Env, prev: Option<String>) -> Option<String> {
-        let n = self.substitute(raw, env);
-        let Some(op_node) = n.get("op") else {
-            self.err(&n.loc, "this node has no `op` (or `use` for a block)");
-            return prev;
-        };
-        let Some(op_name) = self.string(op_node, "`op`") else { return prev };
-        let Some((op_name, op_fields)) = OPS.iter().find(|(o, _)| *o == op_name).copied() else {
-            let hint = KERAS_NAMES
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&op_name))
-                .map(|(_, o)| *o)
-                .or_else(|| did_you_mean(&op_name, OPS.iter().map(|(o, _)| *o)))
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            let all: Vec<&str> = OPS.iter().map(|(o, _)| *o).collect();
-            self.err(&op_node.loc, format!("unknown op `{op_name}`{hint}; ops: {}", all.join(", ")));
-            return prev;
-        };
-        if op_name == "input" {
-            self.err(&op_node.loc, "`input` is not a layer: the model input is the top-level `input` field");
-            return prev;
-        }
-        let allowed: Vec<&str> = COMMON_KEYS.iter().chain(op_fields.iter()).copied().collect();
-        for (k, _) in n.as_map().unwrap_or(&[]) {
-            if !allowed.contains(&k.as_str().unwrap_or("")) {
-                self.unknown_field(k, &format!("a `{op_name}` node"), &allowed);
+        let start = self.diags.0.len();
+        let (name, label) = self.node_inner(raw, env, prev);
+        // Every message about this node names it.
+        if let Some(l) = label {
+            let tag = format!("`{l}`");
+            for d in &mut self.diags.0[start..] {
+                if !d.message.starts_with("node `") && !d.message.contains(&tag) {
+                    d.message = format!("node {tag}: {}", d.message);
+                }
             }
         }
+        name
+    }
+
+    /// Checks one node; returns its name (for chaining) and the name to put in messages about it.
+    fn node_inner(&mut self, raw: &YNode, env: &Env, prev: Option<String>) -> (Option<String>, Option<String>) {
         let errors_before = self.diags.errors().count();
-        let op = self.op(op_name, &n);
+        self.misspelled.clear();
+        self.failed.clear();
+        let n = self.substitute(raw, env);
+        // A failed template makes the node broken even when its error was reported for an earlier use.
+        let templates_ok = self.failed.is_empty();
+        let op_text = n.get("op").and_then(|o| o.as_str()).unwrap_or("").to_string();
         // Inputs: `inputs` (a name or a list), else the previous node; `add` may name a `shortcut`.
         let mut inputs: Vec<Ref> = vec![];
         match n.get("inputs") {
@@ -705,11 +897,11 @@ impl<'a> Expander<'a> {
                     _ => vec![i],
                 };
                 if items.is_empty() {
-                    self.err(&i.loc, "`inputs` is empty");
+                    self.err(&i.loc, "`inputs` is empty: expected a node name or a list of node names");
                 }
                 for it in items {
                     if let Some(name) = self.string(it, "an input name") {
-                        let shortcut = op_name == "add" && prev.as_deref() != Some(name.as_str());
+                        let shortcut = op_text == "add" && prev.as_deref() != Some(name.as_str());
                         inputs.push(Ref { name, loc: it.loc.clone(), shortcut });
                     }
                 }
@@ -727,10 +919,15 @@ impl<'a> Expander<'a> {
             }
         }
         let projection = n.get("projection").and_then(|p| self.string(p, "`projection`"));
+        let explicit = n.get("name").is_some();
         let name = match n.get("name") {
-            Some(x) => self.string(x, "`name`")?,
+            Some(x) => match self.string(x, "`name`") {
+                Some(s) => s,
+                None => return (self.placeholder("node", &n.loc), None),
+            },
             None => {
-                let base = format!("{}_{}", inputs.first().map(|r| r.name.as_str()).unwrap_or("node"), op_name);
+                let kind = if op_text.is_empty() { "node" } else { op_text.as_str() };
+                let base = format!("{}_{kind}", inputs.first().map(|r| r.name.as_str()).unwrap_or("node"));
                 let mut cand = base.clone();
                 let mut k = 2;
                 while self.names.contains_key(&cand) {
@@ -744,24 +941,92 @@ impl<'a> Expander<'a> {
             let at = n.get("name").map(|x| x.loc.clone()).unwrap_or(n.loc.clone());
             let msg = format!("duplicate node name `{name}`: already defined at {first}");
             self.err(&at, msg);
-            return Some(name);
+            return (Some(name.clone()), Some(name));
         }
-        // Keep the name known even when the node had errors, so references to it do not cascade.
+        // Keep the name known even when the node has errors, so references to it do not cascade.
         self.names.insert(name.clone(), n.loc.clone());
-        let op = op.filter(|_| self.diags.errors().count() == errors_before);
-        let Some(op) = op else {
-            self.broken.insert(name.clone());
-            return Some(name);
+        // Messages name the node; a derived name only when it means something (a known op, after a
+        // real node), since the user never wrote it.
+        let known_op = OPS.iter().any(|(o, _)| *o == op_text);
+        let label = (explicit || (known_op && !name.starts_with('<'))).then(|| name.clone());
+        let op = self.node_op(&n);
+        match op {
+            Some(op) if templates_ok && self.diags.errors().count() == errors_before => {
+                self.nodes.push(NodeSpec {
+                    name: name.clone(),
+                    op,
+                    inputs,
+                    loc: n.loc.clone(),
+                    projection,
+                    context: self.context.clone(),
+                });
+            }
+            _ => {
+                self.broken.insert(name.clone());
+            }
+        }
+        (Some(name), label)
+    }
+
+    /// The node's op, from its `op` and fields (every problem reported).
+    fn node_op(&mut self, n: &YNode) -> Option<Op> {
+        let Some(op_node) = n.get("op") else {
+            // A misspelled `op`, or the op written under another key (`type: conv`).
+            let mut h = String::new();
+            for (k, v) in n.as_map().unwrap_or(&[]) {
+                let key = k.as_str().unwrap_or("");
+                if COMMON_KEYS.contains(&key) {
+                    continue;
+                }
+                if let Some(s) = did_you_mean(key, ["op", "use"]) {
+                    h = format!(" (did you mean `{s}` instead of `{key}`?)");
+                    break;
+                }
+                if let Some(val) = v.as_str() {
+                    if OPS.iter().any(|(o, _)| *o == val) || KERAS_NAMES.iter().any(|(kn, _)| *kn == val) {
+                        h = format!(" (did you mean `op: {val}` instead of `{key}: {val}`?)");
+                        break;
+                    }
+                }
+            }
+            self.err(&n.loc, format!("this node has no `op` (or `use` for a block){h}"));
+            return None;
         };
-        self.nodes.push(NodeSpec {
-            name: name.clone(),
-            op,
-            inputs,
-            loc: n.loc.clone(),
-            projection,
-            context: self.context.clone(),
-        });
-        Some(name)
+        let op_name = self.string(op_node, "`op`")?;
+        let Some((op_name, op_fields)) = OPS.iter().find(|(o, _)| *o == op_name).copied() else {
+            let h = hint(
+                KERAS_NAMES
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&op_name))
+                    .map(|(_, o)| *o)
+                    .or_else(|| did_you_mean(&op_name, OPS.iter().map(|(o, _)| *o))),
+            );
+            let all: Vec<&str> = OPS.iter().map(|(o, _)| *o).collect();
+            let msg = if op_name == "input" {
+                "`input` is not a layer: the model input is the top-level `input` field".to_string()
+            } else {
+                format!("unknown op `{op_name}`{h}; ops: {}", all.join(", "))
+            };
+            self.err(&op_node.loc, msg);
+            return None;
+        };
+        let allowed: Vec<&str> = COMMON_KEYS.iter().chain(op_fields.iter()).copied().collect();
+        for (k, _) in n.as_map().unwrap_or(&[]) {
+            if !allowed.contains(&k.as_str().unwrap_or("")) {
+                let all: Vec<&str> = OPS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+                let guess = self.unknown_field(k, &format!("a `{op_name}` node"), &allowed);
+                if let Some(g) = guess {
+                    self.misspelled.insert(g);
+                } else if let Some(key) = k.as_str().filter(|key| all.contains(key)) {
+                    // A field of another op: say which op it belongs to.
+                    let owners: Vec<&str> = OPS.iter().filter(|(_, f)| f.contains(&key)).map(|(o, _)| *o).collect();
+                    if let Some(d) = self.diags.0.last_mut() {
+                        d.notes.push(format!("`{key}` is a field of {}", owners.join(", ")));
+                    }
+                }
+            }
+        }
+        self.op(op_name, n)
     }
 
     /// Builds the typed op from a node's fields.
@@ -769,7 +1034,8 @@ impl<'a> Expander<'a> {
         let before = self.diags.errors().count();
         let req = |me: &mut Self, key: &str, what: &str| -> Option<YNode> {
             let v = n.get(key).cloned();
-            if v.is_none() {
+            // A misspelled key was reported with a "did you mean" already.
+            if v.is_none() && !me.misspelled.contains(key) {
                 me.err(&n.loc, format!("`{op}` node is missing the field `{key}` ({what})"));
             }
             v
@@ -801,9 +1067,20 @@ impl<'a> Expander<'a> {
                         let (h, w) = (h?, w?);
                         Pads { top: h, bottom: h, left: w, right: w }
                     }
-                    _ => {
+                    YValue::Int(_) | YValue::Float(_) => {
                         let x = self.nonneg(&p, "`padding`")?;
                         Pads { top: x, bottom: x, left: x, right: x }
+                    }
+                    v => {
+                        self.err(
+                            &p.loc,
+                            format!(
+                                "`padding` must be an integer, [height, width] or [[top, bottom], [left, right]], \
+                                 found {}",
+                                v.describe()
+                            ),
+                        );
+                        return None;
                     }
                 };
                 Some(Op::ZeroPad(pads))
@@ -832,7 +1109,7 @@ impl<'a> Expander<'a> {
                             None
                         }
                         ref v => {
-                            self.err(&e.loc, format!("`epsilon` must be a number, found {}", v.kind()));
+                            self.err(&e.loc, format!("`epsilon` must be a number, found {}", v.describe()));
                             None
                         }
                     },
