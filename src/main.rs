@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod peak;
+
 #[derive(Parser)]
 #[command(name = "resnetc", version, about = "A declarative ResNet graph compiler: YAML specs to fast CPU kernels")]
 struct Cli {
@@ -118,7 +120,7 @@ enum Backend {
 struct Common {
     /// Override the spec's input shape: height,width,channels.
     #[arg(long, value_name = "H,W,C", value_parser = parse_shape)]
-    input_shape: Option<Vec<usize>>,
+    input_shape: Option<InputShape>,
     /// Refuse shortcuts that need a projection instead of inserting one.
     #[arg(long)]
     no_auto_projection: bool,
@@ -127,10 +129,15 @@ struct Common {
     seed: u64,
 }
 
-fn parse_shape(s: &str) -> Result<Vec<usize>, String> {
+/// `--input-shape`'s value. A newtype: as a plain `Vec<usize>` clap would take it for a list of
+/// values and fail (panic) when the parsed shape is read back.
+#[derive(Clone, Debug)]
+struct InputShape(Vec<usize>);
+
+fn parse_shape(s: &str) -> Result<InputShape, String> {
     let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
     match v {
-        Ok(v) if v.len() == 3 && v.iter().all(|&d| d > 0) => Ok(v),
+        Ok(v) if v.len() == 3 && v.iter().all(|&d| d > 0) => Ok(InputShape(v)),
         _ => Err(format!("expected three positive integers H,W,C, found `{s}`")),
     }
 }
@@ -139,7 +146,7 @@ impl Common {
     fn options(&self, weights: Option<PathBuf>) -> Options {
         Options {
             weights,
-            input_shape: self.input_shape.clone(),
+            input_shape: self.input_shape.as_ref().map(|s| s.0.clone()),
             projection: self.no_auto_projection.then_some(ProjectionPolicy::Error),
             seed: self.seed,
         }
@@ -298,9 +305,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             ts.sort_by(f64::total_cmp);
             let (median, min) = (ts[ts.len() / 2], ts[0]);
             let gflops = 2.0 * c.macs as f64 * batch as f64 / (median * 1e-3) / 1e9;
-            let ghz = std::env::var("RESNETC_PEAK_GHZ").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(3.66);
-            // Two FMA pipes x 4 lanes x 2 flops per core per cycle (cranelift emits 128-bit vectors).
-            let peak = c.threads() as f64 * 2.0 * 4.0 * 2.0 * ghz;
+            // What 128-bit FMAs can do on the cores used: measured here, not assumed.
+            let per_core = peak::f32x4_fma_gflops_per_core().unwrap_or(f64::NAN);
+            let peak = c.threads() as f64 * per_core;
             if json {
                 let v = serde_json::json!({
                     "model": m.graph.model, "batch": batch, "threads": c.threads(), "iters": iters,
@@ -314,8 +321,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 println!("  compile   {compile_ms:.1} ms ({} ms)", st.join(", "));
                 println!("  latency   median {median:.2} ms, min {min:.2} ms");
                 println!(
-                    "  speed     {gflops:.1} GFLOP/s = {:.1} % of the f32x4 FMA peak ({peak:.1} GFLOP/s at {ghz} GHz; set RESNETC_PEAK_GHZ)",
-                    100.0 * gflops / peak
+                    "  speed     {gflops:.1} GFLOP/s = {:.1} % of the f32x4 FMA peak ({peak:.1} GFLOP/s on {} core(s), measured)",
+                    100.0 * gflops / peak,
+                    c.threads()
                 );
             }
             Ok(())
@@ -347,6 +355,8 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let m = load(&spec, &common.options(weights))?;
             let x: ArrayD<f32> = ndarray_npy::read_npy(&input)
                 .map_err(|e| Fail(format!("{}: cannot read a float32 .npy array: {e}", input.display())))?;
+            // A batch of the wrong shape: say which file, what was expected and what was found.
+            m.check_input(&x.view()).map_err(|e| Fail(format!("{}: error: {e}", input.display())))?;
             let t0 = Instant::now();
             let y = match backend {
                 Backend::Reference => m.run_reference(x.view())?,
