@@ -31,7 +31,7 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Compile a spec: validate, build the graph and report what was found.
+    /// Compile a spec: validate, optimize, plan memory and JIT-generate every kernel; report what was done.
     Compile {
         spec: PathBuf,
         #[command(flatten)]
@@ -45,6 +45,12 @@ enum Cmd {
         /// Print the graph as it is after this optimizer pass, and stop.
         #[arg(long, value_name = "PASS")]
         dump_after: Option<String>,
+        /// Print each generated kernel's cranelift IR instead of the report.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+        /// Threads the compiled model's kernels are split over (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Time the JIT-compiled model: compile time, latency median/min, GFLOP/s and share of the f32x4 FMA peak.
     Bench {
@@ -109,6 +115,12 @@ enum Cmd {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// Cranelift IR, one function per kernel.
+    Clif,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Backend {
     /// JIT-compiled cranelift kernels (the optimized graph).
     Jit,
@@ -170,7 +182,25 @@ fn load(spec: &Path, opts: &Options) -> Result<Model, Fail> {
     Ok(m)
 }
 
+/// Dies quietly on a closed pipe (`resnetc compile --emit clif | head`), as Unix tools do, instead of
+/// panicking in `println!`.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread or I/O exists.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,7 +247,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Compile { spec, common, weights, json, dump_after } => {
+        Cmd::Compile { spec, common, weights, json, dump_after, emit, threads } => {
             check_pass(dump_after.as_deref())?;
             let m = load(&spec, &common.options(weights))?;
             let o = m.optimize(dump_after.as_deref())?;
@@ -225,16 +255,28 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 print!("{d}");
                 return Ok(());
             }
+            let bo = BackendOptions { threads, keep_ir: emit.is_some(), ..Default::default() };
+            let c = resnetc_compiler::backend::compile(&o, &bo)?;
+            if emit.is_some() {
+                for (i, k) in c.kernels.iter().enumerate() {
+                    println!("; kernel {i}: `{}` ({})", k.node, k.op);
+                    println!("{}", k.clif.as_deref().unwrap_or(""));
+                }
+                return Ok(());
+            }
             let g = &m.graph;
             let fusions: serde_json::Map<String, serde_json::Value> =
                 o.report.rewrites.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-            let stages: Vec<(&str, f64)> = m.stages_ms.iter().chain(&o.stages_ms).copied().collect();
+            let stages: Vec<(&str, f64)> =
+                m.stages_ms.iter().chain(&o.stages_ms).chain(&c.stages_ms).copied().collect();
             if json {
                 let v = serde_json::json!({
                     "model": g.model,
                     "nodes_before": o.report.nodes_before,
                     "nodes_after": o.report.nodes_after,
-                    "kernels": o.plan.steps.len(),
+                    "kernels": c.kernels.len(),
+                    "work_bytes": c.plan.buffers.iter().filter(|b| b.kind == resnetc_compiler::plan::BufferKind::Work).map(|b| b.bytes).sum::<usize>(),
+                    "arena_with_work_bytes": c.plan.arena_bytes,
                     "fusions": fusions,
                     "projections": m.projections.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
                     "arena_bytes": o.plan.arena_bytes,
@@ -272,6 +314,11 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     report::thousands(o.plan.arena_bytes as u64),
                     report::thousands(o.plan.lower_bound_bytes as u64),
                     report::thousands(o.plan.total_bytes as u64)
+                );
+                println!(
+                    "  with work        {} bytes per image (kernels' per-thread scratch, {} thread(s))",
+                    report::thousands(c.plan.arena_bytes as u64),
+                    c.threads()
                 );
                 println!("  weight bytes     {}", report::thousands(o.weights.bytes() as u64));
                 let st: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
