@@ -315,8 +315,9 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
         rep.diagnostics.sort();
         return (None, rep);
     }
-    // An explicit projection name on an `add` that needed none.
-    for ns in &spec.nodes {
+    // An explicit projection name on an `add` that needed none. Not for nodes a block made: a block may
+    // name the projection that only some of its uses need.
+    for ns in spec.nodes.iter().filter(|n| n.context.is_empty()) {
         if let Some(p) = &ns.projection {
             if !rep.projections.iter().any(|x| x.add == ns.name) && !rep.diagnostics.has_errors() {
                 rep.diagnostics.push(Diagnostic::warning(
