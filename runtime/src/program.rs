@@ -183,6 +183,12 @@ impl ProgramBuilder {
         ConstRef { offset, len: data.len() }
     }
 
+    /// Reserves room for `floats` more constants, so adding ~100 MB of weights does not reallocate.
+    pub fn reserve_consts(&mut self, floats: usize) -> &mut Self {
+        self.consts.reserve(floats);
+        self
+    }
+
     /// Sets the arena size in floats (what the memory planner computed).
     pub fn arena_floats(&mut self, n: usize) -> &mut Self {
         self.arena_floats = n;
