@@ -69,6 +69,9 @@ enum Cmd {
         /// Timed iterations (after 3 warm-up runs).
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// Also time each kernel (batch 1) and print a table, slowest first.
+        #[arg(long)]
+        profile: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -326,7 +329,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Bench { spec, common, weights, batch, threads, iters, json } => {
+        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile } => {
             if batch == 0 || iters == 0 {
                 return Err(Fail("error: --batch and --iters must be at least 1".into()));
             }
@@ -355,6 +358,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             // What 128-bit FMAs can do on the cores used: measured here, not assumed.
             let per_core = peak::f32x4_fma_gflops_per_core().unwrap_or(f64::NAN);
             let peak = c.threads() as f64 * per_core;
+            if profile {
+                print_profile(&m, &c, iters, per_core)?;
+            }
             if json {
                 let v = serde_json::json!({
                     "model": m.graph.model, "batch": batch, "threads": c.threads(), "iters": iters,
@@ -422,6 +428,38 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             Ok(())
         }
     }
+}
+
+/// Times each kernel over `iters` single-image runs and prints them, slowest first.
+fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usize, per_core: f64) -> Result<(), Fail> {
+    let shape: Vec<usize> = std::iter::once(1).chain(m.input_shape().iter().copied()).collect();
+    let x = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&shape), 0.5);
+    let mut secs = vec![0f64; c.kernels.len()];
+    for _ in 0..iters {
+        c.program.profile(x.view(), &mut secs).map_err(|e| Fail(format!("error: {e}")))?;
+    }
+    let o = m.optimize(None)?;
+    let total: f64 = secs.iter().sum();
+    let mut rows: Vec<(usize, f64)> = secs.iter().copied().enumerate().collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("{:<36} {:<52} {:>9} {:>6} {:>8} {:>6}", "kernel", "op", "ms", "%", "GFLOP/s", "%peak");
+    for (i, t) in rows {
+        let k = &c.kernels[i];
+        let macs = o.graph.find(&k.node).map(|n| o.graph.node_macs(n)).unwrap_or(0);
+        let ms = t / iters as f64 * 1e3;
+        let gf = 2.0 * macs as f64 / (t / iters as f64) / 1e9;
+        println!(
+            "{:<36} {:<52} {:>9.3} {:>6.1} {:>8.1} {:>6.1}",
+            k.node,
+            k.op,
+            ms,
+            100.0 * t / total,
+            gf,
+            100.0 * gf / (per_core * c.threads() as f64)
+        );
+    }
+    println!("{:<36} {:<52} {:>9.3}", "total", "", total / iters as f64 * 1e3);
+    Ok(())
 }
 
 /// Refuses a `--dump-after`/`--after` that names no pass, listing the passes.

@@ -345,13 +345,39 @@ impl Program {
             let inp = input[b * in_len..].as_ptr();
             let outp = output[b * out_len..].as_mut_ptr();
             // SAFETY: the build step checked every buffer against its region's size.
-            unsafe { self.run_item(inp, outp, &mut arena) };
+            unsafe { self.run_item(inp, outp, &mut arena, None) };
         }
         self.arenas.lock().unwrap().push(arena);
         Ok(())
     }
 
-    unsafe fn run_item(&self, input: *const f32, output: *mut f32, arena: &mut Arena) {
+    /// Runs one batch item (`input` of [1, ..input_shape]) and adds each step's wall time in seconds to
+    /// `seconds` (one entry per step): a per-kernel profile.
+    pub fn profile(&self, input: ArrayViewD<f32>, seconds: &mut [f64]) -> Result<(), RuntimeError> {
+        let sh = input.shape();
+        if sh.len() != self.input_shape.len() + 1 || sh[1..] != self.input_shape[..] || sh[0] != 1 {
+            return Err(RuntimeError::Shape {
+                expected: format!("[1, {}]", join(&self.input_shape)),
+                found: format!("[{}]", join(sh)),
+            });
+        }
+        if seconds.len() != self.steps.len() {
+            return Err(RuntimeError::BadStep(format!("profile needs {} slots", self.steps.len())));
+        }
+        let input = input.as_standard_layout();
+        let mut out = vec![0f32; self.output_shape.iter().product()];
+        let mut arena =
+            self.arenas.lock().unwrap().pop().unwrap_or_else(|| Arena {
+                buf: AlignedBuf::zeroed(self.arena_floats + self.threads * self.work_floats),
+            });
+        let inp = input.as_slice().expect("standard layout").as_ptr();
+        // SAFETY: as in run_slice; the shapes were checked above.
+        unsafe { self.run_item(inp, out.as_mut_ptr(), &mut arena, Some(seconds)) };
+        self.arenas.lock().unwrap().push(arena);
+        Ok(())
+    }
+
+    unsafe fn run_item(&self, input: *const f32, output: *mut f32, arena: &mut Arena, mut times: Option<&mut [f64]>) {
         let base = arena.buf.as_mut_ptr();
         let work_base = base.add(self.arena_floats) as usize;
         let resolve = |l: Loc| -> *mut f32 {
@@ -361,7 +387,8 @@ impl Program {
                 Loc::Arena(o) => base.add(o),
             }
         };
-        for s in &self.steps {
+        for (i, s) in self.steps.iter().enumerate() {
+            let t0 = times.as_ref().map(|_| std::time::Instant::now());
             let args = KernelArgs {
                 input: s.input.map_or(std::ptr::null(), |b| resolve(b.loc) as *const f32),
                 input2: s.input2.map_or(std::ptr::null(), |b| resolve(b.loc) as *const f32),
@@ -371,14 +398,17 @@ impl Program {
             let (kernel, ntasks, wf) = (s.kernel, s.ntasks, self.work_floats);
             if ntasks <= 1 || self.threads <= 1 {
                 kernel(&args, work_base as *mut f32, 0, ntasks);
-                continue;
+            } else {
+                let args_addr = &args as *const KernelArgs as usize;
+                self.pool.parallel_for_indexed(ntasks, &|t, thread| {
+                    let work = (work_base + thread * wf * 4) as *mut f32;
+                    // SAFETY: each thread has its own work buffer; tasks write disjoint outputs.
+                    unsafe { kernel(args_addr as *const KernelArgs, work, t, t + 1) };
+                });
             }
-            let args_addr = &args as *const KernelArgs as usize;
-            self.pool.parallel_for_indexed(ntasks, &|t, thread| {
-                let work = (work_base + thread * wf * 4) as *mut f32;
-                // SAFETY: each thread has its own work buffer; tasks write disjoint outputs.
-                unsafe { kernel(args_addr as *const KernelArgs, work, t, t + 1) };
-            });
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t[i] += t0.elapsed().as_secs_f64();
+            }
         }
     }
 }
