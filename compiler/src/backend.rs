@@ -6,6 +6,12 @@
 //! caller's memory, the output node's value in the caller's output, everything else in the arena.
 //! Output is a [`Compiled`] model: the runtime program (which keeps the machine code alive), plus what
 //! was generated, for reports and `--emit clif`.
+//!
+//! Every op left after optimization has a kernel. An `add` of k > 2 inputs is lowered to a chain of k - 1
+//! binary add steps, `((x0 + x1) + x2) + ...` (the reference's order), alternating between the node's output
+//! buffer and a scratch buffer of the same size so that no step writes a buffer it reads; the chain ends in
+//! the output buffer. The scratch buffer is planned like a work buffer of the add's step (live at that step
+//! only), so the memory planner places it beside everything live then and `Plan::verify` checks it.
 
 use crate::codegen::{self, Session, SessionOptions};
 use crate::graph::Graph;
@@ -28,6 +34,7 @@ pub struct BackendOptions {
     pub verify: bool,
 }
 
+#[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions { threads: 0, keep_ir: false, verify: cfg!(debug_assertions) }
@@ -81,6 +88,22 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     let g: &Graph = &opt.graph;
     let t0 = std::time::Instant::now();
     let steps = opt.plan.steps.clone();
+    // Scratch of multi-input adds (see the module docs), planned as a work buffer of their step.
+    let chain_bytes = |n: NodeIndex| -> usize {
+        let node = g.node(n);
+        if matches!(node.op, Op::Add) && g.inputs(n).len() > 2 {
+            node.shape.iter().product::<usize>() * 4
+        } else {
+            0
+        }
+    };
+    let act_plan = if steps.iter().any(|&n| chain_bytes(n) > 0) {
+        let p = plan::plan(g, &chain_bytes);
+        p.verify().map_err(|reason| crate::passes::PassError { pass: "memory plan", reason })?;
+        p
+    } else {
+        opt.plan.clone()
+    };
     // Everything the back end cannot compile, reported at once.
     let unsupported: Vec<String> = steps
         .iter()
@@ -94,47 +117,65 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             unsupported.join(", ")
         )));
     }
-    let mut session = Session::with_options(SessionOptions {
-        verify: o.verify,
-        keep_ir: o.keep_ir,
-        ..SessionOptions::default()
-    })
-    .map_err(cg)?;
+    let mut session =
+        Session::with_options(SessionOptions { verify: o.verify, keep_ir: o.keep_ir, ..SessionOptions::default() })
+            .map_err(cg)?;
     let mut kernels = Vec::with_capacity(steps.len());
     for &n in &steps {
         kernels.push(kernel_for(&mut session, g, opt, n)?);
     }
+    // A model whose output is its input (or a reshape of it) copies the input to the output.
+    let out_node = g.node(g.output);
+    let passthrough = match act_plan.value.get(&g.output) {
+        None => Some(session.copy(&out_node.name, &out_node.shape).map_err(cg)?),
+        Some(_) => None,
+    };
     let t1 = std::time::Instant::now();
     let code = session.finish().map_err(cg)?;
     let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
     let threads = pool.threads();
     // Re-plan with each kernel's per-thread work buffers, so the report accounts for them.
     let work: std::collections::HashMap<NodeIndex, usize> =
-        steps.iter().zip(&kernels).map(|(&n, k)| (n, k.work_floats * 4 * threads)).collect();
+        steps.iter().zip(&kernels).map(|(&n, k)| (n, k.work_floats * 4 * threads + chain_bytes(n))).collect();
     let full_plan = plan::plan(g, &|n| work.get(&n).copied().unwrap_or(0));
     full_plan.verify().map_err(|reason| crate::passes::PassError { pass: "memory plan", reason })?;
     let input_shape = g.node(g.input).shape.clone();
     let output_shape = g.node(g.output).shape.clone();
     let mut pb = ProgramBuilder::new(&input_shape, &output_shape);
     // The arena holds the activations; the runtime allocates the per-thread work buffers beside it.
-    let act_floats = opt.plan.arena_bytes / 4;
+    let act_floats = act_plan.arena_bytes / 4;
     pb.arena_floats(act_floats);
-    let out_owner = opt.plan.value.get(&g.output).map(|&b| opt.plan.buffers[b].node);
+    let out_owner = act_plan.value.get(&g.output).map(|&b| act_plan.buffers[b].node);
     let buf = |n: NodeIndex| -> Buf {
         let len: usize = g.node(n).shape.iter().product();
-        match opt.plan.value.get(&n) {
+        match act_plan.value.get(&n) {
             None => Buf { loc: Loc::Input(0), len },
-            Some(&b) if Some(opt.plan.buffers[b].node) == out_owner => Buf { loc: Loc::Output(0), len },
-            Some(&b) => Buf { loc: Loc::Arena(opt.plan.buffers[b].offset / 4), len },
+            Some(&b) if Some(act_plan.buffers[b].node) == out_owner => Buf { loc: Loc::Output(0), len },
+            Some(&b) => Buf { loc: Loc::Arena(act_plan.buffers[b].offset / 4), len },
         }
     };
     let mut infos = Vec::with_capacity(steps.len());
     for (&n, k) in steps.iter().zip(&kernels) {
         let ins = g.inputs(n);
-        let input = buf(ins[0]);
-        let input2 = ins.get(1).map(|&i| buf(i));
-        let step = k.step(&code, &mut pb, input, input2, buf(n)).map_err(cg)?;
-        pb.push(step);
+        let out = buf(n);
+        if let Some(&t) = act_plan.work.get(&n).filter(|_| chain_bytes(n) > 0) {
+            // x0 + x1 + ... + x(k-1) as k - 1 binary steps ending in `out`, alternating with `tmp`.
+            let tmp = Buf { loc: Loc::Arena(act_plan.buffers[t].offset / 4), len: out.len };
+            let links = ins.len() - 1;
+            let mut acc = buf(ins[0]);
+            for (j, &x) in ins.iter().enumerate().skip(1) {
+                let dst = if (links - j).is_multiple_of(2) { out } else { tmp };
+                let mut step = k.step(&code, &mut pb, acc, Some(buf(x)), dst).map_err(cg)?;
+                step.name = format!("{} ({j}/{links})", step.name);
+                pb.push(step);
+                acc = dst;
+            }
+        } else {
+            let input = buf(ins[0]);
+            let input2 = ins.get(1).map(|&i| buf(i));
+            let step = k.step(&code, &mut pb, input, input2, out).map_err(cg)?;
+            pb.push(step);
+        }
         infos.push(KernelInfo {
             node: g.node(n).name.clone(),
             op: g.node(n).op.to_string(),
@@ -143,21 +184,39 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             clif: k.clif.clone(),
         });
     }
+    if let Some(k) = &passthrough {
+        let len = k.out_shape.iter().product();
+        let step = k.step(&code, &mut pb, Buf { loc: Loc::Input(0), len }, None, Buf { loc: Loc::Output(0), len });
+        pb.push(step.map_err(cg)?);
+        infos.push(KernelInfo {
+            node: out_node.name.clone(),
+            op: "copy".to_string(),
+            ntasks: k.ntasks,
+            work_floats: 0,
+            clif: k.clif.clone(),
+        });
+    }
     pb.keep_alive(Box::new(code));
     let program = pb.build(pool).map_err(|e| Error::Option(format!("internal error: {e}")))?;
-    let stages_ms = vec![
-        ("codegen", (t1 - t0).as_secs_f64() * 1e3),
-        ("finalize", t1.elapsed().as_secs_f64() * 1e3),
-    ];
+    let stages_ms = vec![("codegen", (t1 - t0).as_secs_f64() * 1e3), ("finalize", t1.elapsed().as_secs_f64() * 1e3)];
     Ok(Compiled { program, kernels: infos, plan: full_plan, macs: g.macs(), stages_ms, threads })
 }
 
 fn supported(op: &Op, input: &[usize]) -> bool {
     match op {
-        Op::Conv(_) | Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool | Op::GlobalMaxPool | Op::Dense { .. } => true,
-        // The softmax kernel normalizes one vector: only over vectors for now.
-        Op::Softmax => input.len() == 1,
-        _ => false,
+        Op::Conv(_)
+        | Op::MaxPool(_)
+        | Op::AvgPool(_)
+        | Op::GlobalAvgPool
+        | Op::GlobalMaxPool
+        | Op::Dense { .. }
+        | Op::BatchNorm { .. }
+        | Op::Relu
+        | Op::Add
+        | Op::Softmax => true,
+        Op::ZeroPad(_) => input.len() == 3,
+        // Never a plan step: the model input lives in the caller's memory, flatten aliases its input.
+        Op::Input { .. } | Op::Flatten => false,
     }
 }
 
@@ -173,7 +232,8 @@ fn kernel_for(s: &mut Session, g: &Graph, opt: &Optimized, n: NodeIndex) -> Resu
         let t = opt.weights.get(&node.name, name).ok_or_else(|| {
             Error::Option(format!("internal error: no weight `{}.{name}` for the back end", node.name))
         })?;
-        t.as_slice().ok_or_else(|| Error::Option(format!("internal error: weight `{}.{name}` is not contiguous", node.name)))
+        t.as_slice()
+            .ok_or_else(|| Error::Option(format!("internal error: weight `{}.{name}` is not contiguous", node.name)))
     };
     let k = match &node.op {
         Op::Conv(c) => {
@@ -189,7 +249,22 @@ fn kernel_for(s: &mut Session, g: &Graph, opt: &Optimized, n: NodeIndex) -> Resu
             let b = if *bias { Some(w("bias")?) } else { None };
             s.dense(&node.name, cin, *units, *activation, w("kernel")?, b)
         }
-        Op::Softmax => s.softmax(&node.name, in_shape.iter().product()),
+        Op::Softmax if in_shape.len() == 1 => s.softmax(&node.name, in_shape[0]),
+        Op::Softmax => s.softmax_rows(&node.name, in_shape),
+        Op::Relu => s.relu(&node.name, in_shape),
+        // Binary: an add of more inputs runs this kernel once per extra input (see `compile`).
+        Op::Add => s.add(&node.name, in_shape),
+        Op::ZeroPad(p) => s.zero_padding(&node.name, p, shape3(in_shape)),
+        Op::BatchNorm { epsilon } => {
+            let bn = codegen::elementwise::BatchNormWeights {
+                gamma: w("gamma")?,
+                beta: w("beta")?,
+                moving_mean: w("moving_mean")?,
+                moving_variance: w("moving_variance")?,
+                epsilon: *epsilon,
+            };
+            s.batch_norm(&node.name, in_shape, &bn)
+        }
         other => return Err(Error::Option(format!("internal error: no kernel for {other}"))),
     }
     .map_err(cg)?;

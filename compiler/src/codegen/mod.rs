@@ -16,7 +16,9 @@
 
 pub mod conv;
 pub mod dense;
+pub mod elementwise;
 pub mod pool;
+pub mod winograd;
 mod util;
 
 #[cfg(test)]

@@ -1,0 +1,210 @@
+//! The JIT back end on ops the optimizer leaves unfused: standalone relu, batch norm, multi-input add, zero
+//! padding, softmax over a feature map, global pools. Against Keras on the committed `ops_edge` fixture, and
+//! against the reference interpreter on small inline specs (batch 2, one and two threads).
+
+use ndarray::{Array4, ArrayD};
+use rand::{Rng, SeedableRng};
+use resnetc_compiler::backend::{BackendOptions, Compiled};
+use resnetc_compiler::weights::Weights;
+use resnetc_compiler::{Model, Options};
+
+fn root(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn opts(threads: usize) -> BackendOptions {
+    BackendOptions { threads, keep_ir: false, verify: true }
+}
+
+/// Trained-looking BatchNorm statistics and biases (glorot init leaves them trivial).
+fn randomize(w: &mut Weights, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut keys: Vec<String> = w.tensors.keys().cloned().collect();
+    keys.sort();
+    for k in keys {
+        let (lo, hi) = match k.rsplit('.').next().unwrap() {
+            "gamma" => (0.5, 1.5),
+            "moving_variance" => (0.5, 2.0),
+            "beta" | "moving_mean" => (-0.2, 0.2),
+            "bias" => (-0.1, 0.1),
+            _ => continue,
+        };
+        w.get_mut(&k).unwrap().mapv_inplace(|_| rng.random_range(lo..hi));
+    }
+}
+
+fn input(shape: &[usize], n: usize, seed: u64) -> ArrayD<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Array4::from_shape_simple_fn((n, shape[0], shape[1], shape[2]), || rng.random_range(-1.0f32..1.0)).into_dyn()
+}
+
+/// Largest |got - want| and max |want|.
+fn worst(got: &ArrayD<f32>, want: &ArrayD<f32>) -> (f32, f32) {
+    assert_eq!(got.shape(), want.shape());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let d = got.iter().zip(want).map(|(a, b)| if (a - b).is_nan() { f32::INFINITY } else { (a - b).abs() });
+    (d.fold(0f32, f32::max), scale)
+}
+
+/// The kinds of the compiled kernels (first word of each op), sorted, with repeats.
+fn kernel_kinds(c: &Compiled) -> Vec<String> {
+    let mut v: Vec<String> = c.kernels.iter().map(|k| k.op.split(' ').next().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ops_edge_fixture_matches_keras() {
+    let o = Options { weights: Some(root("tests/fixtures/ops_edge.safetensors").into()), ..Default::default() };
+    let m = Model::from_file(root("tests/fixtures/ops_edge.yaml"), &o).unwrap();
+    let x: ArrayD<f32> = ndarray_npy::read_npy(root("tests/fixtures/ops_edge_x.npy")).unwrap();
+    let y: ArrayD<f32> = ndarray_npy::read_npy(root("tests/fixtures/ops_edge_y.npy")).unwrap();
+    let c = m.compile(&opts(2)).unwrap_or_else(|e| panic!("ops_edge does not compile: {e}"));
+    let kinds = kernel_kinds(&c);
+    for k in ["batch_norm", "zero_padding", "add"] {
+        assert!(kinds.iter().any(|x| x == k), "ops_edge: no `{k}` kernel in {kinds:?}");
+    }
+    // The five-input add runs as a chain of four binary steps.
+    let merge: Vec<&str> =
+        c.program.steps().iter().map(|s| s.name.as_str()).filter(|n| n.starts_with("merge (")).collect();
+    assert_eq!(merge.len(), 4, "{merge:?}");
+    let (d, s) = worst(&c.run(x.view()).unwrap(), &y);
+    assert!(d <= 1e-5 * s + 1e-6, "ops_edge: JIT differs from Keras by {d} (scale {s})");
+    // And the reference interpreter on the same weights.
+    let (d, s) = worst(&c.run(x.view()).unwrap(), &m.run_reference(x.view()).unwrap());
+    assert!(d <= 1e-5 * s + 1e-6, "ops_edge: JIT differs from the reference by {d} (scale {s})");
+}
+
+/// Compiles `spec` with one and two threads, runs a batch of 2 and compares with the reference interpreter
+/// (within 1e-5 relative); both thread counts must agree exactly. Checks that the kernels `expect` are
+/// there (each kind at least as many times as listed). Returns the two-thread compiled model.
+fn check(what: &str, spec: &str, expect: &[&str]) -> Compiled {
+    let mut m = Model::from_str(&format!("{what}.yaml"), spec, &Options::default())
+        .unwrap_or_else(|e| panic!("{what}: the spec does not load:\n{e}"));
+    randomize(&mut m.weights, 5);
+    let x = input(m.input_shape(), 2, 17);
+    let want = m.run_reference(x.view()).unwrap();
+    let mut first: Option<ArrayD<f32>> = None;
+    let mut last = None;
+    for threads in [1, 2] {
+        let c = m.compile(&opts(threads)).unwrap_or_else(|e| panic!("{what}: does not compile: {e}"));
+        let kinds = kernel_kinds(&c);
+        for k in expect {
+            let need = expect.iter().filter(|e| *e == k).count();
+            let have = kinds.iter().filter(|x| x == k).count();
+            assert!(have >= need, "{what}: expected {need} `{k}` kernel(s), found {kinds:?}");
+        }
+        let got = c.run(x.view()).unwrap();
+        let (d, s) = worst(&got, &want);
+        assert!(d <= 1e-5 * s, "{what} ({threads} thread(s)): JIT differs from the reference by {d} (scale {s})");
+        // A second run reuses the arena: every kernel must write all of its output again.
+        assert_eq!(c.run(x.view()).unwrap(), got, "{what}: a second run differs");
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(f, &got, "{what}: one and two threads differ"),
+        }
+        last = Some(c);
+    }
+    last.unwrap()
+}
+
+#[test]
+fn relu_on_a_map_with_channels_not_a_multiple_of_4() {
+    check("relu", "input: [5, 7, 5]\nlayers:\n  - {op: relu}\n", &["relu"]);
+    // More than one task (8192 floats each) and a scalar tail: 37*41*7 = 10619 floats.
+    check("relu_big", "input: [37, 41, 7]\nlayers:\n  - {op: relu}\n  - {op: relu}\n", &["relu", "relu"]);
+}
+
+#[test]
+fn batch_norm_on_the_raw_input() {
+    check("bn", "input: [6, 5, 7]\nlayers:\n  - {op: batch_norm, epsilon: 0.01}\n", &["batch_norm"]);
+    check("bn_c3", "input: [9, 4, 3]\nlayers:\n  - {op: batch_norm}\n", &["batch_norm"]);
+    check("bn_c8_big", "input: [33, 35, 8]\nlayers:\n  - {op: batch_norm}\n", &["batch_norm"]);
+}
+
+#[test]
+fn adds_of_two_to_five_inputs() {
+    let spec = |inputs: &str| {
+        format!(
+            "input: [4, 6, 6]\nlayers:\n  - {{op: relu, name: a}}\n  - {{op: batch_norm, name: b, inputs: input}}\n  \
+             - {{op: softmax, name: c, inputs: input}}\n  - {{op: add, name: sum, inputs: [{inputs}]}}\n"
+        )
+    };
+    check("add2", &spec("a, b"), &["add"]);
+    check("add3", &spec("a, b, input"), &["add"]);
+    check("add4", &spec("a, b, input, c"), &["add"]);
+    check("add5_repeated", &spec("a, a, b, input, a"), &["add"]);
+    // The add's result feeds more work (its output lives in the arena, not in the model output).
+    let c = check(
+        "add3_inner",
+        "input: [9, 10, 5]\nlayers:\n  - {op: relu, name: a}\n  - {op: batch_norm, name: b, inputs: input}\n  \
+         - {op: add, name: sum, inputs: [a, b, input]}\n  - {op: relu}\n  - {op: global_max_pool}\n",
+        &["add", "relu", "relu", "global_max_pool"],
+    );
+    let chain: Vec<&str> =
+        c.program.steps().iter().map(|s| s.name.as_str()).filter(|n| n.starts_with("sum (")).collect();
+    assert_eq!(chain, ["sum (1/2)", "sum (2/2)"]);
+}
+
+#[test]
+fn zero_padding_asymmetric() {
+    check("pad", "input: [5, 4, 6]\nlayers:\n  - {op: zero_padding, padding: [[1, 2], [0, 3]]}\n", &["zero_padding"]);
+    check(
+        "pad_then_pool",
+        "input: [7, 6, 3]\nlayers:\n  - {op: zero_padding, padding: [[2, 0], [3, 1]]}\n  \
+         - {op: max_pool, pool: 2}\n  - {op: zero_padding, padding: 1}\n  - {op: avg_pool, pool: 3, strides: 1}\n",
+        &["zero_padding", "zero_padding"],
+    );
+    // Rows of more than one task, and a padded map that is later reduced to a vector.
+    check(
+        "pad_big",
+        "input: [30, 31, 9]\nlayers:\n  - {op: zero_padding, padding: [[3, 1], [2, 5]]}\n  - {op: global_avg_pool}\n",
+        &["zero_padding", "global_avg_pool"],
+    );
+}
+
+#[test]
+fn softmax_over_a_map() {
+    check("softmax", "input: [3, 4, 6]\nlayers:\n  - {op: softmax}\n", &["softmax"]);
+    check("softmax_big", "input: [20, 30, 3]\nlayers:\n  - {op: softmax}\n", &["softmax"]);
+}
+
+#[test]
+fn global_max_pool_and_vector_ops() {
+    check("gmax", "input: [6, 7, 10]\nlayers:\n  - {op: global_max_pool}\n", &["global_max_pool"]);
+    // Dense followed by standalone vector ops the optimizer cannot fuse.
+    check(
+        "vector_tail",
+        "input: [4, 5, 6]\nlayers:\n  - {op: global_max_pool, name: g}\n  - {op: dense, units: 11}\n  \
+         - {op: batch_norm, name: bn}\n  - {op: relu, name: r}\n  - {op: dense, name: d2, inputs: g, units: 11}\n  \
+         - {op: add, inputs: [r, d2, bn]}\n  - {op: softmax}\n",
+        &["add", "batch_norm", "relu", "softmax", "global_max_pool"],
+    );
+}
+
+#[test]
+fn combinations_with_convolutions() {
+    // A conv with two readers keeps its BatchNorm; a three-input add with a conv and the input; padding
+    // before a pool; softmax over the final map.
+    check(
+        "combo",
+        "input: [8, 9, 6]\nlayers:\n  - {op: conv, name: c, filters: 6, kernel: 3, padding: same}\n  \
+         - {op: batch_norm, name: bn}\n  - {op: relu, name: r}\n  - {op: add, name: sum, inputs: [r, c, input]}\n  \
+         - {op: zero_padding, padding: [[0, 1], [2, 0]]}\n  - {op: max_pool, pool: 2, padding: same}\n  \
+         - {op: softmax}\n",
+        &["add", "batch_norm", "relu", "zero_padding", "softmax"],
+    );
+    check(
+        "combo_head",
+        "input: [10, 10, 4]\nlayers:\n  - {op: conv, name: c, filters: 8, kernel: 3, strides: 2}\n  \
+         - {op: relu, name: r}\n  - {op: batch_norm, name: bn, inputs: c}\n  - {op: add, inputs: [r, bn, c, r]}\n  \
+         - {op: global_max_pool}\n  - {op: dense, units: 5, activation: softmax}\n",
+        &["add", "batch_norm", "global_max_pool"],
+    );
+}
+
+#[test]
+fn a_model_whose_output_is_its_input_reshaped() {
+    let c = check("flatten_only", "input: [3, 4, 5]\nlayers:\n  - {op: flatten}\n", &["copy"]);
+    assert_eq!(c.program.output_shape(), [60]);
+}
