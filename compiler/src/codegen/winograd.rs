@@ -1,0 +1,986 @@
+//! Winograd convolution kernels for 3x3, stride-1 convolutions padded by 1 on every side (`same`), NHWC f32.
+//!
+//! F(m x m, 3x3) with m = 2 (alpha = 4, 16 transformed positions) or m = 4 (alpha = 6, 36 positions):
+//! the output is cut into m x m tiles (tile t = ty * tiles_w + tx, partial tiles at the right/bottom edges).
+//!
+//! - Weights: U = G g Gᵀ computed at compile time (in f64) and packed as `U[xi][panel][cin][4]` (panels of 4
+//!   output channels, zero-padded), followed by the bias padded to `npan * 4`. That is [`Kernel::consts`].
+//! - Task = (block of `nt` tiles) x (group of output-channel blocks). Per task:
+//!   1. input transform: for each tile, Bᵀ d B over 4 channels at a time (f32x4) into `V[xi][tile][cinp]` in
+//!      the work buffer. Interior tiles read the NHWC input directly; border tiles first copy their
+//!      alpha x alpha patch (zeros outside the image) into a scratch area of the work buffer.
+//!   2. for each output-channel block (`cbp` panels of 4): for each position xi, a GEMM
+//!      `M[xi][tiles][4*cbp] = V[xi][tiles][cin] * U[xi][cin][4*cbp]` with an `r` x 4 f32x4 micro-kernel
+//!      (one broadcast load of V per FMA, the U vector in a register, cin loop with a header test and an
+//!      unconditional back edge, unrolled by 2), then
+//!   3. output transform Aᵀ m A per tile and 4 channels, fused epilogue (bias, relu, residual from `input2`,
+//!      relu after add), masked stores for partial tiles and channel tails.
+//!
+//! Work buffer: `alpha² * nt * cinp` (V) + `alpha² * nt * 4 * cbp` (M) + `alpha² * cinp` (scratch) floats.
+
+use super::util::*;
+use super::{CodegenError, Kernel, Session};
+use crate::ops::Conv;
+use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::Module;
+use resnetc_runtime::abi::align_floats;
+
+/// Output tile size of the Winograd algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WinogradTile {
+    /// F(2x2, 3x3): 16 multiplications per 4 outputs (2.25x fewer than direct), transforms with 0/±1 only.
+    F2,
+    /// F(4x4, 3x3): 36 multiplications per 16 outputs (4x fewer), larger transform constants.
+    F4,
+}
+
+/// Blocking parameters of Winograd kernels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WinogradTiling {
+    pub tile: WinogradTile,
+    /// Micro-kernel rows (tiles) at most (<= 12).
+    pub rows: usize,
+    /// Row blocks per task at most (tiles per task = rows * row_blocks), further bounded by `v_budget`.
+    pub row_blocks: usize,
+    /// Floats of the transformed input V a task may hold (bounds row_blocks).
+    pub v_budget: usize,
+    /// Output-channel panels (of 4) per channel block.
+    pub cout_panels: usize,
+    /// Split channel blocks into groups until there are at least this many tasks.
+    pub min_tasks: usize,
+}
+
+impl Default for WinogradTiling {
+    fn default() -> Self {
+        WinogradTiling {
+            tile: WinogradTile::F2,
+            rows: 12,
+            row_blocks: 3,
+            v_budget: 64 * 1024,
+            cout_panels: 16,
+            min_tasks: 4,
+        }
+    }
+}
+
+/// Whether [`Session::conv_winograd`] handles this convolution: 3x3 kernel, stride 1, padding 1 on each side
+/// (`same` or explicit), non-empty input.
+pub fn winograd_applies(conv: &Conv, input: [usize; 3]) -> bool {
+    let [h, w, c] = input;
+    if conv.kernel != [3, 3] || conv.strides != [1, 1] || h == 0 || w == 0 || c == 0 || conv.filters == 0 {
+        return false;
+    }
+    let p = conv.padding.pads(h, w, conv.kernel, conv.strides);
+    p.top == 1 && p.bottom == 1 && p.left == 1 && p.right == 1
+}
+
+// Transform matrices (rows of Bᵀ, G, Aᵀ).
+const BT2: [[f64; 4]; 4] = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0.], [0., 1., 0., -1.]];
+const G2: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
+const AT2: [[f64; 4]; 2] = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
+
+const BT4: [[f64; 6]; 6] = [
+    [4., 0., -5., 0., 1., 0.],
+    [0., -4., -4., 1., 1., 0.],
+    [0., 4., -4., -1., 1., 0.],
+    [0., -2., -1., 2., 1., 0.],
+    [0., 2., -1., -2., 1., 0.],
+    [0., 4., 0., -5., 0., 1.],
+];
+const G4: [[f64; 3]; 6] = [
+    [1. / 4., 0., 0.],
+    [-1. / 6., -1. / 6., -1. / 6.],
+    [-1. / 6., 1. / 6., -1. / 6.],
+    [1. / 24., 1. / 12., 1. / 6.],
+    [1. / 24., -1. / 12., 1. / 6.],
+    [0., 0., 1.],
+];
+const AT4: [[f64; 6]; 4] =
+    [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
+
+/// The transform matrices of one tile size as row vectors: (Bᵀ: a x a, G: a x 3, Aᵀ: m x a).
+struct Mats {
+    bt: Vec<Vec<f64>>,
+    g: Vec<Vec<f64>>,
+    at: Vec<Vec<f64>>,
+}
+
+fn mats(tile: WinogradTile) -> Mats {
+    match tile {
+        WinogradTile::F2 => Mats {
+            bt: BT2.iter().map(|r| r.to_vec()).collect(),
+            g: G2.iter().map(|r| r.to_vec()).collect(),
+            at: AT2.iter().map(|r| r.to_vec()).collect(),
+        },
+        WinogradTile::F4 => Mats {
+            bt: BT4.iter().map(|r| r.to_vec()).collect(),
+            g: G4.iter().map(|r| r.to_vec()).collect(),
+            at: AT4.iter().map(|r| r.to_vec()).collect(),
+        },
+    }
+}
+
+/// Everything about one Winograd convolution that the generated code bakes in.
+#[derive(Clone, Debug)]
+pub struct WinogradPlan {
+    pub tile: WinogradTile,
+    /// Output tile size m and transformed tile size a = m + 2.
+    pub m: usize,
+    pub a: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    /// cin rounded up to a multiple of 4 (row stride of V).
+    pub cinp: usize,
+    pub cout: usize,
+    pub npan: usize,
+    pub nfullpan: usize,
+    pub ntail: usize,
+    pub tiles_h: usize,
+    pub tiles_w: usize,
+    pub ntiles: usize,
+    /// Micro-kernel rows, row blocks per task, tiles per task (= r * nrb).
+    pub r: usize,
+    pub nrb: usize,
+    pub nt: usize,
+    /// Tile blocks.
+    pub ntb: usize,
+    /// Panels per output-channel block, number of blocks, blocks per group, groups.
+    pub cbp: usize,
+    pub ncb: usize,
+    pub cpg: usize,
+    pub ng: usize,
+    pub bias: bool,
+    pub relu: bool,
+    pub residual: bool,
+    pub relu_after_add: bool,
+}
+
+impl WinogradPlan {
+    pub fn new(conv: &Conv, input: [usize; 3], t: &WinogradTiling) -> Result<WinogradPlan, String> {
+        if !winograd_applies(conv, input) {
+            return Err("winograd needs a 3x3, stride-1 convolution padded by 1 on each side".into());
+        }
+        let [h, w, cin] = input;
+        let cout = conv.filters;
+        let m = match t.tile {
+            WinogradTile::F2 => 2,
+            WinogradTile::F4 => 4,
+        };
+        let a = m + 2;
+        let cinp = cin.next_multiple_of(4);
+        let npan = cout.div_ceil(4);
+        let (tiles_h, tiles_w) = (h.div_ceil(m), w.div_ceil(m));
+        let ntiles = tiles_h * tiles_w;
+        let rmax = t.rows.clamp(1, 12);
+        let r = ntiles.div_ceil(ntiles.div_ceil(rmax));
+        let rb_budget = (t.v_budget / (a * a * r * cinp)).max(1);
+        let nrb = t.row_blocks.max(1).min(rb_budget).min(ntiles.div_ceil(r));
+        let nt = r * nrb;
+        let ntb = ntiles.div_ceil(nt);
+        let cbp = t.cout_panels.max(1).min(npan);
+        let ncb = npan.div_ceil(cbp);
+        // Groups of channel blocks: more groups (each repeats the input transform) only for parallelism.
+        let mut ng = 1;
+        while ntb * ng < t.min_tasks && ng < ncb {
+            ng += 1;
+        }
+        let cpg = ncb.div_ceil(ng);
+        let ng = ncb.div_ceil(cpg);
+        Ok(WinogradPlan {
+            tile: t.tile,
+            m,
+            a,
+            h,
+            w,
+            cin,
+            cinp,
+            cout,
+            npan,
+            nfullpan: cout / 4,
+            ntail: cout % 4,
+            tiles_h,
+            tiles_w,
+            ntiles,
+            r,
+            nrb,
+            nt,
+            ntb,
+            cbp,
+            ncb,
+            cpg,
+            ng,
+            bias: conv.bias,
+            relu: conv.relu,
+            residual: conv.residual,
+            relu_after_add: conv.relu_after_add,
+        })
+    }
+
+    pub fn ntasks(&self) -> usize {
+        self.ntb * self.ng
+    }
+
+    fn v_floats(&self) -> usize {
+        align_floats(self.a * self.a * self.nt * self.cinp)
+    }
+
+    fn m_floats(&self) -> usize {
+        align_floats(self.a * self.a * self.nt * self.cbp * 4)
+    }
+
+    /// Per-thread work buffer (floats): V, M and the border-patch scratch.
+    pub fn work_floats(&self) -> usize {
+        self.v_floats() + self.m_floats() + align_floats(self.a * self.a * self.cinp)
+    }
+
+    /// Float offset of the bias in the packed constants.
+    pub fn bias_offset(&self) -> usize {
+        self.a * self.a * self.npan * self.cin * 4
+    }
+
+    /// Transforms and packs the Keras kernel `[3, 3, cin, cout]` (and bias) into `U[xi][panel][cin][4]` + bias.
+    pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let g = mats(self.tile).g;
+        let (a, cin, cout) = (self.a, self.cin, self.cout);
+        let mut out = vec![0f32; self.bias_offset() + self.npan * 4];
+        for c in 0..cin {
+            for n in 0..cout {
+                let k = |ky: usize, kx: usize| kernel[((ky * 3 + kx) * cin + c) * cout + n] as f64;
+                // t = G g (a x 3), u = t Gᵀ (a x a).
+                let mut t = vec![[0f64; 3]; a];
+                for (i, ti) in t.iter_mut().enumerate() {
+                    for (kx, tv) in ti.iter_mut().enumerate() {
+                        *tv = (0..3).map(|ky| g[i][ky] * k(ky, kx)).sum();
+                    }
+                }
+                for i in 0..a {
+                    for j in 0..a {
+                        let u: f64 = (0..3).map(|kx| t[i][kx] * g[j][kx]).sum();
+                        let xi = i * a + j;
+                        out[((xi * self.npan + n / 4) * cin + c) * 4 + n % 4] = u as f32;
+                    }
+                }
+            }
+        }
+        if let Some(bias) = bias {
+            let o = self.bias_offset();
+            out[o..o + cout].copy_from_slice(bias);
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ptrs {
+    inp: Value,
+    res: Value,
+    out: Value,
+    cst: Value,
+    /// V, M and scratch areas of the work buffer.
+    v: Value,
+    mm: Value,
+    scr: Value,
+}
+
+impl Session {
+    /// Compiles a 3x3, stride-1, pad-1 convolution as Winograd F(2x2,3x3) with the default tiling; same
+    /// arguments and result as [`Session::conv`] (check [`winograd_applies`] first).
+    pub fn conv_winograd(
+        &mut self,
+        name: &str,
+        conv: &Conv,
+        input: [usize; 3],
+        kernel: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Kernel, CodegenError> {
+        self.conv_winograd_with(name, conv, input, kernel, bias, &WinogradTiling::default())
+    }
+
+    /// [`Session::conv_winograd`] with explicit tile size and blocking.
+    pub fn conv_winograd_with(
+        &mut self,
+        name: &str,
+        conv: &Conv,
+        input: [usize; 3],
+        kernel: &[f32],
+        bias: Option<&[f32]>,
+        tiling: &WinogradTiling,
+    ) -> Result<Kernel, CodegenError> {
+        let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
+        let klen = 9 * p.cin * p.cout;
+        if kernel.len() != klen {
+            return Err(CodegenError::invalid(name, format!("kernel has {} floats, expected {klen}", kernel.len())));
+        }
+        match (conv.bias, bias) {
+            (true, Some(b)) if b.len() == p.cout => {}
+            (false, None) => {}
+            (true, _) => return Err(CodegenError::invalid(name, format!("expected a bias of {} floats", p.cout))),
+            (false, Some(_)) => return Err(CodegenError::invalid(name, "bias given to a conv without bias")),
+        }
+        let consts = p.pack_weights(kernel, bias);
+        let id = self.begin(name)?;
+        let fcfg = self.module.isa().frontend_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let [args_p, work, start, end] = entry(&mut b);
+        let [inp, res, out, cst] = load_args(&mut b, args_p);
+        let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
+        let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
+        let ptrs = Ptrs { inp, res, out, cst, v: work, mm, scr };
+        let mt = mats(p.tile);
+        for_range(&mut b, start, end, &[], |b, task, _| {
+            emit_task(b, &p, &mt, ptrs, task);
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+        let out_shape = vec![p.h, p.w, p.cout];
+        self.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)
+    }
+}
+
+fn emit_task(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, task: Value) {
+    let (tb, g) = if p.ng == 1 {
+        (task, iconst(b, 0))
+    } else {
+        (b.ins().udiv_imm_u(task, p.ng as i64), b.ins().urem_imm_u(task, p.ng as i64))
+    };
+    let t0 = b.ins().imul_imm_s(tb, p.nt as i64);
+    emit_input_transform(b, p, mt, ptrs, t0);
+    let cb0 = b.ins().imul_imm_s(g, p.cpg as i64);
+    let cb1 = b.ins().iadd_imm_s(cb0, p.cpg as i64);
+    let ncb = iconst(b, p.ncb);
+    let cb_end = b.ins().umin(cb1, ncb);
+    for_range(b, cb0, cb_end, &[], |b, cb, _| {
+        emit_gemm(b, p, ptrs, cb);
+        emit_output_transform(b, p, mt, ptrs, t0, cb);
+        vec![]
+    });
+}
+
+/// Splat of an f32 constant.
+fn splat(b: &mut FunctionBuilder, c: f64) -> Value {
+    let x = b.ins().f32const(c as f32);
+    b.ins().splat(types::F32X4, x)
+}
+
+/// `sum_k coef[k] * xs[k]` with ±1 as add/sub and zero terms skipped.
+fn lincomb(b: &mut FunctionBuilder, coef: &[f64], xs: &[Value]) -> Value {
+    let mut acc: Option<Value> = None;
+    for (&c, &x) in coef.iter().zip(xs) {
+        if c == 0.0 {
+            continue;
+        }
+        acc = Some(match acc {
+            None if c == 1.0 => x,
+            None if c == -1.0 => b.ins().fneg(x),
+            None => {
+                let s = splat(b, c);
+                b.ins().fmul(s, x)
+            }
+            Some(v) if c == 1.0 => b.ins().fadd(v, x),
+            Some(v) if c == -1.0 => b.ins().fsub(v, x),
+            Some(v) => {
+                let s = splat(b, c);
+                b.ins().fma(s, x, v)
+            }
+        });
+    }
+    acc.unwrap_or_else(|| zero4(b))
+}
+
+/// `L d Lᵀ` for `d` (a x a, row-major) and `L` (rows x a): returns rows x rows, row-major.
+fn transform2d(b: &mut FunctionBuilder, l: &[Vec<f64>], d: &[Value], a: usize) -> Vec<Value> {
+    let n = l.len();
+    // t[i][x] = sum_y L[i][y] d[y][x]
+    let mut t = vec![];
+    for li in l {
+        for x in 0..a {
+            let col: Vec<Value> = (0..a).map(|y| d[y * a + x]).collect();
+            t.push(lincomb(b, li, &col));
+        }
+    }
+    let mut o = vec![];
+    for i in 0..n {
+        for lj in l {
+            o.push(lincomb(b, lj, &t[i * a..(i + 1) * a]));
+        }
+    }
+    o
+}
+
+/// Input transform of tiles `t0 .. t0 + nt` into V.
+fn emit_input_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, t0: Value) {
+    let (a, m) = (p.a as i64, p.m as i64);
+    let lo = iconst(b, 0);
+    let hi = iconst(b, p.nt);
+    for_range(b, lo, hi, &[], |b, i, _| {
+        let t = b.ins().iadd(t0, i);
+        let (ty, tx) = (b.ins().udiv_imm_u(t, p.tiles_w as i64), b.ins().urem_imm_u(t, p.tiles_w as i64));
+        let iy0 = b.ins().imul_imm_s(ty, m);
+        let iy0 = b.ins().iadd_imm_s(iy0, -1);
+        let ix0 = b.ins().imul_imm_s(tx, m);
+        let ix0 = b.ins().iadd_imm_s(ix0, -1);
+        let c1 = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, iy0, 0);
+        let c2 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, iy0, p.h as i64 - a);
+        let c3 = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, ix0, 0);
+        let c4 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, ix0, p.w as i64 - a);
+        let c12 = b.ins().band(c1, c2);
+        let c34 = b.ins().band(c3, c4);
+        let interior = b.ins().band(c12, c34);
+        let dst = addr(b, ptrs.v, i, p.cinp * 4, 0);
+        if_else(
+            b,
+            interior,
+            |b| {
+                let yw = b.ins().imul_imm_s(iy0, p.w as i64);
+                let pix = b.ins().iadd(yw, ix0);
+                let src = addr(b, ptrs.inp, pix, p.cin * 4, 0);
+                transform_channels(b, p, mt, src, (p.w * p.cin * 4, p.cin * 4), mf_input(), dst);
+            },
+            |b| {
+                fill_scratch(b, p, ptrs, iy0, ix0);
+                let f = mf_rw().with_aligned();
+                transform_channels(b, p, mt, ptrs.scr, (p.a * p.cinp * 4, p.cinp * 4), f, dst);
+            },
+        );
+        vec![]
+    });
+}
+
+/// Copies the a x a patch at (iy0, ix0) into the scratch area as `[dy][dx][cinp]`, zeros outside the image.
+fn fill_scratch(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, iy0: Value, ix0: Value) {
+    let st = mf_rw().with_aligned();
+    let lo = iconst(b, 0);
+    let hi = iconst(b, p.a * p.a);
+    let groups = p.cin / 4;
+    let tail = p.cin % 4;
+    for_range(b, lo, hi, &[], |b, q, _| {
+        let dy = b.ins().udiv_imm_u(q, p.a as i64);
+        let dx = b.ins().urem_imm_u(q, p.a as i64);
+        let iy = b.ins().iadd(iy0, dy);
+        let ix = b.ins().iadd(ix0, dx);
+        let yok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, iy, p.h as i64);
+        let xok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, ix, p.w as i64);
+        let ok = b.ins().band(yok, xok);
+        let dst = addr(b, ptrs.scr, q, p.cinp * 4, 0);
+        if_else(
+            b,
+            ok,
+            |b| {
+                let yw = b.ins().imul_imm_s(iy, p.w as i64);
+                let pix = b.ins().iadd(yw, ix);
+                let src = addr(b, ptrs.inp, pix, p.cin * 4, 0);
+                if groups > 0 {
+                    let z = iconst(b, 0);
+                    let n = iconst(b, groups);
+                    for_range(b, z, n, &[], |b, c, _| {
+                        let s = addr(b, src, c, 16, 0);
+                        let d = addr(b, dst, c, 16, 0);
+                        let x = b.ins().load(types::F32X4, mf_input(), s, 0);
+                        b.ins().store(st, x, d, 0);
+                        vec![]
+                    });
+                }
+                if tail > 0 {
+                    let x = load_lanes(b, mf_input(), src, (groups * 16) as i32, tail);
+                    b.ins().store(st, x, dst, (groups * 16) as i32);
+                }
+            },
+            |b| {
+                let zv = zero4(b);
+                let z = iconst(b, 0);
+                let n = iconst(b, p.cinp / 4);
+                for_range(b, z, n, &[], |b, c, _| {
+                    let d = addr(b, dst, c, 16, 0);
+                    b.ins().store(st, zv, d, 0);
+                    vec![]
+                });
+            },
+        );
+        vec![]
+    });
+}
+
+/// Bᵀ d B for every group of 4 channels of the patch at `src` (strides in bytes: (row, pixel)), stored to
+/// `V[xi][tile][c]` with `dst` = V + tile*cinp*4.
+#[allow(clippy::too_many_arguments)]
+fn transform_channels(
+    b: &mut FunctionBuilder,
+    p: &WinogradPlan,
+    mt: &Mats,
+    src: Value,
+    (rs, ps): (usize, usize),
+    lf: MemFlagsData,
+    dst: Value,
+) {
+    let st = mf_rw().with_aligned();
+    let a = p.a;
+    let xi_stride = (p.nt * p.cinp * 4) as i32;
+    let one = |b: &mut FunctionBuilder, s: Value, d: Value, lanes: usize| {
+        let dv: Vec<Value> =
+            (0..a * a).map(|q| load_lanes(b, lf, s, ((q / a) * rs + (q % a) * ps) as i32, lanes)).collect();
+        let v = transform2d(b, &mt.bt, &dv, a);
+        for (xi, &x) in v.iter().enumerate() {
+            b.ins().store(st, x, d, xi as i32 * xi_stride);
+        }
+    };
+    let groups = p.cin / 4;
+    if groups > 0 {
+        let z = iconst(b, 0);
+        let n = iconst(b, groups);
+        for_range(b, z, n, &[], |b, c, _| {
+            let s = addr(b, src, c, 16, 0);
+            let d = addr(b, dst, c, 16, 0);
+            one(b, s, d, 4);
+            vec![]
+        });
+    }
+    if p.cin % 4 > 0 {
+        let s = b.ins().iadd_imm_s(src, (groups * 16) as i64);
+        let d = b.ins().iadd_imm_s(dst, (groups * 16) as i64);
+        one(b, s, d, p.cin % 4);
+    }
+}
+
+/// For every position xi and panel of channel block `cb`: M[xi][tiles][panel] = V[xi] * U[xi][panel].
+fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
+    let pan0 = b.ins().imul_imm_s(cb, p.cbp as i64);
+    let pan1 = b.ins().iadd_imm_s(pan0, p.cbp as i64);
+    let npan = iconst(b, p.npan);
+    let pan_end = b.ins().umin(pan1, npan);
+    let np = b.ins().isub(pan_end, pan0);
+    let lo = iconst(b, 0);
+    let hi = iconst(b, p.a * p.a);
+    for_range(b, lo, hi, &[], |b, xi, _| {
+        // U[xi][pan0] and V[xi], M[xi].
+        let xp = b.ins().imul_imm_s(xi, p.npan as i64);
+        let xp = b.ins().iadd(xp, pan0);
+        let ubase = addr(b, ptrs.cst, xp, p.cin * 16, 0);
+        let vbase = addr(b, ptrs.v, xi, p.nt * p.cinp * 4, 0);
+        let mbase = addr(b, ptrs.mm, xi, p.nt * p.cbp * 16, 0);
+        let z = iconst(b, 0);
+        for_range(b, z, np, &[], |b, pl, _| {
+            let up = addr(b, ubase, pl, p.cin * 16, 0);
+            let mp = addr(b, mbase, pl, 16, 0);
+            let rb_block = |b: &mut FunctionBuilder, rb: Value| {
+                let vp = addr(b, vbase, rb, p.r * p.cinp * 4, 0);
+                let mq = addr(b, mp, rb, p.r * p.cbp * 16, 0);
+                micro(b, p, vp, up, mq);
+            };
+            if p.nrb == 1 {
+                let z = iconst(b, 0);
+                rb_block(b, z);
+            } else {
+                let z = iconst(b, 0);
+                let n = iconst(b, p.nrb);
+                for_range(b, z, n, &[], |b, rb, _| {
+                    rb_block(b, rb);
+                    vec![]
+                });
+            }
+            vec![]
+        });
+        vec![]
+    });
+}
+
+/// `r` rows x 4 columns over K = cin: rows of A at `vp + i*cinp*4`, B at `up + k*16`, C rows at `mq + i*cbp*16`.
+fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, vp: Value, up: Value, mq: Value) {
+    let rows = p.r;
+    let rs = p.cinp * 4;
+    let u = 2usize;
+    let mut accs: Vec<Value> = (0..rows).map(|_| zero4(b)).collect();
+    let fma_step = |b: &mut FunctionBuilder, accs: &mut [Value], ap: Value, aoff: usize, bv: Value| {
+        for (i, acc) in accs.iter_mut().enumerate() {
+            let x = b.ins().load(types::F32, mf_packed(), ap, (aoff + i * rs) as i32);
+            let s = b.ins().splat(types::F32X4, x);
+            *acc = b.ins().fma(s, bv, *acc);
+        }
+    };
+    let nsteps = p.cin / u;
+    let (mut bp, mut ap) = (up, vp);
+    if nsteps > 0 {
+        let bend = b.ins().iadd_imm_s(up, (nsteps * u * 16) as i64);
+        let header = b.create_block();
+        let body = b.create_block();
+        let exit = b.create_block();
+        b.append_block_param(header, types::I64);
+        b.append_block_param(header, types::I64);
+        for _ in 0..rows {
+            b.append_block_param(header, types::F32X4);
+        }
+        let mut init = vec![up, vp];
+        init.extend_from_slice(&accs);
+        b.ins().jump(header, &args(&init));
+        b.switch_to_block(header);
+        let hp = b.block_params(header).to_vec();
+        let cond = b.ins().icmp(IntCC::UnsignedLessThan, hp[0], bend);
+        b.ins().brif(cond, body, &[], exit, &[]);
+        b.switch_to_block(body);
+        let mut acc2 = hp[2..].to_vec();
+        let bvs: Vec<Value> = (0..u).map(|j| b.ins().load(types::F32X4, mf_packed(), hp[0], (16 * j) as i32)).collect();
+        for (j, &bv) in bvs.iter().enumerate() {
+            fma_step(b, &mut acc2, hp[1], j * 4, bv);
+        }
+        let bpn = b.ins().iadd_imm_s(hp[0], (16 * u) as i64);
+        let apn = b.ins().iadd_imm_s(hp[1], (4 * u) as i64);
+        let mut back = vec![bpn, apn];
+        back.extend_from_slice(&acc2);
+        b.ins().jump(header, &args(&back));
+        b.switch_to_block(exit);
+        bp = hp[0];
+        ap = hp[1];
+        accs = hp[2..].to_vec();
+    }
+    for j in 0..p.cin % u {
+        let b0 = b.ins().load(types::F32X4, mf_packed(), bp, (16 * j) as i32);
+        fma_step(b, &mut accs, ap, j * 4, b0);
+    }
+    let st = mf_rw().with_aligned();
+    for (i, &acc) in accs.iter().enumerate() {
+        b.ins().store(st, acc, mq, (i * p.cbp * 16) as i32);
+    }
+}
+
+/// Output transform of tiles `t0 .. t0 + nt` (those < ntiles) for channel block `cb`, with the epilogue.
+fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, t0: Value, cb: Value) {
+    let m = p.m;
+    let pan0 = b.ins().imul_imm_s(cb, p.cbp as i64);
+    let pan1 = b.ins().iadd_imm_s(pan0, p.cbp as i64);
+    let nfull = iconst(b, p.nfullpan);
+    let full_end = b.ins().umin(pan1, nfull);
+    let has_tail = (p.ntail > 0).then(|| b.ins().icmp_imm_s(IntCC::Equal, cb, (p.ncb - 1) as i64));
+    let lo = iconst(b, 0);
+    let tend = b.ins().iadd_imm_s(t0, p.nt as i64);
+    let ntiles = iconst(b, p.ntiles);
+    let tend = b.ins().umin(tend, ntiles);
+    let hi = b.ins().isub(tend, t0);
+    // A signed range: t0 may exceed ntiles only if the plan is wrong; hi >= 1 otherwise.
+    for_range(b, lo, hi, &[], |b, i, _| {
+        let t = b.ins().iadd(t0, i);
+        let (ty, tx) = (b.ins().udiv_imm_u(t, p.tiles_w as i64), b.ins().urem_imm_u(t, p.tiles_w as i64));
+        let oy0 = b.ins().imul_imm_s(ty, m as i64);
+        let ox0 = b.ins().imul_imm_s(tx, m as i64);
+        let yw = b.ins().imul_imm_s(oy0, p.w as i64);
+        let pix = b.ins().iadd(yw, ox0);
+        let obase = b.ins().imul_imm_s(pix, p.cout as i64);
+        let mrow = addr(b, ptrs.mm, i, p.cbp * 16, 0);
+        let c1 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, oy0, p.h as i64 - m as i64);
+        let c2 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, ox0, p.w as i64 - m as i64);
+        let full = if p.h >= m && p.w >= m { Some(b.ins().band(c1, c2)) } else { None };
+        let tile_body = |b: &mut FunctionBuilder, masks: Option<&[Value]>| {
+            let panel = |b: &mut FunctionBuilder, pan: Value, lanes: usize| {
+                let pl = b.ins().isub(pan, pan0);
+                let mp = addr(b, mrow, pl, 16, 0);
+                let col = b.ins().imul_imm_s(pan, 4);
+                let e = b.ins().iadd(obase, col);
+                let op = addr(b, ptrs.out, e, 4, 0);
+                let rp = p.residual.then(|| addr(b, ptrs.res, e, 4, 0));
+                let mf = mf_rw().with_aligned();
+                let xi_stride = p.nt * p.cbp * 16;
+                let mv: Vec<Value> =
+                    (0..p.a * p.a).map(|xi| b.ins().load(types::F32X4, mf, mp, (xi * xi_stride) as i32)).collect();
+                let y = transform2d(b, &mt.at, &mv, p.a);
+                let bias = p.bias.then(|| {
+                    let bo = addr(b, ptrs.cst, pan, 16, (p.bias_offset() * 4) as i64);
+                    b.ins().load(types::F32X4, mf_packed(), bo, 0)
+                });
+                for (q, &yv) in y.iter().enumerate() {
+                    let (dy, dx) = (q / m, q % m);
+                    let off = ((dy * p.w + dx) * p.cout * 4) as i32;
+                    let store = |b: &mut FunctionBuilder| {
+                        let mut v = yv;
+                        if let Some(bv) = bias {
+                            v = b.ins().fadd(v, bv);
+                        }
+                        if p.relu {
+                            v = relu4(b, v);
+                        }
+                        if let Some(rp) = rp {
+                            let r = load_lanes(b, mf_input(), rp, off, lanes);
+                            v = b.ins().fadd(v, r);
+                        }
+                        if p.relu_after_add {
+                            v = relu4(b, v);
+                        }
+                        store_lanes(b, mf_rw(), v, op, off, lanes);
+                    };
+                    match masks {
+                        None => store(b),
+                        Some(mk) => if_then(b, mk[q], store),
+                    }
+                }
+            };
+            for_range(b, pan0, full_end, &[], |b, pan, _| {
+                panel(b, pan, 4);
+                vec![]
+            });
+            if let Some(ht) = has_tail {
+                if_then(b, ht, |b| {
+                    let pan = iconst(b, p.nfullpan);
+                    panel(b, pan, p.ntail);
+                });
+            }
+        };
+        let partial = |b: &mut FunctionBuilder| {
+            let masks: Vec<Value> = (0..m * m)
+                .map(|q| {
+                    let (dy, dx) = (q / m, q % m);
+                    let yok = b.ins().icmp_imm_s(IntCC::SignedLessThan, oy0, p.h as i64 - dy as i64);
+                    let xok = b.ins().icmp_imm_s(IntCC::SignedLessThan, ox0, p.w as i64 - dx as i64);
+                    b.ins().band(yok, xok)
+                })
+                .collect();
+            tile_body(b, Some(&masks));
+        };
+        match full {
+            Some(f) => if_else(b, f, |b| tile_body(b, None), partial),
+            None => partial(b),
+        }
+        vec![]
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::{JitCode, SessionOptions};
+    use crate::ops::{Padding, Pads};
+    use proptest::prelude::*;
+    use resnetc_runtime::{AlignedBuf, KernelArgs};
+
+    fn rnd(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    #[derive(Clone, Debug)]
+    struct Case {
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+        explicit: bool,
+        bias: bool,
+        relu: bool,
+        residual: bool,
+        relu_after_add: bool,
+    }
+
+    fn naive(c: &Case, x: &[f32], wt: &[f32], bias: &[f32], res: &[f32]) -> Vec<f64> {
+        let mut y = vec![0f64; c.h * c.w * c.cout];
+        for oy in 0..c.h {
+            for ox in 0..c.w {
+                for n in 0..c.cout {
+                    let mut acc = 0f64;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = ((oy + ky) as isize - 1, (ox + kx) as isize - 1);
+                            if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                                continue;
+                            }
+                            for ci in 0..c.cin {
+                                acc += x[(iy as usize * c.w + ix as usize) * c.cin + ci] as f64
+                                    * wt[((ky * 3 + kx) * c.cin + ci) * c.cout + n] as f64;
+                            }
+                        }
+                    }
+                    if c.bias {
+                        acc += bias[n] as f64;
+                    }
+                    if c.relu {
+                        acc = acc.max(0.0);
+                    }
+                    let o = (oy * c.w + ox) * c.cout + n;
+                    if c.residual {
+                        acc += res[o] as f64;
+                    }
+                    if c.relu_after_add {
+                        acc = acc.max(0.0);
+                    }
+                    y[o] = acc;
+                }
+            }
+        }
+        y
+    }
+
+    /// Runs every task, in reverse order, one call each, with guard floats around the output.
+    fn call(code: &JitCode, k: &Kernel, input: &[f32], input2: Option<&[f32]>) -> Vec<f32> {
+        let out_len: usize = k.out_shape.iter().product();
+        let guard = 64;
+        let mut out = AlignedBuf::zeroed(out_len + 2 * guard);
+        out.as_mut_slice().fill(f32::from_bits(0x7fc0_dead));
+        let consts = AlignedBuf::from_slice(&k.consts);
+        let mut work = AlignedBuf::zeroed(k.work_floats.max(1));
+        // Garbage in the work buffer must not matter.
+        work.as_mut_slice().fill(f32::NAN);
+        let inp = AlignedBuf::from_slice(input);
+        let in2 = input2.map(AlignedBuf::from_slice);
+        let args = KernelArgs {
+            input: inp.as_ptr(),
+            input2: in2.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()),
+            output: unsafe { out.as_mut_ptr().add(guard) },
+            consts: consts.as_ptr(),
+        };
+        let f = code.kernel(k.id);
+        for t in (0..k.ntasks).rev() {
+            unsafe { f(&args, work.as_mut_ptr(), t, t + 1) };
+        }
+        let s = out.as_slice();
+        for g in s[..guard].iter().chain(&s[guard + out_len..]) {
+            assert_eq!(g.to_bits(), 0x7fc0_dead, "kernel wrote outside its output");
+        }
+        s[guard..guard + out_len].to_vec()
+    }
+
+    /// Max |got - want| relative to max |want| (at least 1e-3 absolute scale).
+    fn run(c: &Case, t: &WinogradTiling) -> Result<f64, String> {
+        let x = rnd(c.h * c.w * c.cin, 1, 1.0);
+        // He-like weight magnitudes (ResNet-like): std ~ sqrt(2 / (9 cin)).
+        let wt = rnd(9 * c.cin * c.cout, 2, (6.0 / (9.0 * c.cin as f32)).sqrt());
+        let bias = rnd(c.cout, 3, 0.5);
+        let res = rnd(c.h * c.w * c.cout, 4, 1.0);
+        let want = naive(c, &x, &wt, &bias, &res);
+        let padding = if c.explicit {
+            Padding::Explicit(Pads { top: 1, bottom: 1, left: 1, right: 1 })
+        } else {
+            Padding::Same
+        };
+        let mut conv = Conv::new(c.cout, [3, 3], [1, 1], padding, c.bias);
+        conv.relu = c.relu;
+        conv.residual = c.residual;
+        conv.relu_after_add = c.relu_after_add;
+        if !winograd_applies(&conv, [c.h, c.w, c.cin]) {
+            return Err("winograd_applies is false".into());
+        }
+        let mut s = Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() })
+            .map_err(|e| e.to_string())?;
+        let k = s
+            .conv_winograd_with("wino", &conv, [c.h, c.w, c.cin], &wt, c.bias.then_some(&bias[..]), t)
+            .map_err(|e| e.to_string())?;
+        if k.out_shape != vec![c.h, c.w, c.cout] {
+            return Err(format!("shape {:?}", k.out_shape));
+        }
+        let code = s.finish().map_err(|e| e.to_string())?;
+        let got = call(&code, &k, &x, c.residual.then_some(&res[..]));
+        let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        let mut err = 0f64;
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            if g.is_nan() {
+                return Err(format!("{c:?}: NaN at {i}"));
+            }
+            err = err.max((g as f64 - w).abs() / scale);
+        }
+        if err > 1e-4 {
+            return Err(format!("{c:?} {t:?}: relative error {err:e}"));
+        }
+        Ok(err)
+    }
+
+    fn small_tiling(tile: WinogradTile) -> WinogradTiling {
+        WinogradTiling { tile, rows: 3, row_blocks: 2, v_budget: 1 << 20, cout_panels: 2, min_tasks: 6 }
+    }
+
+    fn tilings() -> Vec<WinogradTiling> {
+        let f4 = WinogradTiling { tile: WinogradTile::F4, ..WinogradTiling::default() };
+        vec![WinogradTiling::default(), f4, small_tiling(WinogradTile::F2), small_tiling(WinogradTile::F4)]
+    }
+
+    fn case(h: usize, w: usize, cin: usize, cout: usize) -> Case {
+        Case {
+            h,
+            w,
+            cin,
+            cout,
+            explicit: false,
+            bias: true,
+            relu: false,
+            residual: false,
+            relu_after_add: false,
+        }
+    }
+
+    #[test]
+    fn winograd_applies_only_to_3x3_s1_pad1() {
+        let c = Conv::new(8, [3, 3], [1, 1], Padding::Same, true);
+        assert!(winograd_applies(&c, [5, 5, 3]));
+        assert!(winograd_applies(&c, [1, 1, 3]));
+        assert!(!winograd_applies(&Conv::new(8, [3, 3], [1, 1], Padding::Valid, true), [5, 5, 3]));
+        assert!(!winograd_applies(&Conv::new(8, [3, 3], [2, 2], Padding::Same, true), [6, 6, 3]));
+        assert!(!winograd_applies(&Conv::new(8, [1, 1], [1, 1], Padding::Same, true), [6, 6, 3]));
+        let p = Padding::Explicit(Pads { top: 1, bottom: 1, left: 1, right: 1 });
+        assert!(winograd_applies(&Conv::new(8, [3, 3], [1, 1], p, true), [6, 6, 3]));
+        let p = Padding::Explicit(Pads { top: 1, bottom: 0, left: 1, right: 1 });
+        assert!(!winograd_applies(&Conv::new(8, [3, 3], [1, 1], p, true), [6, 6, 3]));
+    }
+
+    #[test]
+    fn winograd_small_cases() {
+        let mut cases = vec![case(1, 1, 1, 1), case(2, 2, 4, 4), case(5, 7, 3, 5), case(8, 8, 16, 8), case(9, 4, 13, 10)];
+        cases[1].bias = false;
+        cases[2].relu = true;
+        cases[3].residual = true;
+        cases[4].relu = true;
+        cases[4].residual = true;
+        cases[4].relu_after_add = true;
+        cases[4].explicit = true;
+        for c in &cases {
+            for t in tilings() {
+                run(c, &t).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_resnet_like_magnitudes() {
+        // Larger channel counts: the F(4x4) transform constants amplify rounding most here.
+        let mut c = case(14, 14, 256, 36);
+        c.relu = true;
+        for t in tilings() {
+            let e = run(&c, &t).unwrap();
+            eprintln!("{:?}: relative error {e:e}", t.tile);
+        }
+    }
+
+    fn case_strategy() -> impl Strategy<Value = Case> {
+        (1usize..30, 1usize..30, 1usize..70, 1usize..70, any::<[bool; 6]>()).prop_map(|(h, w, cin, cout, f)| Case {
+            h,
+            w,
+            cin,
+            cout,
+            explicit: f[0],
+            bias: f[1],
+            relu: f[2],
+            residual: f[3],
+            relu_after_add: f[4] || (f[3] && f[5]),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn winograd_f2_matches_naive(c in case_strategy()) {
+            run(&c, &WinogradTiling::default()).map_err(TestCaseError::fail)?;
+            run(&c, &small_tiling(WinogradTile::F2)).map_err(TestCaseError::fail)?;
+        }
+
+        #[test]
+        fn winograd_f4_matches_naive(c in case_strategy()) {
+            run(&c, &WinogradTiling { tile: WinogradTile::F4, ..WinogradTiling::default() })
+                .map_err(TestCaseError::fail)?;
+            run(&c, &small_tiling(WinogradTile::F4)).map_err(TestCaseError::fail)?;
+        }
+    }
+}
