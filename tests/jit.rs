@@ -1,42 +1,12 @@
 //! The JIT back end against the reference interpreter on every shipped spec (small inputs), and against
 //! Keras on the committed fixtures.
 
-use ndarray::{Array4, ArrayD};
-use rand::{Rng, SeedableRng};
+mod common;
+
+use common::{input, randomize, root, worst};
+use ndarray::ArrayD;
 use resnetc_compiler::backend::BackendOptions;
-use resnetc_compiler::weights::Weights;
 use resnetc_compiler::{Model, Options};
-
-fn root(p: &str) -> String {
-    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn randomize(w: &mut Weights, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut keys: Vec<String> = w.tensors.keys().cloned().collect();
-    keys.sort();
-    for k in keys {
-        let (lo, hi) = match k.rsplit('.').next().unwrap() {
-            "gamma" => (0.5, 1.5),
-            "moving_variance" => (0.5, 2.0),
-            "beta" | "moving_mean" => (-0.2, 0.2),
-            "bias" => (-0.1, 0.1),
-            _ => continue,
-        };
-        w.get_mut(&k).unwrap().mapv_inplace(|_| rng.random_range(lo..hi));
-    }
-}
-
-fn input(shape: &[usize], n: usize, seed: u64) -> ArrayD<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    Array4::from_shape_simple_fn((n, shape[0], shape[1], shape[2]), || rng.random_range(-1.0f32..1.0)).into_dyn()
-}
-
-fn worst(a: &ArrayD<f32>, b: &ArrayD<f32>) -> (f32, f32) {
-    assert_eq!(a.shape(), b.shape());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    (a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max), scale)
-}
 
 fn opts() -> BackendOptions {
     BackendOptions { threads: 2, keep_ir: false, verify: true }

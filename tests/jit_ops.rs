@@ -2,48 +2,15 @@
 //! padding, softmax over a feature map, global pools. Against Keras on the committed `ops_edge` fixture, and
 //! against the reference interpreter on small inline specs (batch 2, one and two threads).
 
-use ndarray::{Array4, ArrayD};
-use rand::{Rng, SeedableRng};
-use resnetc_compiler::backend::{BackendOptions, Compiled};
-use resnetc_compiler::weights::Weights;
-use resnetc_compiler::{Model, Options};
+mod common;
 
-fn root(p: &str) -> String {
-    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
-}
+use common::{input, randomize, root, worst};
+use ndarray::ArrayD;
+use resnetc_compiler::backend::{BackendOptions, Compiled};
+use resnetc_compiler::{Model, Options};
 
 fn opts(threads: usize) -> BackendOptions {
     BackendOptions { threads, keep_ir: false, verify: true }
-}
-
-/// Trained-looking BatchNorm statistics and biases (glorot init leaves them trivial).
-fn randomize(w: &mut Weights, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut keys: Vec<String> = w.tensors.keys().cloned().collect();
-    keys.sort();
-    for k in keys {
-        let (lo, hi) = match k.rsplit('.').next().unwrap() {
-            "gamma" => (0.5, 1.5),
-            "moving_variance" => (0.5, 2.0),
-            "beta" | "moving_mean" => (-0.2, 0.2),
-            "bias" => (-0.1, 0.1),
-            _ => continue,
-        };
-        w.get_mut(&k).unwrap().mapv_inplace(|_| rng.random_range(lo..hi));
-    }
-}
-
-fn input(shape: &[usize], n: usize, seed: u64) -> ArrayD<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    Array4::from_shape_simple_fn((n, shape[0], shape[1], shape[2]), || rng.random_range(-1.0f32..1.0)).into_dyn()
-}
-
-/// Largest |got - want| and max |want|.
-fn worst(got: &ArrayD<f32>, want: &ArrayD<f32>) -> (f32, f32) {
-    assert_eq!(got.shape(), want.shape());
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let d = got.iter().zip(want).map(|(a, b)| if (a - b).is_nan() { f32::INFINITY } else { (a - b).abs() });
-    (d.fold(0f32, f32::max), scale)
 }
 
 /// The kinds of the compiled kernels (first word of each op), sorted, with repeats.

@@ -2,8 +2,10 @@
 //! shipped specs, the memory plan, and numerics (optimized graph = unoptimized graph on the reference
 //! interpreter, with trained-looking BatchNorm statistics so that folding is really exercised).
 
-use ndarray::{Array4, ArrayD};
-use rand::{Rng, SeedableRng};
+mod common;
+
+use common::{assert_close, input, randomize};
+use ndarray::ArrayD;
 use resnetc_compiler::graph::Graph;
 use resnetc_compiler::passes::{self, Pass};
 use resnetc_compiler::weights::Weights;
@@ -15,36 +17,6 @@ fn spec_path(name: &str) -> String {
 
 fn model(text: &str) -> Model {
     Model::from_str("t.yaml", text, &Options::default()).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Random BN statistics and biases, like a trained model's (as the peers' reference models have).
-fn randomize(w: &mut Weights, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut keys: Vec<String> = w.tensors.keys().cloned().collect();
-    keys.sort();
-    for k in keys {
-        let t = w.get_mut(&k).unwrap();
-        let (lo, hi) = match k.rsplit('.').next().unwrap() {
-            "gamma" => (0.5, 1.5),
-            "moving_variance" => (0.5, 2.0),
-            "beta" | "moving_mean" => (-0.2, 0.2),
-            "bias" => (-0.1, 0.1),
-            _ => continue,
-        };
-        t.mapv_inplace(|_| rng.random_range(lo..hi));
-    }
-}
-
-fn input(shape: &[usize], n: usize, seed: u64) -> ArrayD<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    Array4::from_shape_simple_fn((n, shape[0], shape[1], shape[2]), || rng.random_range(-1.0f32..1.0)).into_dyn()
-}
-
-fn assert_close(a: &ArrayD<f32>, b: &ArrayD<f32>, rel: f32, what: &str) {
-    assert_eq!(a.shape(), b.shape());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst <= rel * scale + 1e-7, "{what}: worst difference {worst} vs scale {scale}");
 }
 
 fn kinds(g: &Graph) -> Vec<&'static str> {
