@@ -59,22 +59,46 @@ pub fn required(graph: &Graph) -> Vec<(String, Vec<usize>, petgraph::stable_grap
 /// Keras's glorot_uniform for every kernel (seeded), zeros for biases and betas, ones for gammas and
 /// variances, zeros for means: what a freshly built notebook model holds.
 pub fn init_glorot(graph: &Graph, seed: u64) -> Weights {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut tensors = HashMap::new();
-    for (key, shape, _) in required(graph) {
+    let req = required(graph);
+    // Each tensor draws from its own stream (seed, position), so the values do not depend on how the
+    // work is split; the kernels (~25M values for ResNet-50) are generated on all cores.
+    let make = |i: usize, key: &str, shape: &[usize]| -> ArrayD<f32> {
         let wname = key.rsplit('.').next().unwrap_or("");
-        let t = match wname {
+        match wname {
             "kernel" => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(i as u64);
                 // fan_in/fan_out as Keras computes them: receptive field × channels.
                 let rf: usize = shape[..shape.len() - 2].iter().product();
                 let (fi, fo) = (rf * shape[shape.len() - 2], rf * shape[shape.len() - 1]);
                 let limit = (6.0 / (fi + fo) as f64).sqrt() as f32;
-                ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.random_range(-limit..limit))
+                ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random_range(-limit..limit))
             }
-            "gamma" | "moving_variance" => ArrayD::ones(IxDyn(&shape)),
-            _ => ArrayD::zeros(IxDyn(&shape)),
-        };
-        tensors.insert(key, Arc::new(t));
+            "gamma" | "moving_variance" => ArrayD::ones(IxDyn(shape)),
+            _ => ArrayD::zeros(IxDyn(shape)),
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let made: Vec<Vec<(usize, ArrayD<f32>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((key, shape, _)) = req.get(i) else { break };
+                        out.push((i, make(i, key, shape)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("initialization thread")).collect()
+    });
+    let mut tensors = HashMap::new();
+    for (i, t) in made.into_iter().flatten() {
+        tensors.insert(req[i].0.clone(), Arc::new(t));
     }
     Weights { tensors }
 }

@@ -14,7 +14,7 @@
 //! [`Arena`] (activations + per-thread work buffers) from a free list behind a mutex, allocating a new one only
 //! when all are in use, so a steady stream of calls allocates nothing but its output array.
 
-use crate::abi::{align_floats, KernelArgs, KernelFn, ALIGN};
+use crate::abi::{align_floats, KernelArgs, KernelFn, ALIGN, ALIGN_FLOATS};
 use crate::pool::ThreadPool;
 use crate::RuntimeError;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -154,7 +154,10 @@ pub struct Step {
 
 /// Collects constants and steps; see the module docs.
 pub struct ProgramBuilder {
-    consts: Vec<f32>,
+    /// Packed constants, already in their final 64-byte-aligned home (filled up to `consts_len`), so that
+    /// building the program copies no weights.
+    consts: AlignedBuf,
+    consts_len: usize,
     steps: Vec<Step>,
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
@@ -166,7 +169,8 @@ impl ProgramBuilder {
     /// A program mapping batch items of `input_shape` to batch items of `output_shape` (batch dim excluded).
     pub fn new(input_shape: &[usize], output_shape: &[usize]) -> ProgramBuilder {
         ProgramBuilder {
-            consts: Vec::new(),
+            consts: AlignedBuf::zeroed(0),
+            consts_len: 0,
             steps: Vec::new(),
             input_shape: input_shape.to_vec(),
             output_shape: output_shape.to_vec(),
@@ -177,15 +181,28 @@ impl ProgramBuilder {
 
     /// Appends packed constants (64-byte aligned in the final program) and returns where they are.
     pub fn add_consts(&mut self, data: &[f32]) -> ConstRef {
-        let offset = align_floats(self.consts.len());
-        self.consts.resize(offset, 0.0);
-        self.consts.extend_from_slice(data);
+        let offset = align_floats(self.consts_len);
+        let end = offset + data.len();
+        if end > self.consts.len() {
+            self.grow_consts((end - self.consts_len).max(self.consts.len()));
+        }
+        self.consts.as_mut_slice()[offset..end].copy_from_slice(data);
+        self.consts_len = end;
         ConstRef { offset, len: data.len() }
+    }
+
+    /// Makes room for `more` floats (plus alignment) after the constants added so far.
+    fn grow_consts(&mut self, more: usize) {
+        let mut bigger = AlignedBuf::zeroed(align_floats(self.consts_len) + align_floats(more) + ALIGN_FLOATS);
+        bigger.as_mut_slice()[..self.consts_len].copy_from_slice(&self.consts.as_slice()[..self.consts_len]);
+        self.consts = bigger;
     }
 
     /// Reserves room for `floats` more constants, so adding ~100 MB of weights does not reallocate.
     pub fn reserve_consts(&mut self, floats: usize) -> &mut Self {
-        self.consts.reserve(floats);
+        if self.consts_len + floats > self.consts.len() {
+            self.grow_consts(floats);
+        }
         self
     }
 
@@ -242,7 +259,7 @@ impl ProgramBuilder {
                 }
             }
             if let Some(c) = s.consts {
-                if c.offset + c.len > self.consts.len() {
+                if c.offset + c.len > self.consts_len {
                     return Err(RuntimeError::BadStep(format!("step `{}`: constants out of range", s.name)));
                 }
             }
@@ -250,7 +267,7 @@ impl ProgramBuilder {
         }
         let threads = pool.threads();
         Ok(Program {
-            consts: AlignedBuf::from_slice(&self.consts),
+            consts: self.consts,
             steps: self.steps,
             input_shape: self.input_shape,
             output_shape: self.output_shape,
