@@ -33,6 +33,7 @@ enum Cmd {
     },
     /// Compile a spec: validate, optimize, plan memory and JIT-generate every kernel; report what was done.
     Compile {
+        /// The model spec (YAML).
         spec: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -54,6 +55,7 @@ enum Cmd {
     },
     /// Time the JIT-compiled model: compile time, latency median/min, GFLOP/s and share of the f32x4 FMA peak.
     Bench {
+        /// The model spec (YAML).
         spec: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -78,12 +80,14 @@ enum Cmd {
     },
     /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
     Summary {
+        /// The model spec (YAML).
         spec: PathBuf,
         #[command(flatten)]
         common: Common,
     },
     /// Print the graph as Graphviz DOT (shortcut edges dashed; inserted nodes shaded).
     Dot {
+        /// The model spec (YAML).
         spec: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -96,6 +100,7 @@ enum Cmd {
     },
     /// Run a model on an NHWC float32 .npy batch; print the top-5 classes of each item.
     Run {
+        /// The model spec (YAML).
         spec: PathBuf,
         #[command(flatten)]
         common: Common,

@@ -9,7 +9,7 @@ use resnetc_compiler::backend::BackendOptions;
 use resnetc_compiler::{Model, Options};
 
 fn opts() -> BackendOptions {
-    BackendOptions { threads: 2, keep_ir: false, verify: true }
+    BackendOptions { threads: 2, verify: true, ..Default::default() }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use resnetc_compiler::backend::{BackendOptions, Compiled};
 use resnetc_compiler::{Model, Options};
 
 fn opts(threads: usize) -> BackendOptions {
-    BackendOptions { threads, keep_ir: false, verify: true }
+    BackendOptions { threads, verify: true, ..Default::default() }
 }
 
 /// The kinds of the compiled kernels (first word of each op), sorted, with repeats.

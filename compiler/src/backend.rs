@@ -32,12 +32,14 @@ pub struct BackendOptions {
     pub keep_ir: bool,
     /// Run cranelift's IR verifier on every kernel.
     pub verify: bool,
+    /// Use Winograd kernels for the 3x3 stride-1 convolutions where they are faster (maps of 4x4 and up).
+    pub winograd: bool,
 }
 
 #[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
 impl Default for BackendOptions {
     fn default() -> Self {
-        BackendOptions { threads: 0, keep_ir: false, verify: cfg!(debug_assertions) }
+        BackendOptions { threads: 0, keep_ir: false, verify: cfg!(debug_assertions), winograd: true }
     }
 }
 
@@ -122,7 +124,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             .map_err(cg)?;
     let mut kernels = Vec::with_capacity(steps.len());
     for &n in &steps {
-        kernels.push(kernel_for(&mut session, g, opt, n)?);
+        kernels.push(kernel_for(&mut session, g, opt, n, o)?);
     }
     // A model whose output is its input (or a reshape of it) copies the input to the output.
     let out_node = g.node(g.output);
@@ -180,7 +182,12 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         }
         infos.push(KernelInfo {
             node: g.node(n).name.clone(),
-            op: g.node(n).op.to_string(),
+            op: match &g.node(n).op {
+                Op::Conv(c) if o.winograd && codegen::winograd::winograd_recommended(c, shape3(&g.node(ins[0]).shape)) => {
+                    format!("{} [winograd]", g.node(n).op)
+                }
+                op => op.to_string(),
+            },
             ntasks: k.ntasks,
             work_floats: k.work_floats,
             clif: k.clif.take(),
@@ -228,7 +235,13 @@ fn cg(e: codegen::CodegenError) -> Error {
     Error::Option(format!("internal error in code generation: {e}"))
 }
 
-fn kernel_for(s: &mut Session, g: &Graph, opt: &Optimized, n: NodeIndex) -> Result<codegen::Kernel, Error> {
+fn kernel_for(
+    s: &mut Session,
+    g: &Graph,
+    opt: &Optimized,
+    n: NodeIndex,
+    o: &BackendOptions,
+) -> Result<codegen::Kernel, Error> {
     let node = g.node(n);
     let ins = g.inputs(n);
     let in_shape = &g.node(ins[0]).shape;
@@ -242,7 +255,14 @@ fn kernel_for(s: &mut Session, g: &Graph, opt: &Optimized, n: NodeIndex) -> Resu
     let k = match &node.op {
         Op::Conv(c) => {
             let bias = if c.bias { Some(w("bias")?) } else { None };
-            s.conv(&node.name, c, shape3(in_shape), w("kernel")?, bias)
+            let input = shape3(in_shape);
+            // Winograd does 2.25x (2x2 tiles) to 4x (4x4 tiles) fewer multiplications on 3x3 stride-1
+            // layers; on 2x2 maps its transforms cost more than they save.
+            if o.winograd && codegen::winograd::winograd_recommended(c, input) {
+                s.conv_winograd(&node.name, c, input, w("kernel")?, bias)
+            } else {
+                s.conv(&node.name, c, input, w("kernel")?, bias)
+            }
         }
         Op::MaxPool(p) => s.max_pool(&node.name, p, shape3(in_shape)),
         Op::AvgPool(p) => s.avg_pool(&node.name, p, shape3(in_shape)),

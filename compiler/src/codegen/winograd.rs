@@ -75,6 +75,22 @@ pub fn winograd_applies(conv: &Conv, input: [usize; 3]) -> bool {
     p.top == 1 && p.bottom == 1 && p.left == 1 && p.right == 1
 }
 
+/// Whether Winograd is expected to beat [`Session::conv`] here (measured single-threaded on this machine, see
+/// `benches/winograd.rs`): it applies and the map is at least 4x4 (on 2x2 maps one tile wastes most of its work).
+pub fn winograd_recommended(conv: &Conv, input: [usize; 3]) -> bool {
+    winograd_applies(conv, input) && input[0] >= 4 && input[1] >= 4
+}
+
+impl WinogradTiling {
+    /// The default tiling with the tile size that measured fastest for this input: F(4x4) from 8x8 maps up,
+    /// F(2x2) below (and for 14x14 maps, where both measured alike, F(2x2) for its accuracy).
+    pub fn for_input(input: [usize; 3]) -> WinogradTiling {
+        let [h, w, _] = input;
+        let tile = if h.min(w) >= 8 && !(h == 14 && w == 14) { WinogradTile::F4 } else { WinogradTile::F2 };
+        WinogradTiling { tile, ..WinogradTiling::default() }
+    }
+}
+
 // Transform matrices (rows of Bᵀ, G, Aᵀ).
 const BT2: [[f64; 4]; 4] = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0.], [0., 1., 0., -1.]];
 const G2: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
@@ -255,9 +271,9 @@ impl WinogradPlan {
                         *tv = (0..3).map(|ky| g[i][ky] * k(ky, kx)).sum();
                     }
                 }
-                for i in 0..a {
-                    for j in 0..a {
-                        let u: f64 = (0..3).map(|kx| t[i][kx] * g[j][kx]).sum();
+                for (i, ti) in t.iter().enumerate() {
+                    for (j, gj) in g.iter().enumerate() {
+                        let u: f64 = (0..3).map(|kx| ti[kx] * gj[kx]).sum();
                         let xi = i * a + j;
                         out[((xi * self.npan + n / 4) * cin + c) * 4 + n % 4] = u as f32;
                     }
@@ -285,8 +301,9 @@ struct Ptrs {
 }
 
 impl Session {
-    /// Compiles a 3x3, stride-1, pad-1 convolution as Winograd F(2x2,3x3) with the default tiling; same
-    /// arguments and result as [`Session::conv`] (check [`winograd_applies`] first).
+    /// Compiles a 3x3, stride-1, pad-1 convolution as a Winograd kernel with [`WinogradTiling::for_input`]; same
+    /// arguments and result as [`Session::conv`] (check [`winograd_applies`] first, or better
+    /// [`winograd_recommended`]).
     pub fn conv_winograd(
         &mut self,
         name: &str,
@@ -295,7 +312,7 @@ impl Session {
         kernel: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Kernel, CodegenError> {
-        self.conv_winograd_with(name, conv, input, kernel, bias, &WinogradTiling::default())
+        self.conv_winograd_with(name, conv, input, kernel, bias, &WinogradTiling::for_input(input))
     }
 
     /// [`Session::conv_winograd`] with explicit tile size and blocking.
@@ -538,7 +555,7 @@ fn transform_channels(
             vec![]
         });
     }
-    if p.cin % 4 > 0 {
+    if !p.cin.is_multiple_of(4) {
         let s = b.ins().iadd_imm_s(src, (groups * 16) as i64);
         let d = b.ins().iadd_imm_s(dst, (groups * 16) as i64);
         one(b, s, d, p.cin % 4);
@@ -852,11 +869,8 @@ mod tests {
         let bias = rnd(c.cout, 3, 0.5);
         let res = rnd(c.h * c.w * c.cout, 4, 1.0);
         let want = naive(c, &x, &wt, &bias, &res);
-        let padding = if c.explicit {
-            Padding::Explicit(Pads { top: 1, bottom: 1, left: 1, right: 1 })
-        } else {
-            Padding::Same
-        };
+        let padding =
+            if c.explicit { Padding::Explicit(Pads { top: 1, bottom: 1, left: 1, right: 1 }) } else { Padding::Same };
         let mut conv = Conv::new(c.cout, [3, 3], [1, 1], padding, c.bias);
         conv.relu = c.relu;
         conv.residual = c.residual;
@@ -898,17 +912,7 @@ mod tests {
     }
 
     fn case(h: usize, w: usize, cin: usize, cout: usize) -> Case {
-        Case {
-            h,
-            w,
-            cin,
-            cout,
-            explicit: false,
-            bias: true,
-            relu: false,
-            residual: false,
-            relu_after_add: false,
-        }
+        Case { h, w, cin, cout, explicit: false, bias: true, relu: false, residual: false, relu_after_add: false }
     }
 
     #[test]
@@ -927,7 +931,8 @@ mod tests {
 
     #[test]
     fn winograd_small_cases() {
-        let mut cases = vec![case(1, 1, 1, 1), case(2, 2, 4, 4), case(5, 7, 3, 5), case(8, 8, 16, 8), case(9, 4, 13, 10)];
+        let mut cases =
+            vec![case(1, 1, 1, 1), case(2, 2, 4, 4), case(5, 7, 3, 5), case(8, 8, 16, 8), case(9, 4, 13, 10)];
         cases[1].bias = false;
         cases[2].relu = true;
         cases[3].residual = true;
