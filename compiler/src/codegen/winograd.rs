@@ -261,21 +261,41 @@ impl WinogradPlan {
         let g = mats(self.tile).g;
         let (a, cin, cout) = (self.a, self.cin, self.cout);
         let mut out = vec![0f32; self.bias_offset() + self.npan * 4];
+        // Per input channel, transform all output channels at once: the Keras kernel is contiguous in
+        // `cout`, so each step below is a loop over n that the compiler vectorizes (this runs for
+        // every (cin, cout) pair of every 3x3 layer at compile time).
+        let mut t = vec![0f64; a * 3 * cout]; // t[i][kx][n] = sum_ky G[i][ky] g[ky][kx][n]
+        let mut u = vec![0f64; cout];
         for c in 0..cin {
-            for n in 0..cout {
-                let k = |ky: usize, kx: usize| kernel[((ky * 3 + kx) * cin + c) * cout + n] as f64;
-                // t = G g (a x 3), u = t Gᵀ (a x a).
-                let mut t = vec![[0f64; 3]; a];
-                for (i, ti) in t.iter_mut().enumerate() {
-                    for (kx, tv) in ti.iter_mut().enumerate() {
-                        *tv = (0..3).map(|ky| g[i][ky] * k(ky, kx)).sum();
+            let k = |tap: usize| &kernel[(tap * cin + c) * cout..(tap * cin + c + 1) * cout];
+            t.iter_mut().for_each(|x| *x = 0.0);
+            for i in 0..a {
+                for kx in 0..3 {
+                    let row = &mut t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
+                    for ky in 0..3 {
+                        let gk = g[i][ky];
+                        if gk != 0.0 {
+                            for (r, &w) in row.iter_mut().zip(k(ky * 3 + kx)) {
+                                *r += gk * w as f64;
+                            }
+                        }
                     }
                 }
-                for (i, ti) in t.iter().enumerate() {
-                    for (j, gj) in g.iter().enumerate() {
-                        let u: f64 = (0..3).map(|kx| ti[kx] * gj[kx]).sum();
-                        let xi = i * a + j;
-                        out[((xi * self.npan + n / 4) * cin + c) * 4 + n % 4] = u as f32;
+            }
+            for i in 0..a {
+                for (j, gj) in g.iter().enumerate() {
+                    u.iter_mut().for_each(|x| *x = 0.0);
+                    for (kx, &gv) in gj.iter().enumerate().take(3) {
+                        if gv != 0.0 {
+                            let row = &t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
+                            for (x, &tv) in u.iter_mut().zip(row) {
+                                *x += tv * gv;
+                            }
+                        }
+                    }
+                    let xi = i * a + j;
+                    for (n, &x) in u.iter().enumerate() {
+                        out[((xi * self.npan + n / 4) * cin + c) * 4 + n % 4] = x as f32;
                     }
                 }
             }
