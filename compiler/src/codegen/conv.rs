@@ -588,7 +588,12 @@ fn micro(
             *acc = if p.fma_b_first { b.ins().fma(bv, s, *acc) } else { b.ins().fma(s, bv, *acc) };
         }
     };
-    let u = p.unroll.max(1);
+    // Short tiles (few output pixels: 7x7 maps and smaller) have too few accumulators to hide the FMA
+    // latency (each chain waits ~4 cycles): split K over `sets` accumulator groups, one per unrolled step,
+    // and sum them after the loop, so about 8 FMA chains are in flight.
+    let sets = if rows < 8 { (8 / rows).clamp(1, 4) } else { 1 };
+    let u = p.unroll.max(1).max(sets);
+    let mut extra: Vec<Value> = (0..(sets - 1) * rows).map(|_| zero4(b)).collect();
     let nsteps = kind.kc / u;
     let (mut bp, mut ap) = (bp0, ap0);
     if nsteps > 0 {
@@ -598,11 +603,12 @@ fn micro(
         let exit = b.create_block();
         b.append_block_param(header, types::I64);
         b.append_block_param(header, types::I64);
-        for _ in 0..rows {
+        for _ in 0..rows * sets {
             b.append_block_param(header, types::F32X4);
         }
         let mut init = vec![bp0, ap0];
         init.extend_from_slice(&accs);
+        init.extend_from_slice(&extra);
         b.ins().jump(header, &args(&init));
         b.switch_to_block(header);
         let hp = b.block_params(header).to_vec();
@@ -612,7 +618,8 @@ fn micro(
         let mut acc2 = hp[2..].to_vec();
         let bvs: Vec<Value> = (0..u).map(|j| b.ins().load(types::F32X4, mf_packed(), hp[0], (16 * j) as i32)).collect();
         for (j, &bv) in bvs.iter().enumerate() {
-            fma_step(b, &mut acc2, hp[1], j * ks, bv);
+            let set = j % sets;
+            fma_step(b, &mut acc2[set * rows..(set + 1) * rows], hp[1], j * ks, bv);
         }
         let bpn = b.ins().iadd_imm_s(hp[0], (16 * u) as i64);
         let apn = b.ins().iadd_imm_s(hp[1], (u * ks) as i64);
@@ -622,11 +629,17 @@ fn micro(
         b.switch_to_block(exit);
         bp = hp[0];
         ap = hp[1];
-        accs = hp[2..].to_vec();
+        accs = hp[2..2 + rows].to_vec();
+        extra = hp[2 + rows..].to_vec();
     }
     for j in 0..kind.kc % u {
         let b0 = b.ins().load(types::F32X4, mf_packed(), bp, (16 * j) as i32);
         fma_step(b, &mut accs, ap, j * ks, b0);
+    }
+    for set in extra.chunks(rows) {
+        for (acc, &x) in accs.iter_mut().zip(set) {
+            *acc = b.ins().fadd(*acc, x);
+        }
     }
     // Store (and the epilogue on the last K block).
     let bias = (kind.epi && p.bias).then(|| {
