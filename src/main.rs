@@ -5,8 +5,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, Axis};
-use resnetc_compiler::spec::ProjectionPolicy;
 use resnetc_compiler::backend::BackendOptions;
+use resnetc_compiler::spec::ProjectionPolicy;
 use resnetc_compiler::{report, Error, Model, Options};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

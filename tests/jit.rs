@@ -37,7 +37,8 @@ fn jit_matches_reference_on_every_shipped_spec() {
 #[test]
 fn jit_matches_keras_on_fixtures() {
     for name in ["tiny_resnet", "tiny_apps"] {
-        let o = Options { weights: Some(root(&format!("tests/fixtures/{name}.safetensors")).into()), ..Default::default() };
+        let o =
+            Options { weights: Some(root(&format!("tests/fixtures/{name}.safetensors")).into()), ..Default::default() };
         let m = Model::from_file(root(&format!("tests/fixtures/{name}.yaml")), &o).unwrap();
         let x: ArrayD<f32> = ndarray_npy::read_npy(root(&format!("tests/fixtures/{name}_x.npy"))).unwrap();
         let y: ArrayD<f32> = ndarray_npy::read_npy(root(&format!("tests/fixtures/{name}_y.npy"))).unwrap();

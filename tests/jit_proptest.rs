@@ -90,20 +90,8 @@ fn cases() -> impl Strategy<Value = Case> {
         (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, any::<bool>()),
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 1usize..=3),
     )
-        .prop_map(|((h, w, cin, cout), (kh, kw, sh, sw, same), (bias, bn, relu, residual, relu_after, batch))| Case {
-            h,
-            w,
-            cin,
-            cout,
-            k: [kh, kw],
-            s: [sh, sw],
-            same,
-            bias,
-            bn,
-            relu,
-            residual,
-            relu_after,
-            batch,
+        .prop_map(|((h, w, cin, cout), (kh, kw, sh, sw, same), (bias, bn, relu, residual, relu_after, batch))| {
+            Case { h, w, cin, cout, k: [kh, kw], s: [sh, sw], same, bias, bn, relu, residual, relu_after, batch }
         })
 }
 

@@ -40,8 +40,10 @@ fn notebook_resnet50_fuses_to_56_kernels() {
     for k in ["batch_norm", "relu", "add", "zero_padding", "softmax"] {
         assert_eq!(count(&o.graph, k), 0, "{k} left");
     }
-    assert!(o.graph.g.node_weights().any(|n| matches!(n.op, resnetc_compiler::ops::Op::Dense {
-        activation: resnetc_compiler::ops::Activation::Softmax, .. })));
+    assert!(o.graph.g.node_weights().any(|n| matches!(
+        n.op,
+        resnetc_compiler::ops::Op::Dense { activation: resnetc_compiler::ops::Activation::Softmax, .. }
+    )));
     let r = &o.report.rewrites;
     assert_eq!((r["fold_padding"], r["fold_batch_norm"], r["fuse_residual_add"]), (1, 53, 16));
     // 33 relus directly after a conv (+BN) and 16 after a fused add.
@@ -115,7 +117,13 @@ fn every_pass_fires_on_a_small_chain() {
     assert_eq!(kinds(&o.graph), ["conv", "conv", "dense", "global_avg_pool", "input", "max_pool"]);
     let r = &o.report.rewrites;
     assert_eq!(
-        (r["fold_padding"], r["fold_batch_norm"], r["fuse_residual_add"], r["fuse_conv_relu"], r["fuse_dense_activation"]),
+        (
+            r["fold_padding"],
+            r["fold_batch_norm"],
+            r["fuse_residual_add"],
+            r["fuse_conv_relu"],
+            r["fuse_dense_activation"]
+        ),
         (2, 2, 1, 2, 1)
     );
     let x = input(&[9, 9, 3], 3, 5);
@@ -124,13 +132,21 @@ fn every_pass_fires_on_a_small_chain() {
 
 #[test]
 fn dont_fold_padding_before_max_pool_on_possibly_negative_input() {
-    let o = model("input: [8, 8, 2]\nlayers:\n  - {op: zero_padding, padding: 1}\n  - {op: max_pool, pool: 3, strides: 2}\n").optimize(None).unwrap();
+    let o = model(
+        "input: [8, 8, 2]\nlayers:\n  - {op: zero_padding, padding: 1}\n  - {op: max_pool, pool: 3, strides: 2}\n",
+    )
+    .optimize(None)
+    .unwrap();
     assert_eq!(count(&o.graph, "zero_padding"), 1);
 }
 
 #[test]
 fn dont_fold_padding_before_avg_pool_or_when_shared() {
-    let o = model("input: [8, 8, 2]\nlayers:\n  - {op: relu}\n  - {op: zero_padding, padding: 1}\n  - {op: avg_pool, pool: 3}\n").optimize(None).unwrap();
+    let o = model(
+        "input: [8, 8, 2]\nlayers:\n  - {op: relu}\n  - {op: zero_padding, padding: 1}\n  - {op: avg_pool, pool: 3}\n",
+    )
+    .optimize(None)
+    .unwrap();
     assert_eq!(count(&o.graph, "zero_padding"), 1);
     let shared = "input: [8, 8, 2]\nlayers:\n  - {op: zero_padding, name: p, padding: 1}\n  - {op: conv, name: a, filters: 2, kernel: 3}\n  - {op: conv, name: b, inputs: p, filters: 2, kernel: 3}\n  - {op: add, inputs: [a, b]}\n";
     let o = model(shared).optimize(None).unwrap();
@@ -212,9 +228,9 @@ fn a_pass_that_breaks_the_graph_is_named() {
 /// With the reference peers present (see README), the optimized notebook model still matches Keras.
 #[test]
 fn optimized_notebook_matches_keras_with_peers() {
-    let dir = std::env::var("RESNETC_PEERS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/resnetc-peers/models"));
+    let dir = std::env::var("RESNETC_PEERS").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/resnetc-peers/models")
+    });
     if !dir.join("seed.safetensors").exists() {
         eprintln!("skipped: no reference peers in {}", dir.display());
         return;

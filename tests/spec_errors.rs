@@ -23,10 +23,6 @@ fn diags_with(yaml: &[u8], opts: &Options) -> (Option<Graph>, Diagnostics) {
     (ok.map(|(_, g, _)| g), d)
 }
 
-fn diags(yaml: &str) -> Diagnostics {
-    diags_with(text(yaml).as_bytes(), &Options::default()).1
-}
-
 /// Every message: located in our file, and free of Rust debug output.
 fn assert_clean(d: &Diagnostic) {
     let all = d.to_string();

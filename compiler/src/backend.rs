@@ -183,7 +183,9 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         infos.push(KernelInfo {
             node: g.node(n).name.clone(),
             op: match &g.node(n).op {
-                Op::Conv(c) if o.winograd && codegen::winograd::winograd_recommended(c, shape3(&g.node(ins[0]).shape)) => {
+                Op::Conv(c)
+                    if o.winograd && codegen::winograd::winograd_recommended(c, shape3(&g.node(ins[0]).shape)) =>
+                {
                     format!("{} [winograd]", g.node(n).op)
                 }
                 op => op.to_string(),

@@ -15,8 +15,8 @@
 //! [`Model`] runs these stages for library users; every error a user can cause comes back as an
 //! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
 
-pub mod codegen;
 pub mod backend;
+pub mod codegen;
 pub mod diag;
 pub mod graph;
 pub mod interp;
@@ -156,10 +156,7 @@ impl Model {
             }
             None => weights::init_glorot(&graph, opts.seed),
         };
-        let stages_ms = vec![
-            ("check", (t1 - t0).as_secs_f64() * 1e3),
-            ("weights", t1.elapsed().as_secs_f64() * 1e3),
-        ];
+        let stages_ms = vec![("check", (t1 - t0).as_secs_f64() * 1e3), ("weights", t1.elapsed().as_secs_f64() * 1e3)];
         Ok(Model { spec, graph, weights, projections, warnings: diags, stages_ms })
     }
 
@@ -181,8 +178,7 @@ impl Model {
         let t1 = std::time::Instant::now();
         let plan = plan::plan(&graph, &|_| 0);
         plan.verify().map_err(|reason| passes::PassError { pass: "memory plan", reason })?;
-        let stages_ms =
-            vec![("optimize", (t1 - t0).as_secs_f64() * 1e3), ("plan", t1.elapsed().as_secs_f64() * 1e3)];
+        let stages_ms = vec![("optimize", (t1 - t0).as_secs_f64() * 1e3), ("plan", t1.elapsed().as_secs_f64() * 1e3)];
         Ok(Optimized { graph, weights, report, plan, stages_ms })
     }
 

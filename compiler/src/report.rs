@@ -10,7 +10,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -24,11 +24,7 @@ pub fn summary(g: &Graph) -> String {
     let _ = writeln!(s, "Model: \"{}\"", g.model);
     let line = "─".repeat(118);
     let _ = writeln!(s, "{line}");
-    let _ = writeln!(
-        s,
-        "{:<32} {:<16} {:<22} {:>14} {:>16}   {}",
-        "Layer", "Op", "Output shape", "Params", "MACs", "Inputs"
-    );
+    let _ = writeln!(s, "{:<32} {:<16} {:<22} {:>14} {:>16}   Inputs", "Layer", "Op", "Output shape", "Params", "MACs");
     let _ = writeln!(s, "{line}");
     for n in g.topo() {
         let node = g.node(n);

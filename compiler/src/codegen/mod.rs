@@ -18,8 +18,8 @@ pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod pool;
-pub mod winograd;
 mod util;
+pub mod winograd;
 
 #[cfg(test)]
 mod tests;

@@ -272,8 +272,7 @@ impl WinogradPlan {
             for i in 0..a {
                 for kx in 0..3 {
                     let row = &mut t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
-                    for ky in 0..3 {
-                        let gk = g[i][ky];
+                    for (ky, &gk) in g[i].iter().enumerate().take(3) {
                         if gk != 0.0 {
                             for (r, &w) in row.iter_mut().zip(k(ky * 3 + kx)) {
                                 *r += gk * w as f64;

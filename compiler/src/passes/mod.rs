@@ -24,12 +24,36 @@ pub struct Pass {
 /// The passes in pipeline order. `shortcut_projections` ran while the front end inferred shapes (an
 /// add's shape depends on it); it is listed so that `--dump-after shortcut_projections` shows its result.
 pub const PASSES: &[Pass] = &[
-    Pass { name: "shortcut_projections", about: "1x1 strided convs on mismatched shortcuts (front end)", run: |_, _| 0 },
-    Pass { name: "fold_padding", about: "ZeroPadding2D into the next conv (or max pool on non-negative input)", run: rules::fold_padding },
-    Pass { name: "fold_batch_norm", about: "BatchNorm into the preceding conv's weights and bias", run: rules::fold_batch_norm },
-    Pass { name: "fuse_residual_add", about: "add into the epilogue of a conv producing one operand", run: rules::fuse_residual_add },
-    Pass { name: "fuse_conv_relu", about: "relu into the conv epilogue (before or after its add)", run: rules::fuse_conv_relu },
-    Pass { name: "fuse_dense_activation", about: "relu/softmax into the preceding dense", run: rules::fuse_dense_activation },
+    Pass {
+        name: "shortcut_projections",
+        about: "1x1 strided convs on mismatched shortcuts (front end)",
+        run: |_, _| 0,
+    },
+    Pass {
+        name: "fold_padding",
+        about: "ZeroPadding2D into the next conv (or max pool on non-negative input)",
+        run: rules::fold_padding,
+    },
+    Pass {
+        name: "fold_batch_norm",
+        about: "BatchNorm into the preceding conv's weights and bias",
+        run: rules::fold_batch_norm,
+    },
+    Pass {
+        name: "fuse_residual_add",
+        about: "add into the epilogue of a conv producing one operand",
+        run: rules::fuse_residual_add,
+    },
+    Pass {
+        name: "fuse_conv_relu",
+        about: "relu into the conv epilogue (before or after its add)",
+        run: rules::fuse_conv_relu,
+    },
+    Pass {
+        name: "fuse_dense_activation",
+        about: "relu/softmax into the preceding dense",
+        run: rules::fuse_dense_activation,
+    },
     Pass { name: "remove_dead_nodes", about: "nodes that do not reach the output", run: rules::remove_dead_nodes },
 ];
 
@@ -63,7 +87,11 @@ pub fn is_pass(name: &str) -> bool {
 
 /// Runs the pipeline. `dump_after` names a pass whose resulting graph is captured in the report
 /// (after its last run, for the fixed-point group).
-pub fn optimize(graph: &Graph, weights: &Weights, dump_after: Option<&str>) -> Result<(Graph, Weights, OptReport), PassError> {
+pub fn optimize(
+    graph: &Graph,
+    weights: &Weights,
+    dump_after: Option<&str>,
+) -> Result<(Graph, Weights, OptReport), PassError> {
     run_pipeline(PASSES, FIXED_POINT_FROM, graph, weights, dump_after)
 }
 
