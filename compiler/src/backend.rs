@@ -119,21 +119,68 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             unsupported.join(", ")
         )));
     }
-    let mut session =
-        Session::with_options(SessionOptions { verify: o.verify, keep_ir: o.keep_ir, ..SessionOptions::default() })
-            .map_err(cg)?;
-    let mut kernels = Vec::with_capacity(steps.len());
-    for &n in &steps {
-        kernels.push(kernel_for(&mut session, g, opt, n, o)?);
+    // Code generation and weight packing run on all cores: each worker has its own session (cranelift
+    // module, reused contexts) and compiles a share of the kernels, balanced by weight size (packing
+    // dominates). The program keeps every worker's code alive.
+    let session_opts = SessionOptions { verify: o.verify, keep_ir: o.keep_ir, ..SessionOptions::default() };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(steps.len().max(1));
+    let mut load = vec![0usize; workers];
+    let mut share: Vec<Vec<usize>> = vec![vec![]; workers];
+    let mut by_cost: Vec<usize> = (0..steps.len()).collect();
+    let cost = |i: usize| g.node_params(steps[i]) + 10_000;
+    by_cost.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
+    for i in by_cost {
+        let w = (0..workers).min_by_key(|&w| load[w]).unwrap_or(0);
+        load[w] += cost(i);
+        share[w].push(i);
     }
+    type Compiled1 = (Vec<(usize, codegen::Kernel)>, codegen::JitCode);
+    let results: Vec<Result<Compiled1, Error>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = share
+            .iter()
+            .map(|mine| {
+                let session_opts = session_opts.clone();
+                let steps = &steps;
+                sc.spawn(move || -> Result<Compiled1, Error> {
+                    let mut session = Session::with_options(session_opts).map_err(cg)?;
+                    let mut ks = Vec::with_capacity(mine.len());
+                    for &i in mine {
+                        ks.push((i, kernel_for(&mut session, g, opt, steps[i], o)?));
+                    }
+                    Ok((ks, session.finish().map_err(cg)?))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Option("internal error: a code generation thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut codes = Vec::with_capacity(workers);
+    let mut slots: Vec<Option<(usize, codegen::Kernel)>> = (0..steps.len()).map(|_| None).collect();
+    for r in results {
+        let (ks, code) = r?;
+        for (i, k) in ks {
+            slots[i] = Some((codes.len(), k));
+        }
+        codes.push(code);
+    }
+    let (owner, mut kernels): (Vec<usize>, Vec<codegen::Kernel>) =
+        slots.into_iter().map(|s| s.expect("every step compiled by one worker")).unzip();
     // A model whose output is its input (or a reshape of it) copies the input to the output.
     let out_node = g.node(g.output);
     let passthrough = match act_plan.value.get(&g.output) {
-        None => Some(session.copy(&out_node.name, &out_node.shape).map_err(cg)?),
+        None => {
+            let mut session = Session::with_options(session_opts).map_err(cg)?;
+            let k = session.copy(&out_node.name, &out_node.shape).map_err(cg)?;
+            codes.push(session.finish().map_err(cg)?);
+            Some((codes.len() - 1, k))
+        }
         Some(_) => None,
     };
     let t1 = std::time::Instant::now();
-    let code = session.finish().map_err(cg)?;
     let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
     let threads = pool.threads();
     // Re-plan with each kernel's per-thread work buffers, so the report accounts for them.
@@ -159,7 +206,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         }
     };
     let mut infos = Vec::with_capacity(steps.len());
-    for (&n, k) in steps.iter().zip(kernels.iter_mut()) {
+    for (si, (&n, k)) in steps.iter().zip(kernels.iter_mut()).enumerate() {
         let ins = g.inputs(n);
         let out = buf(n);
         if let Some(&t) = act_plan.work.get(&n).filter(|_| chain_bytes(n) > 0) {
@@ -169,7 +216,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             let mut acc = buf(ins[0]);
             for (j, &x) in ins.iter().enumerate().skip(1) {
                 let dst = if (links - j).is_multiple_of(2) { out } else { tmp };
-                let mut step = k.step(&code, &mut pb, acc, Some(buf(x)), dst).map_err(cg)?;
+                let mut step = k.step(&codes[owner[si]], &mut pb, acc, Some(buf(x)), dst).map_err(cg)?;
                 step.name = format!("{} ({j}/{links})", step.name);
                 pb.push(step);
                 acc = dst;
@@ -177,7 +224,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         } else {
             let input = buf(ins[0]);
             let input2 = ins.get(1).map(|&i| buf(i));
-            let step = k.step(&code, &mut pb, input, input2, out).map_err(cg)?;
+            let step = k.step(&codes[owner[si]], &mut pb, input, input2, out).map_err(cg)?;
             pb.push(step);
         }
         infos.push(KernelInfo {
@@ -197,9 +244,10 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         // The program holds its own copy of the packed weights now.
         k.consts = Vec::new();
     }
-    if let Some(k) = &passthrough {
+    if let Some((ci, k)) = &passthrough {
         let len = k.out_shape.iter().product();
-        let step = k.step(&code, &mut pb, Buf { loc: Loc::Input(0), len }, None, Buf { loc: Loc::Output(0), len });
+        let step =
+            k.step(&codes[*ci], &mut pb, Buf { loc: Loc::Input(0), len }, None, Buf { loc: Loc::Output(0), len });
         pb.push(step.map_err(cg)?);
         infos.push(KernelInfo {
             node: out_node.name.clone(),
@@ -209,7 +257,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             clif: k.clif.clone(),
         });
     }
-    pb.keep_alive(Box::new(code));
+    pb.keep_alive(Box::new(codes));
     let program = pb.build(pool).map_err(|e| Error::Option(format!("internal error: {e}")))?;
     let stages_ms = vec![("codegen", (t1 - t0).as_secs_f64() * 1e3), ("finalize", t1.elapsed().as_secs_f64() * 1e3)];
     Ok(Compiled { program, kernels: infos, plan: full_plan, macs: g.macs(), stages_ms, threads })
