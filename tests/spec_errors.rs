@@ -1247,3 +1247,22 @@ fn the_shipped_specs_are_clean() {
     }
     assert!(n >= 2, "no specs found in {}", dir.display());
 }
+
+#[test]
+fn errors_in_the_output_node_do_not_hide_shape_errors_before_it() {
+    let e = errs(
+        r#"
+input: [8, 8, 3]
+layers:
+  - {op: conv, name: c1, filters: 4, kernel: 3, strides: 4}
+  - {op: conv, name: c2, filters: 4, kernel: 5}
+  - {op: flatten}
+  - {op: dense, name: out, unit: 10}
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert_eq!((e[0].0, e[0].1), (4, 5), "{}", e[0].2);
+    assert!(e[0].2.contains("node `c2`: kernel 5x5 is larger than the padded input 2x2"), "{}", e[0].2);
+    assert_eq!((e[1].0, e[1].1), (6, 28), "{}", e[1].2);
+    assert!(e[1].2.contains("node `out`: unknown field `unit`"), "{}", e[1].2);
+}

@@ -290,7 +290,9 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
                 rep.diagnostics
                     .error(Some(&spec.output.1), format!("the output `{}` is not a node{hint}", spec.output.0));
             }
-            return (None, rep);
+            // Keep checking the rest (shapes) with a stand-in output; the result is errors only, since the
+            // output is broken (already reported) or unknown (an error above).
+            input
         }
     };
     // Cycles: report each strongly connected component once, at its first node in spec order.
