@@ -253,6 +253,27 @@ impl ConvPlan {
     }
 }
 
+/// Checks a convolution's weights before packing: `klen` kernel floats, a bias of `cout` exactly when
+/// the conv has one.
+pub(crate) fn check_weights(
+    name: &str,
+    conv: &Conv,
+    klen: usize,
+    cout: usize,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<(), CodegenError> {
+    if kernel.len() != klen {
+        return Err(CodegenError::invalid(name, format!("kernel has {} floats, expected {klen}", kernel.len())));
+    }
+    match (conv.bias, bias) {
+        (true, Some(b)) if b.len() == cout => Ok(()),
+        (false, None) => Ok(()),
+        (true, _) => Err(CodegenError::invalid(name, format!("expected a bias of {cout} floats"))),
+        (false, Some(_)) => Err(CodegenError::invalid(name, "bias given to a conv without bias")),
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Ptrs {
     inp: Value,
@@ -283,16 +304,7 @@ impl Session {
         bias: Option<&[f32]>,
     ) -> Result<Kernel, CodegenError> {
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
-        let klen = plan.taps * plan.cin * plan.cout;
-        if kernel.len() != klen {
-            return Err(CodegenError::invalid(name, format!("kernel has {} floats, expected {klen}", kernel.len())));
-        }
-        match (conv.bias, bias) {
-            (true, Some(b)) if b.len() == plan.cout => {}
-            (false, None) => {}
-            (true, _) => return Err(CodegenError::invalid(name, format!("expected a bias of {} floats", plan.cout))),
-            (false, Some(_)) => return Err(CodegenError::invalid(name, "bias given to a conv without bias")),
-        }
+        check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
         let id = self.begin(name)?;
         let fcfg = self.module.isa().frontend_config();

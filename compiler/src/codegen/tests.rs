@@ -24,8 +24,9 @@ fn rnd(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Calls a kernel on one batch item, task by task, on the calling thread.
-fn call(code: &JitCode, k: &Kernel, input: &[f32], input2: Option<&[f32]>) -> Vec<f32> {
+/// Calls a kernel on one batch item, task by task (in reverse order), on the calling thread; the work
+/// buffer starts full of NaN (in the runtime it holds whatever the previous kernel left).
+pub(crate) fn call(code: &JitCode, k: &Kernel, input: &[f32], input2: Option<&[f32]>) -> Vec<f32> {
     let out_len: usize = k.out_shape.iter().product();
     // Guard floats around the output catch out-of-bounds stores.
     let guard = 64;
@@ -33,6 +34,7 @@ fn call(code: &JitCode, k: &Kernel, input: &[f32], input2: Option<&[f32]>) -> Ve
     out.as_mut_slice().fill(f32::from_bits(0x7fc0_dead));
     let consts = AlignedBuf::from_slice(&k.consts);
     let mut work = AlignedBuf::zeroed(k.work_floats.max(1));
+    work.as_mut_slice().fill(f32::NAN);
     let inp = AlignedBuf::from_slice(input);
     let in2 = input2.map(AlignedBuf::from_slice);
     let args = KernelArgs {

@@ -345,16 +345,7 @@ impl Session {
         tiling: &WinogradTiling,
     ) -> Result<Kernel, CodegenError> {
         let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
-        let klen = 9 * p.cin * p.cout;
-        if kernel.len() != klen {
-            return Err(CodegenError::invalid(name, format!("kernel has {} floats, expected {klen}", kernel.len())));
-        }
-        match (conv.bias, bias) {
-            (true, Some(b)) if b.len() == p.cout => {}
-            (false, None) => {}
-            (true, _) => return Err(CodegenError::invalid(name, format!("expected a bias of {} floats", p.cout))),
-            (false, Some(_)) => return Err(CodegenError::invalid(name, "bias given to a conv without bias")),
-        }
+        super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
         let consts = p.pack_weights(kernel, bias);
         let id = self.begin(name)?;
         let fcfg = self.module.isa().frontend_config();
@@ -783,10 +774,9 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codegen::{JitCode, SessionOptions};
+    use crate::codegen::SessionOptions;
     use crate::ops::{Padding, Pads};
     use proptest::prelude::*;
-    use resnetc_runtime::{AlignedBuf, KernelArgs};
 
     fn rnd(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
@@ -851,34 +841,7 @@ mod tests {
         y
     }
 
-    /// Runs every task, in reverse order, one call each, with guard floats around the output.
-    fn call(code: &JitCode, k: &Kernel, input: &[f32], input2: Option<&[f32]>) -> Vec<f32> {
-        let out_len: usize = k.out_shape.iter().product();
-        let guard = 64;
-        let mut out = AlignedBuf::zeroed(out_len + 2 * guard);
-        out.as_mut_slice().fill(f32::from_bits(0x7fc0_dead));
-        let consts = AlignedBuf::from_slice(&k.consts);
-        let mut work = AlignedBuf::zeroed(k.work_floats.max(1));
-        // Garbage in the work buffer must not matter.
-        work.as_mut_slice().fill(f32::NAN);
-        let inp = AlignedBuf::from_slice(input);
-        let in2 = input2.map(AlignedBuf::from_slice);
-        let args = KernelArgs {
-            input: inp.as_ptr(),
-            input2: in2.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()),
-            output: unsafe { out.as_mut_ptr().add(guard) },
-            consts: consts.as_ptr(),
-        };
-        let f = code.kernel(k.id);
-        for t in (0..k.ntasks).rev() {
-            unsafe { f(&args, work.as_mut_ptr(), t, t + 1) };
-        }
-        let s = out.as_slice();
-        for g in s[..guard].iter().chain(&s[guard + out_len..]) {
-            assert_eq!(g.to_bits(), 0x7fc0_dead, "kernel wrote outside its output");
-        }
-        s[guard..guard + out_len].to_vec()
-    }
+    use crate::codegen::tests::call;
 
     /// Max |got - want| relative to max |want| (at least 1e-3 absolute scale).
     fn run(c: &Case, t: &WinogradTiling) -> Result<f64, String> {
