@@ -411,8 +411,12 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
         }
         Cmd::Run { spec, common, weights, input, output, backend, threads } => {
             let m = load(&spec, &common.options(weights))?;
-            let x: ArrayD<f32> = ndarray_npy::read_npy(&input)
-                .map_err(|e| Fail(format!("{}: cannot read a float32 .npy array: {e}", input.display())))?;
+            let x: ArrayD<f32> = ndarray_npy::read_npy(&input).map_err(|e| {
+                let e = e.to_string();
+                let hint =
+                    if e.contains("'<f8'") { " (this array is float64: save it with x.astype('float32'))" } else { "" };
+                Fail(format!("{}: error: cannot read a float32 .npy array: {e}{hint}", input.display()))
+            })?;
             // A batch of the wrong shape: say which file, what was expected and what was found.
             m.check_input(&x.view()).map_err(|e| Fail(format!("{}: error: {e}", input.display())))?;
             let t0 = Instant::now();
