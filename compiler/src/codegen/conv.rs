@@ -661,22 +661,11 @@ fn micro(
     let rbase = (kind.epi && p.residual).then(|| addr(b, ptrs.res, e, 4, 0));
     for (i, &acc) in accs.iter().enumerate() {
         let off = i as i32 * rstride;
-        let mut v = acc;
-        if kind.epi {
-            if let Some(bv) = bias {
-                v = b.ins().fadd(v, bv);
-            }
-            if p.relu {
-                v = relu4(b, v);
-            }
-            if let Some(rb) = rbase {
-                let r = load_lanes(b, mf_input(), rb, off, lanes);
-                v = b.ins().fadd(v, r);
-            }
-            if p.relu_after_add {
-                v = relu4(b, v);
-            }
-        }
+        let v = if kind.epi {
+            conv_epilogue(b, acc, bias, p.relu, rbase.map(|rb| (rb, off, lanes)), p.relu_after_add)
+        } else {
+            acc
+        };
         store_lanes(b, mf_rw(), v, cbase, off, lanes);
     }
 }

@@ -175,3 +175,29 @@ pub fn store_lanes(b: &mut FunctionBuilder, flags: MemFlagsData, v: Value, p: Va
         b.ins().store(flags, x, p, off + 4 * l as i32);
     }
 }
+
+/// The fused convolution epilogue on one f32x4 of outputs, in the order `Conv` defines: + bias, relu,
+/// + the residual (loaded from `residual = (pointer, byte offset, lanes)`), relu after the add.
+pub fn conv_epilogue(
+    b: &mut FunctionBuilder,
+    mut v: Value,
+    bias: Option<Value>,
+    relu: bool,
+    residual: Option<(Value, i32, usize)>,
+    relu_after_add: bool,
+) -> Value {
+    if let Some(bv) = bias {
+        v = b.ins().fadd(v, bv);
+    }
+    if relu {
+        v = relu4(b, v);
+    }
+    if let Some((rp, off, lanes)) = residual {
+        let r = load_lanes(b, mf_input(), rp, off, lanes);
+        v = b.ins().fadd(v, r);
+    }
+    if relu_after_add {
+        v = relu4(b, v);
+    }
+    v
+}

@@ -719,20 +719,7 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
                     let (dy, dx) = (q / m, q % m);
                     let off = ((dy * p.w + dx) * p.cout * 4) as i32;
                     let store = |b: &mut FunctionBuilder| {
-                        let mut v = yv;
-                        if let Some(bv) = bias {
-                            v = b.ins().fadd(v, bv);
-                        }
-                        if p.relu {
-                            v = relu4(b, v);
-                        }
-                        if let Some(rp) = rp {
-                            let r = load_lanes(b, mf_input(), rp, off, lanes);
-                            v = b.ins().fadd(v, r);
-                        }
-                        if p.relu_after_add {
-                            v = relu4(b, v);
-                        }
+                        let v = conv_epilogue(b, yv, bias, p.relu, rp.map(|rp| (rp, off, lanes)), p.relu_after_add);
                         store_lanes(b, mf_rw(), v, op, off, lanes);
                     };
                     match masks {
