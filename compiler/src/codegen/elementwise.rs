@@ -323,17 +323,7 @@ mod tests {
         Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() }).unwrap()
     }
 
-    fn rnd(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::codegen::tests::rnd;
 
     /// Calls a kernel task by task (in reverse order) on inputs shifted by one float (unaligned), checking
     /// that nothing is written outside the output.

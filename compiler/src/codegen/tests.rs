@@ -11,8 +11,8 @@ fn opts() -> SessionOptions {
     SessionOptions { verify: true, ..SessionOptions::default() }
 }
 
-/// A deterministic pseudo-random vector in [-1, 1).
-fn rnd(n: usize, seed: u64) -> Vec<f32> {
+/// A deterministic pseudo-random vector in [-1, 1), shared by the codegen tests.
+pub(crate) fn rnd(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
     (0..n)
         .map(|_| {

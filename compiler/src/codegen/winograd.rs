@@ -765,16 +765,9 @@ mod tests {
     use crate::ops::{Padding, Pads};
     use proptest::prelude::*;
 
+    /// The shared codegen test vector, scaled.
     fn rnd(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
+        crate::codegen::tests::rnd(n, seed).into_iter().map(|x| x * scale).collect()
     }
 
     #[derive(Clone, Debug)]
