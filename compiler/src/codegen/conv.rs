@@ -47,11 +47,24 @@ pub struct ConvTiling {
     pub unroll: usize,
     /// Emit `fma(b, a, acc)` instead of `fma(a, b, acc)` (operand order affects register allocation).
     pub fma_b_first: bool,
+    /// Layers with at most this many output pixels reuse each weight only a few times and are bound by
+    /// streaming weights from memory: their K loops prefetch the weights `prefetch_distance` bytes ahead.
+    pub prefetch_max_m: usize,
+    pub prefetch_distance: usize,
 }
 
 impl Default for ConvTiling {
     fn default() -> Self {
-        ConvTiling { kc: 256, mc_tiles: 8, nc_panels: 64, min_tasks: 16, unroll: 2, fma_b_first: false }
+        ConvTiling {
+            kc: 256,
+            mc_tiles: 8,
+            nc_panels: 64,
+            min_tasks: 16,
+            unroll: 2,
+            fma_b_first: false,
+            prefetch_max_m: 24,
+            prefetch_distance: 8192,
+        }
     }
 }
 
@@ -105,6 +118,8 @@ pub struct ConvPlan {
     pub relu_after_add: bool,
     pub unroll: usize,
     pub fma_b_first: bool,
+    /// Software-prefetch distance (bytes) of the weight stream, 0 for none (see `Session::prefetch_import`).
+    pub prefetch: usize,
 }
 
 impl ConvPlan {
@@ -207,6 +222,7 @@ impl ConvPlan {
             relu_after_add: conv.relu_after_add,
             unroll: t.unroll,
             fma_b_first: t.fma_b_first,
+            prefetch: if m <= t.prefetch_max_m { t.prefetch_distance } else { 0 },
         })
     }
 
@@ -281,6 +297,7 @@ struct Ptrs {
     out: Value,
     cst: Value,
     work: Value,
+    pf: Option<cranelift_codegen::ir::FuncRef>,
 }
 
 #[derive(Clone, Copy)]
@@ -306,12 +323,14 @@ impl Session {
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
+        let pf = if plan.prefetch > 0 { Some(self.prefetch_import()?) } else { None };
         let id = self.begin(name)?;
+        let pf = pf.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func));
         let fcfg = self.module.isa().frontend_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let [a, work, start, end] = entry(&mut b);
         let [inp, res, out, cst] = load_args(&mut b, a);
-        let ptrs = Ptrs { inp, res, out, cst, work };
+        let ptrs = Ptrs { inp, res, out, cst, work, pf };
         for_range(&mut b, start, end, &[], |b, t, _| {
             emit_task(b, &plan, ptrs, t);
             vec![]
@@ -590,69 +609,27 @@ fn micro(
     let e = b.ins().iadd(mrow, pcol);
     let cbase = addr(b, ptrs.out, e, 4, 0);
     let rstride = (p.cout * 4) as i32;
-    let mut accs: Vec<Value> = (0..rows)
+    let accs: Vec<Value> = (0..rows)
         .map(|i| if kind.init_zero { zero4(b) } else { load_lanes(b, mf_rw(), cbase, i as i32 * rstride, lanes) })
         .collect();
-    let fma_step = |b: &mut FunctionBuilder, accs: &mut [Value], ap: Value, aoff: usize, bv: Value| {
-        for (i, acc) in accs.iter_mut().enumerate() {
-            let x = b.ins().load(types::F32, aflags, ap, (aoff + i * rs) as i32);
-            let s = b.ins().splat(types::F32X4, x);
-            *acc = if p.fma_b_first { b.ins().fma(bv, s, *acc) } else { b.ins().fma(s, bv, *acc) };
-        }
-    };
     // Short tiles (few output pixels: 7x7 maps and smaller) have too few accumulators to hide the FMA
-    // latency (each chain waits ~4 cycles): split K over `sets` accumulator groups, one per unrolled step,
-    // and sum them after the loop, so about 8 FMA chains are in flight.
+    // latency (each chain waits ~4 cycles): split K over `sets` accumulator groups, one per unrolled step.
     let sets = if rows < 8 { (8 / rows).clamp(1, 4) } else { 1 };
-    let u = p.unroll.max(1).max(sets);
-    let mut extra: Vec<Value> = (0..(sets - 1) * rows).map(|_| zero4(b)).collect();
-    let nsteps = kind.kc / u;
-    let (mut bp, mut ap) = (bp0, ap0);
-    if nsteps > 0 {
-        let bend = b.ins().iadd_imm_s(bp0, (nsteps * u * NR * 4) as i64);
-        let header = b.create_block();
-        let body = b.create_block();
-        let exit = b.create_block();
-        b.append_block_param(header, types::I64);
-        b.append_block_param(header, types::I64);
-        for _ in 0..rows * sets {
-            b.append_block_param(header, types::F32X4);
-        }
-        let mut init = vec![bp0, ap0];
-        init.extend_from_slice(&accs);
-        init.extend_from_slice(&extra);
-        b.ins().jump(header, &args(&init));
-        b.switch_to_block(header);
-        let hp = b.block_params(header).to_vec();
-        let cond = b.ins().icmp(IntCC::UnsignedLessThan, hp[0], bend);
-        b.ins().brif(cond, body, &[], exit, &[]);
-        b.switch_to_block(body);
-        let mut acc2 = hp[2..].to_vec();
-        let bvs: Vec<Value> = (0..u).map(|j| b.ins().load(types::F32X4, mf_packed(), hp[0], (16 * j) as i32)).collect();
-        for (j, &bv) in bvs.iter().enumerate() {
-            let set = j % sets;
-            fma_step(b, &mut acc2[set * rows..(set + 1) * rows], hp[1], j * ks, bv);
-        }
-        let bpn = b.ins().iadd_imm_s(hp[0], (16 * u) as i64);
-        let apn = b.ins().iadd_imm_s(hp[1], (u * ks) as i64);
-        let mut back = vec![bpn, apn];
-        back.extend_from_slice(&acc2);
-        b.ins().jump(header, &args(&back));
-        b.switch_to_block(exit);
-        bp = hp[0];
-        ap = hp[1];
-        accs = hp[2..2 + rows].to_vec();
-        extra = hp[2 + rows..].to_vec();
-    }
-    for j in 0..kind.kc % u {
-        let b0 = b.ins().load(types::F32X4, mf_packed(), bp, (16 * j) as i32);
-        fma_step(b, &mut accs, ap, j * ks, b0);
-    }
-    for set in extra.chunks(rows) {
-        for (acc, &x) in accs.iter_mut().zip(set) {
-            *acc = b.ins().fadd(*acc, x);
-        }
-    }
+    // With prefetching, one iteration reads one 64-byte line of B and prefetches one.
+    let unroll = if ptrs.pf.is_some() { 4 } else { p.unroll.max(1).max(sets) };
+    let kl = KLoop {
+        b0: bp0,
+        a0: ap0,
+        a_kstride: ks,
+        a_rowstride: rs,
+        a_flags: aflags,
+        steps: kind.kc,
+        unroll,
+        sets,
+        fma_b_first: p.fma_b_first,
+        prefetch: ptrs.pf.map(|f| (f, p.prefetch)),
+    };
+    let accs = emit_k_loop(b, &kl, accs);
     // Store (and the epilogue on the last K block).
     let bias = (kind.epi && p.bias).then(|| {
         let bo = addr(b, ptrs.cst, pan, NR * 4, (p.bias_offset() * 4) as i64);

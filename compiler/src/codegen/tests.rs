@@ -483,20 +483,36 @@ fn codegen_program_multithreaded_matches_single_thread() {
 
 // ---- golden IR ----
 
-#[test]
-fn codegen_golden_ir_conv1x1_c4() {
-    let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
+fn golden(file: &str, got: String) {
+    let path = format!("{}/src/codegen/golden/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).expect("golden file missing: run with BLESS=1");
+    assert_eq!(got, want, "IR of {file} changed; if intended, regenerate with BLESS=1");
+}
+
+fn golden_conv_ir(tiling: ConvTiling, cin: usize) -> String {
+    let mut s = Session::with_options(SessionOptions { keep_ir: true, conv_tiling: tiling, ..opts() }).unwrap();
     let mut c = Conv::new(4, [1, 1], [1, 1], Padding::Valid, true);
     c.relu = true;
-    let wt = rnd(16, 1);
-    let k = s.conv("golden", &c, [1, 1, 4], &wt, Some(&[0.5; 4])).unwrap();
-    let got = k.clif.unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/codegen/golden/conv1x1_c4.clif");
-    if std::env::var_os("BLESS").is_some() {
-        std::fs::write(path, &got).unwrap();
-    }
-    let want = std::fs::read_to_string(path).expect("golden file missing: run with BLESS=1");
-    assert_eq!(got, want, "IR changed; if intended, regenerate with BLESS=1");
+    let wt = rnd(4 * cin, 1);
+    let k = s.conv("golden", &c, [1, 1, cin], &wt, Some(&[0.5; 4])).unwrap();
+    k.clif.unwrap()
+}
+
+#[test]
+fn codegen_golden_ir_conv1x1_c4() {
+    golden("conv1x1_c4.clif", golden_conv_ir(ConvTiling { prefetch_max_m: 0, ..ConvTiling::default() }, 4));
+}
+
+/// The same conv with 8 input channels and the weight prefetch of tiny maps: a K loop of 4 steps per
+/// iteration that calls the `preserve_all` prefetch stub once per iteration, 8 KB ahead.
+#[test]
+fn codegen_golden_ir_conv1x1_c8_prefetch() {
+    let ir = golden_conv_ir(ConvTiling::default(), 8);
+    assert!(ir.contains("preserve_all") && ir.contains("call fn0"), "{ir}");
+    golden("conv1x1_c8_prefetch.clif", ir);
 }
 
 /// Writes the machine code of a ResNet-like conv to $DUMP_ASM (for tuning): `DUMP_ASM=/tmp/x.s cargo test ... -- --ignored`.

@@ -49,6 +49,10 @@ pub struct WinogradTiling {
     pub cout_panels: usize,
     /// Split channel blocks into groups until there are at least this many tasks.
     pub min_tasks: usize,
+    /// Maps of at most this many tiles (each GEMM has that many rows: weights are reused that often) prefetch
+    /// the transformed weights `prefetch_distance` bytes ahead (see `ConvTiling::prefetch_max_m`).
+    pub prefetch_max_tiles: usize,
+    pub prefetch_distance: usize,
 }
 
 impl Default for WinogradTiling {
@@ -60,6 +64,8 @@ impl Default for WinogradTiling {
             v_budget: 64 * 1024,
             cout_panels: 16,
             min_tasks: 4,
+            prefetch_max_tiles: 24,
+            prefetch_distance: 8192,
         }
     }
 }
@@ -171,6 +177,8 @@ pub struct WinogradPlan {
     pub relu: bool,
     pub residual: bool,
     pub relu_after_add: bool,
+    /// Weight prefetch distance in bytes, 0 for none.
+    pub prefetch: usize,
 }
 
 impl WinogradPlan {
@@ -231,6 +239,7 @@ impl WinogradPlan {
             relu: conv.relu,
             residual: conv.residual,
             relu_after_add: conv.relu_after_add,
+            prefetch: if ntiles <= t.prefetch_max_tiles { t.prefetch_distance } else { 0 },
         })
     }
 
@@ -317,6 +326,7 @@ struct Ptrs {
     v: Value,
     mm: Value,
     scr: Value,
+    pf: Option<cranelift_codegen::ir::FuncRef>,
 }
 
 impl Session {
@@ -347,14 +357,16 @@ impl Session {
         let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
         super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
         let consts = p.pack_weights(kernel, bias);
+        let pf = if p.prefetch > 0 { Some(self.prefetch_import()?) } else { None };
         let id = self.begin(name)?;
+        let pf = pf.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func));
         let fcfg = self.module.isa().frontend_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let [args_p, work, start, end] = entry(&mut b);
         let [inp, res, out, cst] = load_args(&mut b, args_p);
         let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
         let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
-        let ptrs = Ptrs { inp, res, out, cst, v: work, mm, scr };
+        let ptrs = Ptrs { inp, res, out, cst, v: work, mm, scr, pf };
         let mt = mats(p.tile);
         for_range(&mut b, start, end, &[], |b, task, _| {
             emit_task(b, &p, &mt, ptrs, task);
@@ -595,7 +607,7 @@ fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
             let rb_block = |b: &mut FunctionBuilder, rb: Value| {
                 let vp = addr(b, vbase, rb, p.r * p.cinp * 4, 0);
                 let mq = addr(b, mp, rb, p.r * p.cbp * 16, 0);
-                micro(b, p, vp, up, mq);
+                micro(b, p, ptrs, vp, up, mq);
             };
             if p.nrb == 1 {
                 let z = iconst(b, 0);
@@ -615,57 +627,24 @@ fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
 }
 
 /// `r` rows x 4 columns over K = cin: rows of A at `vp + i*cinp*4`, B at `up + k*16`, C rows at `mq + i*cbp*16`.
-fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, vp: Value, up: Value, mq: Value) {
+fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, vp: Value, up: Value, mq: Value) {
     let rows = p.r;
-    let rs = p.cinp * 4;
-    let u = 2usize;
-    let mut accs: Vec<Value> = (0..rows).map(|_| zero4(b)).collect();
-    let fma_step = |b: &mut FunctionBuilder, accs: &mut [Value], ap: Value, aoff: usize, bv: Value| {
-        for (i, acc) in accs.iter_mut().enumerate() {
-            let x = b.ins().load(types::F32, mf_packed(), ap, (aoff + i * rs) as i32);
-            let s = b.ins().splat(types::F32X4, x);
-            *acc = b.ins().fma(s, bv, *acc);
-        }
+    let accs: Vec<Value> = (0..rows).map(|_| zero4(b)).collect();
+    // Few tiles (7x7 maps and smaller): split K over accumulator sets to keep ~8 FMA chains in flight.
+    let sets = if rows < 8 { (8 / rows).clamp(1, 4) } else { 1 };
+    let kl = KLoop {
+        b0: up,
+        a0: vp,
+        a_kstride: 4,
+        a_rowstride: p.cinp * 4,
+        a_flags: mf_packed(),
+        steps: p.cin,
+        unroll: if ptrs.pf.is_some() { 4 } else { 2.max(sets) },
+        sets,
+        fma_b_first: false,
+        prefetch: ptrs.pf.map(|f| (f, p.prefetch)),
     };
-    let nsteps = p.cin / u;
-    let (mut bp, mut ap) = (up, vp);
-    if nsteps > 0 {
-        let bend = b.ins().iadd_imm_s(up, (nsteps * u * 16) as i64);
-        let header = b.create_block();
-        let body = b.create_block();
-        let exit = b.create_block();
-        b.append_block_param(header, types::I64);
-        b.append_block_param(header, types::I64);
-        for _ in 0..rows {
-            b.append_block_param(header, types::F32X4);
-        }
-        let mut init = vec![up, vp];
-        init.extend_from_slice(&accs);
-        b.ins().jump(header, &args(&init));
-        b.switch_to_block(header);
-        let hp = b.block_params(header).to_vec();
-        let cond = b.ins().icmp(IntCC::UnsignedLessThan, hp[0], bend);
-        b.ins().brif(cond, body, &[], exit, &[]);
-        b.switch_to_block(body);
-        let mut acc2 = hp[2..].to_vec();
-        let bvs: Vec<Value> = (0..u).map(|j| b.ins().load(types::F32X4, mf_packed(), hp[0], (16 * j) as i32)).collect();
-        for (j, &bv) in bvs.iter().enumerate() {
-            fma_step(b, &mut acc2, hp[1], j * 4, bv);
-        }
-        let bpn = b.ins().iadd_imm_s(hp[0], (16 * u) as i64);
-        let apn = b.ins().iadd_imm_s(hp[1], (4 * u) as i64);
-        let mut back = vec![bpn, apn];
-        back.extend_from_slice(&acc2);
-        b.ins().jump(header, &args(&back));
-        b.switch_to_block(exit);
-        bp = hp[0];
-        ap = hp[1];
-        accs = hp[2..].to_vec();
-    }
-    for j in 0..p.cin % u {
-        let b0 = b.ins().load(types::F32X4, mf_packed(), bp, (16 * j) as i32);
-        fma_step(b, &mut accs, ap, j * 4, b0);
-    }
+    let accs = emit_k_loop(b, &kl, accs);
     let st = mf_rw().with_aligned();
     for (i, &acc) in accs.iter().enumerate() {
         b.ins().store(st, acc, mq, (i * p.cbp * 16) as i32);
@@ -865,7 +844,15 @@ mod tests {
     }
 
     fn small_tiling(tile: WinogradTile) -> WinogradTiling {
-        WinogradTiling { tile, rows: 3, row_blocks: 2, v_budget: 1 << 20, cout_panels: 2, min_tasks: 6 }
+        WinogradTiling {
+            tile,
+            rows: 3,
+            row_blocks: 2,
+            v_budget: 1 << 20,
+            cout_panels: 2,
+            min_tasks: 6,
+            ..WinogradTiling::default()
+        }
     }
 
     fn tilings() -> Vec<WinogradTiling> {
