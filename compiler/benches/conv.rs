@@ -91,10 +91,11 @@ struct Bench {
 impl Bench {
     fn new(s: &Shape, threads: usize) -> Bench {
         let mut opts = SessionOptions::default();
-        // Tuning knobs: CONV_UNROLL=n, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels.
+        // Tuning knobs: CONV_UNROLL=n, CONV_MR=rows, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels.
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
         let t = &mut opts.conv_tiling;
         t.unroll = env("CONV_UNROLL").unwrap_or(t.unroll);
+        t.mr_max = env("CONV_MR").unwrap_or(t.mr_max);
         t.fma_b_first = env("CONV_FMA_B_FIRST").map_or(t.fma_b_first, |v| v != 0);
         t.kc = env("CONV_KC").unwrap_or(t.kc);
         t.mc_tiles = env("CONV_MC").unwrap_or(t.mc_tiles);

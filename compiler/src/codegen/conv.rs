@@ -47,6 +47,8 @@ pub struct ConvTiling {
     pub min_tasks: usize,
     /// K steps per iteration of the micro-kernel loop.
     pub unroll: usize,
+    /// Rows of the micro-kernel at most (<= `MR`).
+    pub mr_max: usize,
     /// Emit `fma(b, a, acc)` instead of `fma(a, b, acc)` (operand order affects register allocation).
     pub fma_b_first: bool,
     /// Layers with at most this many output pixels reuse each weight only a few times and are bound by
@@ -63,6 +65,7 @@ impl Default for ConvTiling {
             nc_panels: 64,
             min_tasks: 16,
             unroll: 2,
+            mr_max: MR,
             fma_b_first: false,
             prefetch_max_m: 24,
             prefetch_distance: 8192,
@@ -165,7 +168,7 @@ impl ConvPlan {
         let direct = kh == 1 && kw == 1 && sh == 1 && sw == 1 && p.is_zero() && cinp == cin;
         let npan = cout.div_ceil(NR);
         // Balanced row tiles: e.g. M = 49 gives 5 tiles of 10 (+9) rows instead of 4 x 12 + 1.
-        let mr = m.div_ceil(m.div_ceil(MR));
+        let mr = m.div_ceil(m.div_ceil(t.mr_max.clamp(1, MR)));
         let mtiles = m.div_ceil(mr);
         // Tasks: blocks of row tiles x blocks of column panels. Below `min_tasks`, split rows first (down to
         // 2 tiles per task: packing is repeated per column block), then columns (down to 4 panels).

@@ -515,12 +515,16 @@ fn codegen_golden_ir_conv1x1_c8_prefetch() {
     golden("conv1x1_c8_prefetch.clif", ir);
 }
 
-/// Writes the machine code of a ResNet-like conv to $DUMP_ASM (for tuning): `DUMP_ASM=/tmp/x.s cargo test ... -- --ignored`.
+/// Writes the machine code of a ResNet-like conv to $DUMP_ASM (for tuning): `DUMP_ASM=/tmp/x.s cargo test ... -- --ignored`;
+/// `CONV_MR` and `CONV_UNROLL` as in `benches/conv.rs`.
 #[test]
 #[ignore]
 fn codegen_dump_asm() {
     let path = std::env::var("DUMP_ASM").unwrap_or_else(|_| "/tmp/conv.s".into());
-    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, ..opts() }).unwrap();
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let t = ConvTiling::default();
+    let conv_tiling = ConvTiling { mr_max: env("CONV_MR", t.mr_max), unroll: env("CONV_UNROLL", t.unroll), ..t };
+    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, conv_tiling, ..opts() }).unwrap();
     let c = Conv::new(256, [1, 1], [1, 1], Padding::Valid, true);
     let k = s.conv("c", &c, [56, 56, 64], &rnd(64 * 256, 1), Some(&rnd(256, 2))).unwrap();
     std::fs::write(&path, k.asm.unwrap()).unwrap();
