@@ -171,7 +171,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         slots.into_iter().map(|s| s.expect("every step compiled by one worker")).unzip();
     // A model whose output is its input (or a reshape of it) copies the input to the output.
     let out_node = g.node(g.output);
-    let passthrough = match act_plan.value.get(&g.output) {
+    let mut passthrough = match act_plan.value.get(&g.output) {
         None => {
             let mut session = Session::with_options(session_opts).map_err(cg)?;
             let k = session.copy(&out_node.name, &out_node.shape).map_err(cg)?;
@@ -194,8 +194,6 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // The arena holds the activations; the runtime allocates the per-thread work buffers beside it.
     let act_floats = act_plan.arena_bytes / 4;
     pb.arena_floats(act_floats);
-    // ~100 MB of packed weights for ResNet-50: reserve once instead of growing (and copying) the buffer.
-    pb.reserve_consts(kernels.iter().map(|k| resnetc_runtime::abi::align_floats(k.consts.len())).sum());
     let out_owner = act_plan.value.get(&g.output).map(|&b| act_plan.buffers[b].node);
     let buf = |n: NodeIndex| -> Buf {
         let len: usize = g.node(n).shape.iter().product();
@@ -241,10 +239,8 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             work_floats: k.work_floats,
             clif: k.clif.take(),
         });
-        // The program holds its own copy of the packed weights now.
-        k.consts = Vec::new();
     }
-    if let Some((ci, k)) = &passthrough {
+    if let Some((ci, k)) = &mut passthrough {
         let len = k.out_shape.iter().product();
         let step =
             k.step(&codes[*ci], &mut pb, Buf { loc: Loc::Input(0), len }, None, Buf { loc: Loc::Output(0), len });

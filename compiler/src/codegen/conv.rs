@@ -27,6 +27,7 @@ use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
+use resnetc_runtime::AlignedBuf;
 
 /// Rows of the micro-kernel.
 /// Rows of the micro-kernel at most; small layers use fewer, balanced rows (see `ConvPlan::mr`).
@@ -254,8 +255,8 @@ impl ConvPlan {
     }
 
     /// Packs the Keras kernel `[kh, kw, cin, cout]` (and bias) into `B[panel][k][4]` + bias.
-    pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        let mut out = vec![0f32; self.bias_offset() + self.npan * NR];
+    pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
+        let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * NR);
         for p in 0..self.npan {
             for tap in 0..self.taps {
                 for c in 0..self.cin {

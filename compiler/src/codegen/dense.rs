@@ -11,6 +11,7 @@ use crate::ops::Activation;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
+use resnetc_runtime::AlignedBuf;
 
 /// Panels of 4 units per task.
 const PANELS_PER_TASK: usize = 8;
@@ -60,7 +61,7 @@ impl Session {
         }
         let npan = units.div_ceil(4);
         let boff = npan * cin * 4;
-        let mut consts = vec![0f32; boff + npan * 4];
+        let mut consts = AlignedBuf::zeroed(boff + npan * 4);
         for p in 0..npan {
             for k in 0..cin {
                 for j in 0..4 {
@@ -176,6 +177,6 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, Vec::new(), 1, 0, false, vec![n])
+        self.end(id, name, AlignedBuf::default(), 1, 0, false, vec![n])
     }
 }

@@ -20,6 +20,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
+use resnetc_runtime::AlignedBuf;
 
 /// Floats per task of the elementwise kernels (a multiple of 4).
 pub const BLOCK: usize = 8192;
@@ -176,7 +177,7 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, Vec::new(), ntasks, 0, op == Flat::Add, shape.to_vec())
+        self.end(id, name, AlignedBuf::default(), ntasks, 0, op == Flat::Add, shape.to_vec())
     }
 
     /// Inference-mode batch normalization over the last axis of a tensor of any shape:
@@ -242,7 +243,7 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, consts, ntasks, 0, false, shape.to_vec())
+        self.end(id, name, AlignedBuf::from_slice(&consts), ntasks, 0, false, shape.to_vec())
     }
 
     /// Keras ZeroPadding2D of an `[H, W, C]` input: `[H + top + bottom, W + left + right, C]`.
@@ -280,7 +281,7 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, Vec::new(), ntasks, 0, false, vec![oh, ow, c])
+        self.end(id, name, AlignedBuf::default(), ntasks, 0, false, vec![oh, ow, c])
     }
 
     /// Softmax over the last axis of a tensor of any shape (each row of the last axis on its own).
@@ -309,7 +310,7 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, Vec::new(), ntasks, 0, false, shape.to_vec())
+        self.end(id, name, AlignedBuf::default(), ntasks, 0, false, shape.to_vec())
     }
 }
 

@@ -30,7 +30,7 @@ use cranelift_codegen::Context;
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
-use resnetc_runtime::{Buf, KernelFn, ProgramBuilder, Step};
+use resnetc_runtime::{AlignedBuf, Buf, KernelFn, ProgramBuilder, Step};
 
 pub use conv::ConvTiling;
 
@@ -87,8 +87,9 @@ pub struct KernelId(FuncId);
 pub struct Kernel {
     pub name: String,
     pub id: KernelId,
-    /// Packed constants the kernel reads through `KernelArgs::consts` (add them with `ProgramBuilder::add_consts`).
-    pub consts: Vec<f32>,
+    /// Packed constants the kernel reads through `KernelArgs::consts`; [`Kernel::step`] hands them to the
+    /// program (64-byte aligned, in huge pages when large, so they are packed once in their final home).
+    pub consts: AlignedBuf,
     /// The kernel's task count (`Step::ntasks`).
     pub ntasks: usize,
     /// Per-thread work buffer size in floats (`Step::work_floats`); 0 if none.
@@ -104,10 +105,11 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Adds this kernel's constants to `pb` and returns the runtime step calling it. `input2` is the residual
-    /// input of a conv with `residual` (must be given exactly when [`Kernel::uses_input2`]).
+    /// Moves this kernel's constants into `pb` (a second call adds none) and returns the runtime step calling
+    /// it. `input2` is the residual input of a conv with `residual` (must be given exactly when
+    /// [`Kernel::uses_input2`]).
     pub fn step(
-        &self,
+        &mut self,
         code: &JitCode,
         pb: &mut ProgramBuilder,
         input: Buf,
@@ -124,7 +126,7 @@ impl Kernel {
                 format!("output buffer has {} floats, expected {out_len}", output.len),
             ));
         }
-        let consts = (!self.consts.is_empty()).then(|| pb.add_consts(&self.consts));
+        let consts = (!self.consts.is_empty()).then(|| pb.add_consts_buf(std::mem::take(&mut self.consts)));
         Ok(Step {
             name: self.name.clone(),
             kernel: code.kernel(self.id),
@@ -265,7 +267,7 @@ impl Session {
         &mut self,
         id: FuncId,
         name: &str,
-        consts: Vec<f32>,
+        consts: AlignedBuf,
         ntasks: usize,
         work_floats: usize,
         uses_input2: bool,

@@ -11,6 +11,7 @@ use crate::ops::Pool;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
+use resnetc_runtime::AlignedBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -132,7 +133,7 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, Vec::new(), oh, 0, false, vec![oh, ow, c])
+        self.end(id, name, AlignedBuf::default(), oh, 0, false, vec![oh, ow, c])
     }
 
     /// Global average or max pooling: `[H, W, C]` -> `[C]`.
@@ -188,6 +189,6 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
-        self.end(id, name, Vec::new(), ntasks, 0, false, vec![c])
+        self.end(id, name, AlignedBuf::default(), ntasks, 0, false, vec![c])
     }
 }

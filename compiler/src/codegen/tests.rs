@@ -422,18 +422,18 @@ fn tiny_net(threads: usize) -> (Vec<f32>, Vec<f32>) {
     let b1 = rnd(24, 12);
     let mut c1 = Conv::new(24, [3, 3], [1, 1], Padding::Same, true);
     c1.relu = true;
-    let k1 = s.conv("c1", &c1, [h, w, c], &w1, Some(&b1)).unwrap();
+    let mut k1 = s.conv("c1", &c1, [h, w, c], &w1, Some(&b1)).unwrap();
     let w2 = rnd(24 * 24, 13);
     let mut c2 = Conv::new(24, [1, 1], [1, 1], Padding::Valid, false);
     c2.residual = true;
     c2.relu_after_add = true;
-    let k2 = s.conv("c2", &c2, [h, w, 24], &w2, None).unwrap();
+    let mut k2 = s.conv("c2", &c2, [h, w, 24], &w2, None).unwrap();
     let pool = Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same };
-    let k3 = s.max_pool("mp", &pool, [h, w, 24]).unwrap();
+    let mut k3 = s.max_pool("mp", &pool, [h, w, 24]).unwrap();
     let [ph, pw, _] = [k3.out_shape[0], k3.out_shape[1], 24];
-    let k4 = s.global_pool("gap", PoolKind::Avg, [ph, pw, 24]).unwrap();
+    let mut k4 = s.global_pool("gap", PoolKind::Avg, [ph, pw, 24]).unwrap();
     let w5 = rnd(24 * 10, 14);
-    let k5 = s.dense("fc", 24, 10, Activation::Softmax, &w5, None).unwrap();
+    let mut k5 = s.dense("fc", 24, 10, Activation::Softmax, &w5, None).unwrap();
     let code = s.finish().unwrap();
     let a1 = h * w * 24;
     let a3 = ph * pw * 24;
@@ -444,15 +444,15 @@ fn tiny_net(threads: usize) -> (Vec<f32>, Vec<f32>) {
     let o3 = o2 + al(a1);
     let o4 = o3 + al(a3);
     pb.arena_floats(o4 + al(24));
-    let mut step = |k: &Kernel, input: Buf, input2: Option<Buf>, output: Buf| {
+    let mut step = |k: &mut Kernel, input: Buf, input2: Option<Buf>, output: Buf| {
         let st = k.step(&code, &mut pb, input, input2, output).unwrap();
         pb.push(st);
     };
-    step(&k1, Buf::input(h * w * c), None, Buf::arena(o1, a1));
-    step(&k2, Buf::arena(o1, a1), Some(Buf::arena(o1, a1)), Buf::arena(o2, a1));
-    step(&k3, Buf::arena(o2, a1), None, Buf::arena(o3, a3));
-    step(&k4, Buf::arena(o3, a3), None, Buf::arena(o4, 24));
-    step(&k5, Buf::arena(o4, 24), None, Buf::output(10));
+    step(&mut k1, Buf::input(h * w * c), None, Buf::arena(o1, a1));
+    step(&mut k2, Buf::arena(o1, a1), Some(Buf::arena(o1, a1)), Buf::arena(o2, a1));
+    step(&mut k3, Buf::arena(o2, a1), None, Buf::arena(o3, a3));
+    step(&mut k4, Buf::arena(o3, a3), None, Buf::arena(o4, 24));
+    step(&mut k5, Buf::arena(o4, 24), None, Buf::output(10));
     pb.keep_alive(Box::new(code));
     let prog = pb.build(Arc::new(ThreadPool::new(threads))).unwrap();
     let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, h, w, c]), rnd(2 * h * w * c, 15)).unwrap();

@@ -25,6 +25,7 @@ use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, 
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
 use resnetc_runtime::abi::align_floats;
+use resnetc_runtime::AlignedBuf;
 
 /// Output tile size of the Winograd algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,10 +268,10 @@ impl WinogradPlan {
     }
 
     /// Transforms and packs the Keras kernel `[3, 3, cin, cout]` (and bias) into `U[xi][panel][cin][4]` + bias.
-    pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
         let g = mats(self.tile).g;
         let (a, cin, cout) = (self.a, self.cin, self.cout);
-        let mut out = vec![0f32; self.bias_offset() + self.npan * 4];
+        let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * 4);
         // Per input channel, transform all output channels at once: the Keras kernel is contiguous in
         // `cout`, so each step below is a loop over n that the compiler vectorizes (this runs for
         // every (cin, cout) pair of every 3x3 layer at compile time).
