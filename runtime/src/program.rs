@@ -34,7 +34,7 @@ pub struct AlignedBuf {
 }
 
 /// Buffers from this size up are mapped directly, in transparent huge pages where the kernel allows.
-const MAP_THRESHOLD: usize = 8 << 20;
+const MAP_THRESHOLD: usize = 2 << 20;
 const HUGE: usize = 2 << 20;
 
 // SAFETY: AlignedBuf uniquely owns its allocation, like a Vec<f32>.
@@ -97,10 +97,11 @@ impl AlignedBuf {
         // SAFETY: `pad < HUGE` and the mapping has `HUGE` spare bytes; madvise is only advice.
         unsafe {
             let p = base.add(pad) as *mut libc::c_void;
-            libc::madvise(p, size - pad, libc::MADV_HUGEPAGE);
+            let used = (len * 4).next_multiple_of(4096);
+            libc::madvise(p, used.next_multiple_of(HUGE), libc::MADV_HUGEPAGE);
             // Fault everything in with one call (Linux >= 5.14; harmless where unknown): the buffer is
             // about to be written in full, and one call is much cheaper than ~50-25,000 page faults.
-            libc::madvise(p, size - pad, libc::MADV_POPULATE_WRITE);
+            libc::madvise(p, used, libc::MADV_POPULATE_WRITE);
             Some(AlignedBuf { ptr: NonNull::new_unchecked(base.add(pad) as *mut f32), len, pad, mapped: true })
         }
     }
