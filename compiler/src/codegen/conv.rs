@@ -5,7 +5,8 @@
 //!   multiple of 4 channels), followed by the bias padded to the same width. That is [`Kernel::consts`].
 //! - A: a 1x1, stride-1, unpadded convolution reads the NHWC input directly (row `m` = pixel `m`, stride cin).
 //!   Everything else packs an `mr`-row tile of A per K block (im2col on the fly, zeros for padding) into the
-//!   per-thread work buffer, laid out `A[k][mr]`; the final partial row tile always goes through packing.
+//!   per-thread work buffer, row-major (`A[mr][kc]`, copied with f32x4 moves, whole kernel rows as one run
+//!   where they lie inside the input); the final partial row tile always goes through packing.
 //! - Micro-kernel: `mr` rows (12, or fewer balanced rows when M is small, e.g. 5 x 10 rows for M = 49) x 4
 //!   columns, one f32x4 accumulator per row, one B vector per K step held in a register,
 //!   one broadcast-from-memory load of A per FMA; K loop with a header test and an unconditional back edge
@@ -24,7 +25,7 @@
 use super::util::*;
 use super::{CodegenError, Kernel, Session};
 use crate::ops::Conv;
-use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
 use resnetc_runtime::AlignedBuf;
@@ -436,7 +437,7 @@ fn emit_block(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, tt: TaskTiles, 
                 (ap, p.cin * 4, 4)
             } else {
                 emit_pack(b, p, ptrs, m0, kb, kind);
-                (ptrs.work, 4, p.mr * 4)
+                (ptrs.work, kind.kc * 4, 4)
             };
             panels(b, a, m0, p.mr);
             vec![]
@@ -446,14 +447,17 @@ fn emit_block(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, tt: TaskTiles, 
         if_then(b, tt.last_mb, |b| {
             let m0 = iconst(b, p.mfull * p.mr);
             emit_pack(b, p, ptrs, m0, kb, kind);
-            panels(b, (ptrs.work, 4, p.mr * 4), m0, p.mrem);
+            panels(b, (ptrs.work, kind.kc * 4, 4), m0, p.mrem);
         });
     }
 }
 
-/// Packs the `mr`-row tile of A starting at output pixel `m0` for K block `kb` into `work` as `A[k][mr]`.
+/// Packs the `mr`-row tile of A starting at output pixel `m0` for K block `kb` into `work`, row-major:
+/// row `i` at `work + i*kc*4`, tap `t` of the block at `t*clen` within the row (im2col on the fly, zeros
+/// for padding and for rows past M). Rows are copied with f32x4 loads and stores; when a block holds whole
+/// kernel rows (`tpb` a multiple of `kw`, e.g. the 7x7 stem's 49 taps), each kernel row whose pixels are all
+/// inside the input is one contiguous run of `kw*cin` floats (21 for the stem instead of 7 checked taps).
 fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: Value, kind: BlockKind) {
-    let st = mf_rw().with_aligned();
     let (tap0, c0, clen, valid): (Value, Value, usize, Option<usize>) = if p.nch == 1 {
         let tap0 = b.ins().imul_imm_s(kb, p.tpb as i64);
         (tap0, iconst(b, 0), p.cin, Some(p.cin))
@@ -463,12 +467,14 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
         let c0 = b.ins().imul_imm_s(ch, p.cc as i64);
         (tap0, c0, p.cc, if p.cinp == p.cin { Some(p.cc) } else { None })
     };
+    let row_bytes = kind.kc * 4;
+    let kernel_rows = p.nch == 1 && p.kw > 1 && p.tpb % p.kw == 0 && kind.ntaps % p.kw == 0;
     let lo = iconst(b, 0);
     let hi = iconst(b, p.mr);
     for_range(b, lo, hi, &[], |b, i, _| {
         let m = b.ins().iadd(m0, i);
         let row_ok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, m, p.m as i64);
-        let dst_row = addr(b, ptrs.work, i, 4, 0);
+        let dst_row = addr(b, ptrs.work, i, row_bytes, 0);
         if_else(
             b,
             row_ok,
@@ -482,6 +488,15 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
                 let iy0 = b.ins().iadd_imm_s(oys, -(p.pt as i64));
                 let oxs = b.ins().imul_imm_s(ox, p.sw as i64);
                 let ix0 = b.ins().iadd_imm_s(oxs, -(p.pl as i64));
+                // Input element (iy, ix, c0) as a byte address.
+                let src_at = |b: &mut FunctionBuilder, iy: Value, ix: Value| {
+                    let yw = b.ins().imul_imm_s(iy, p.w as i64);
+                    let pix = b.ins().iadd(yw, ix);
+                    let e = b.ins().imul_imm_s(pix, p.cin as i64);
+                    let e = b.ins().iadd(e, c0);
+                    addr(b, ptrs.inp, e, 4, 0)
+                };
+                // One tap `t` of the block (tap index tap0 + t): copy its channels or zeros.
                 let one_tap = |b: &mut FunctionBuilder, t: Value| {
                     let tap = b.ins().iadd(tap0, t);
                     let (ky, kx) = if p.kw == 1 {
@@ -494,20 +509,16 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
                     let yok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, iy, p.h as i64);
                     let xok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, ix, p.w as i64);
                     let ok = b.ins().band(yok, xok);
-                    // dst = dst_row + t*clen*48
-                    let dst = addr(b, dst_row, t, clen * p.mr * 4, 0);
+                    let dst = addr(b, dst_row, t, clen * 4, 0);
                     if_else(
                         b,
                         ok,
                         |b| {
-                            let yw = b.ins().imul_imm_s(iy, p.w as i64);
-                            let pix = b.ins().iadd(yw, ix);
-                            let e = b.ins().imul_imm_s(pix, p.cin as i64);
-                            let e = b.ins().iadd(e, c0);
-                            let src = addr(b, ptrs.inp, e, 4, 0);
+                            let src = src_at(b, iy, ix);
                             match valid {
-                                Some(n) => copy_const(b, src, dst, n, p.mr, st),
+                                Some(n) => copy_run(b, src, dst, n),
                                 None => {
+                                    // The last channel chunk of a tap: cin - c0 real channels, zeros after.
                                     let cinv = iconst(b, p.cin);
                                     let rest = b.ins().isub(cinv, c0);
                                     let ccv = iconst(b, p.cc);
@@ -516,24 +527,57 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
                                     for_range(b, z, n, &[], |b, c, _| {
                                         let s = addr(b, src, c, 4, 0);
                                         let x = b.ins().load(types::F32, mf_input_scalar(), s, 0);
-                                        let d = addr(b, dst, c, p.mr * 4, 0);
-                                        b.ins().store(st, x, d, 0);
+                                        let d = addr(b, dst, c, 4, 0);
+                                        b.ins().store(mf_rw(), x, d, 0);
                                         vec![]
                                     });
                                     let clenv = iconst(b, clen);
                                     let zf = b.ins().f32const(0.0);
                                     for_range(b, n, clenv, &[], |b, c, _| {
-                                        let d = addr(b, dst, c, p.mr * 4, 0);
-                                        b.ins().store(st, zf, d, 0);
+                                        let d = addr(b, dst, c, 4, 0);
+                                        b.ins().store(mf_rw(), zf, d, 0);
                                         vec![]
                                     });
                                 }
                             }
                         },
-                        |b| zero_const(b, dst, clen, p.mr, st),
+                        |b| zero_run(b, dst, clen),
                     );
                 };
-                if kind.ntaps == 1 {
+                if kernel_rows {
+                    // Per kernel row: one contiguous run when all its pixels are inside, tap by tap otherwise.
+                    let ky0 = b.ins().udiv_imm_u(tap0, p.kw as i64);
+                    let z = iconst(b, 0);
+                    let nky = iconst(b, kind.ntaps / p.kw);
+                    let xin_lo = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, ix0, 0);
+                    let xend = b.ins().iadd_imm_s(ix0, p.kw as i64);
+                    let xin_hi = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, xend, p.w as i64);
+                    let x_inside = b.ins().band(xin_lo, xin_hi);
+                    for_range(b, z, nky, &[], |b, r, _| {
+                        let ky = b.ins().iadd(ky0, r);
+                        let iy = b.ins().iadd(iy0, ky);
+                        let yok = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, iy, p.h as i64);
+                        let run = b.ins().band(yok, x_inside);
+                        if_else(
+                            b,
+                            run,
+                            |b| {
+                                let src = src_at(b, iy, ix0);
+                                let dst = addr(b, dst_row, r, p.kw * p.cin * 4, 0);
+                                copy_run(b, src, dst, p.kw * p.cin);
+                            },
+                            |b| {
+                                let t0 = b.ins().imul_imm_s(r, p.kw as i64);
+                                let t1 = b.ins().iadd_imm_s(t0, p.kw as i64);
+                                for_range(b, t0, t1, &[], |b, t, _| {
+                                    one_tap(b, t);
+                                    vec![]
+                                });
+                            },
+                        );
+                        vec![]
+                    });
+                } else if kind.ntaps == 1 {
                     let t = iconst(b, 0);
                     one_tap(b, t);
                 } else {
@@ -545,53 +589,66 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
                     });
                 }
             },
-            |b| zero_const(b, dst_row, kind.kc, p.mr, st),
+            |b| zero_run(b, dst_row, kind.kc),
         );
         vec![]
     });
 }
 
-/// `dst[c*mr*4] = src[c*4]` for c in 0..n (bytes), unrolled by 4.
-fn copy_const(b: &mut FunctionBuilder, src: Value, dst: Value, n: usize, mr: usize, st: MemFlagsData) {
-    let groups = n / 4;
-    let one = |b: &mut FunctionBuilder, s: Value, d: Value, c: usize| {
-        let x = b.ins().load(types::F32, mf_input_scalar(), s, (c * 4) as i32);
-        b.ins().store(st, x, d, (c * mr * 4) as i32);
-    };
-    if groups > 0 {
+/// Copies `n` floats from `src` to `dst` (byte addresses, any 4-byte alignment): f32x4 moves (a loop of
+/// 4 vectors at a time for long runs), then scalars.
+fn copy_run(b: &mut FunctionBuilder, src: Value, dst: Value, n: usize) {
+    let (ld, st) = (mf_input(), mf_rw());
+    let big = n / 16;
+    if big > 1 {
         let z = iconst(b, 0);
-        let g = iconst(b, groups);
+        let g = iconst(b, big);
         for_range(b, z, g, &[], |b, gi, _| {
-            let s = addr(b, src, gi, 16, 0);
-            let d = addr(b, dst, gi, 4 * mr * 4, 0);
-            for c in 0..4 {
-                one(b, s, d, c);
+            let s = addr(b, src, gi, 64, 0);
+            let d = addr(b, dst, gi, 64, 0);
+            for j in 0..4 {
+                let x = b.ins().load(types::F32X4, ld, s, 16 * j);
+                b.ins().store(st, x, d, 16 * j);
             }
             vec![]
         });
     }
-    for c in groups * 4..n {
-        one(b, src, dst, c);
+    let done = if big > 1 { big * 16 } else { 0 };
+    for v in (done..n - n % 4).step_by(4) {
+        let x = b.ins().load(types::F32X4, ld, src, (v * 4) as i32);
+        b.ins().store(st, x, dst, (v * 4) as i32);
+    }
+    for c in n - n % 4..n {
+        let x = b.ins().load(types::F32, mf_input_scalar(), src, (c * 4) as i32);
+        b.ins().store(st, x, dst, (c * 4) as i32);
     }
 }
 
-/// `dst[c*mr*4] = 0` for c in 0..n.
-fn zero_const(b: &mut FunctionBuilder, dst: Value, n: usize, mr: usize, st: MemFlagsData) {
-    let zf = b.ins().f32const(0.0);
-    let groups = n / 4;
-    if groups > 0 {
+/// Zeroes `n` floats at `dst` (f32x4 stores, then scalars).
+fn zero_run(b: &mut FunctionBuilder, dst: Value, n: usize) {
+    let st = mf_rw();
+    let zv = zero4(b);
+    let big = n / 16;
+    if big > 1 {
         let z = iconst(b, 0);
-        let g = iconst(b, groups);
+        let g = iconst(b, big);
         for_range(b, z, g, &[], |b, gi, _| {
-            let d = addr(b, dst, gi, 4 * mr * 4, 0);
-            for c in 0..4 {
-                b.ins().store(st, zf, d, (c * mr * 4) as i32);
+            let d = addr(b, dst, gi, 64, 0);
+            for j in 0..4 {
+                b.ins().store(st, zv, d, 16 * j);
             }
             vec![]
         });
     }
-    for c in groups * 4..n {
-        b.ins().store(st, zf, dst, (c * mr * 4) as i32);
+    let done = if big > 1 { big * 16 } else { 0 };
+    for v in (done..n - n % 4).step_by(4) {
+        b.ins().store(st, zv, dst, (v * 4) as i32);
+    }
+    if n % 4 > 0 {
+        let zf = b.ins().f32const(0.0);
+        for c in n - n % 4..n {
+            b.ins().store(st, zf, dst, (c * 4) as i32);
+        }
     }
 }
 
