@@ -53,8 +53,10 @@ pub struct ConvTiling {
     pub mr_max: usize,
     /// Emit `fma(b, a, acc)` instead of `fma(a, b, acc)` (operand order affects register allocation).
     pub fma_b_first: bool,
-    /// Layers with at most this many output pixels reuse each weight only a few times and are bound by
-    /// streaming weights from memory: their K loops prefetch the weights `prefetch_distance` bytes ahead.
+    /// Layers with at most this many output pixels (4x4 maps and smaller) reuse each weight only a few times
+    /// and wait on streaming weights from memory: they run in the streaming order (see `ConvPlan::prefetch`)
+    /// and their K loops prefetch the weights `prefetch_distance` bytes ahead. (Tried on 7x7 maps: slower,
+    /// as their A no longer stays in L1 across the panels: conv5_block1_0 6.3 -> 7.4-8.7 ms.)
     pub prefetch_max_m: usize,
     pub prefetch_distance: usize,
 }
@@ -126,6 +128,8 @@ pub struct ConvPlan {
     pub unroll: usize,
     pub fma_b_first: bool,
     /// Software-prefetch distance (bytes) of the weight stream, 0 for none (see `Session::prefetch_import`).
+    /// Non-zero means the streaming order: one K block, every row tile of the task packed up front, then
+    /// per panel all row tiles, so each weight is read from memory once, front to back.
     pub prefetch: usize,
 }
 
@@ -149,8 +153,8 @@ impl ConvPlan {
         // Weight-streaming layers (see `prefetch_max_m`) take K in one block when their A fits in L2: each
         // task then reads its weight panels front to back once (the prefetch runs straight ahead) and packs
         // A once instead of once per K block (measured: stride-2 1x1 on a 4x4 map 1.1 -> 0.7 ms).
-        let prefetch = m <= t.prefetch_max_m;
-        let kcmax = if prefetch && m * taps * cin * 4 <= 512 * 1024 { (taps * cin).max(8) } else { t.kc.max(8) };
+        let prefetch = m <= t.prefetch_max_m && m * taps * cin * 4 <= 512 * 1024;
+        let kcmax = if prefetch { (taps * cin).max(8) } else { t.kc.max(8) };
         let (nch, cc, cinp, tpb, nkb) = if cin <= kcmax {
             let tpb0 = (kcmax / cin).max(1);
             let nkb = taps.div_ceil(tpb0);
@@ -241,10 +245,13 @@ impl ConvPlan {
         self.nmb * self.nnb
     }
 
-    /// Per-thread work buffer (floats): one packed mr x kc tile of A, when any tile is packed.
+    /// Per-thread work buffer (floats): one packed mr x kc tile of A, when any tile is packed (all the task's
+    /// tiles in the streaming order).
     pub fn work_floats(&self) -> usize {
         if self.direct && self.mrem == 0 {
             0
+        } else if self.prefetch > 0 {
+            self.mct * self.mr * self.kc_last
         } else {
             self.mr * self.kc_full.max(self.kc_last)
         }
@@ -410,18 +417,21 @@ struct TaskTiles {
 
 /// One K block over the task's tiles.
 fn emit_block(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, tt: TaskTiles, kb: Value, kind: BlockKind) {
+    if p.prefetch > 0 {
+        return emit_stream(b, p, ptrs, tt, kind);
+    }
     // B for panel `pan` of this block: cst + (pan*kp + kb*kc_full)*16 bytes.
     let kb_off = b.ins().imul_imm_s(kb, (p.kc_full * NR * 4) as i64);
     let bbase = b.ins().iadd(ptrs.cst, kb_off);
     let panels = |b: &mut FunctionBuilder, a: (Value, usize, usize), m0: Value, rows: usize| {
         for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
-            micro(b, p, ptrs, a, bbase, pan, m0, rows, NR, kind);
+            micro(b, p, ptrs, a, bbase, pan, m0, rows, NR, kind, false);
             vec![]
         });
         if p.ntail > 0 {
             if_then(b, tt.last_nb, |b| {
                 let pan = iconst(b, p.nfullpan);
-                micro(b, p, ptrs, a, bbase, pan, m0, rows, p.ntail, kind);
+                micro(b, p, ptrs, a, bbase, pan, m0, rows, p.ntail, kind, false);
             });
         }
     };
@@ -448,6 +458,82 @@ fn emit_block(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, tt: TaskTiles, 
             let m0 = iconst(b, p.mfull * p.mr);
             emit_pack(b, p, ptrs, m0, kb, kind);
             panels(b, (ptrs.work, kind.kc * 4, 4), m0, p.mrem);
+        });
+    }
+}
+
+/// The streaming order (small maps, one K block): A of every row tile of the task first (packed into
+/// consecutive `mr x K` tiles of the work buffer, or read in place by a direct 1x1 conv), then for each
+/// panel every row tile, so the task's weights stream from memory once, front to back. The first tile of
+/// each panel prefetches the weights ahead; the others find them in L1.
+fn emit_stream(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, tt: TaskTiles, kind: BlockKind) {
+    let tile_bytes = p.mr * kind.kc * 4;
+    let kb = iconst(b, 0);
+    let nfull = b.ins().isub(tt.mt_end, tt.mt0);
+    // Where tile `mt` (full) reads A.
+    let tile_a = |b: &mut FunctionBuilder, mt: Value| -> (Value, usize, usize) {
+        if p.direct {
+            let m0 = b.ins().imul_imm_s(mt, p.mr as i64);
+            let e = b.ins().imul_imm_s(m0, p.cin as i64);
+            (addr(b, ptrs.inp, e, 4, 0), p.cin * 4, 4)
+        } else {
+            let j = b.ins().isub(mt, tt.mt0);
+            (addr(b, ptrs.work, j, tile_bytes, 0), kind.kc * 4, 4)
+        }
+    };
+    let rem_a = |b: &mut FunctionBuilder| -> (Value, usize, usize) {
+        (addr(b, ptrs.work, nfull, tile_bytes, 0), kind.kc * 4, 4)
+    };
+    if !p.direct {
+        for_range(b, tt.mt0, tt.mt_end, &[], |b, mt, _| {
+            let m0 = b.ins().imul_imm_s(mt, p.mr as i64);
+            let (dst, _, _) = tile_a(b, mt);
+            emit_pack(b, p, Ptrs { work: dst, ..ptrs }, m0, kb, kind);
+            vec![]
+        });
+    }
+    if p.mrem > 0 {
+        if_then(b, tt.last_mb, |b| {
+            let m0 = iconst(b, p.mfull * p.mr);
+            let (dst, _, _) = rem_a(b);
+            emit_pack(b, p, Ptrs { work: dst, ..ptrs }, m0, kb, kind);
+        });
+    }
+    let bbase = ptrs.cst;
+    let one_panel = |b: &mut FunctionBuilder, pan: Value, lanes: usize| {
+        // The first full tile prefetches (peeled), the rest follow; the remainder tile prefetches too,
+        // as it may be the task's only tile.
+        if p.mfull > 0 {
+            let any = b.ins().icmp(IntCC::SignedLessThan, tt.mt0, tt.mt_end);
+            if_then(b, any, |b| {
+                let a = tile_a(b, tt.mt0);
+                let m0 = b.ins().imul_imm_s(tt.mt0, p.mr as i64);
+                micro(b, p, ptrs, a, bbase, pan, m0, p.mr, lanes, kind, true);
+            });
+            let next = b.ins().iadd_imm_s(tt.mt0, 1);
+            for_range(b, next, tt.mt_end, &[], |b, mt, _| {
+                let a = tile_a(b, mt);
+                let m0 = b.ins().imul_imm_s(mt, p.mr as i64);
+                micro(b, p, ptrs, a, bbase, pan, m0, p.mr, lanes, kind, false);
+                vec![]
+            });
+        }
+        if p.mrem > 0 {
+            if_then(b, tt.last_mb, |b| {
+                let a = rem_a(b);
+                let m0 = iconst(b, p.mfull * p.mr);
+                micro(b, p, ptrs, a, bbase, pan, m0, p.mrem, lanes, kind, true);
+            });
+        }
+    };
+    for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
+        one_panel(b, pan, NR);
+        vec![]
+    });
+    if p.ntail > 0 {
+        if_then(b, tt.last_nb, |b| {
+            let pan = iconst(b, p.nfullpan);
+            one_panel(b, pan, p.ntail);
         });
     }
 }
@@ -666,6 +752,7 @@ fn micro(
     rows: usize,
     lanes: usize,
     kind: BlockKind,
+    pf: bool,
 ) {
     let (ap0, rs, ks) = a;
     let aflags = if p.direct && rs != 4 { mf_input_scalar() } else { mf_packed() };
@@ -682,8 +769,14 @@ fn micro(
     // Short tiles (few output pixels: 7x7 maps and smaller) have too few accumulators to hide the FMA
     // latency (each chain waits ~4 cycles): split K over `sets` accumulator groups, one per unrolled step.
     let sets = if rows < 8 { (8 / rows).clamp(1, 4) } else { 1 };
-    // With prefetching, one iteration reads one 64-byte line of B and prefetches one.
-    let unroll = if ptrs.pf.is_some() { 4 } else { p.unroll.max(1).max(sets) };
+    // With prefetching, one iteration reads (and prefetches) one 64-byte line of B, or half of one when 4
+    // steps would keep too many B vectors live beside the accumulators (more than 15 registers spill).
+    let pf = if pf { ptrs.pf } else { None };
+    let unroll = match pf {
+        Some(_) if rows * sets <= 10 => 4,
+        Some(_) => 2,
+        None => p.unroll.max(1).max(sets),
+    };
     let kl = KLoop {
         b0: bp0,
         a0: ap0,
@@ -694,7 +787,7 @@ fn micro(
         unroll,
         sets,
         fma_b_first: p.fma_b_first,
-        prefetch: ptrs.pf.map(|f| (f, p.prefetch)),
+        prefetch: pf.map(|f| (f, p.prefetch)),
     };
     let accs = emit_k_loop(b, &kl, accs);
     // Store (and the epilogue on the last K block).
