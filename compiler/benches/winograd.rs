@@ -4,7 +4,7 @@
 //! Prints, per shape, effective GFLOP/s (direct-convolution flops 2*H*W*Cout*9*Cin / time) of `Session::conv`,
 //! of `Session::conv_winograd` with F(2x2,3x3) and with F(4x4,3x3), and the speedups. Each figure is the best of
 //! `WINO_BENCH_REPS` (default 5) runs of ~60 ms (the machine is shared: minimum times). `WINO_BENCH_FILTER=substr`
-//! picks shapes. No criterion groups: the table is the result.
+//! picks shapes, `WINO_MIN_TASKS=n` sets `WinogradTiling::min_tasks`. No criterion groups: the table is the result.
 
 use resnetc_compiler::codegen::winograd::{WinogradTile, WinogradTiling};
 use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
@@ -51,7 +51,8 @@ impl Bench {
         let kernel = match which {
             Which::Direct => sess.conv("direct", &conv, [hw, hw, cin], &wt, Some(&bias)).unwrap(),
             Which::Wino(t) => {
-                let tiling = WinogradTiling { tile: *t, ..WinogradTiling::default() };
+                let min_tasks = std::env::var("WINO_MIN_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(WinogradTiling::default().min_tasks);
+                let tiling = WinogradTiling { tile: *t, min_tasks, ..WinogradTiling::default() };
                 sess.conv_winograd_with("wino", &conv, [hw, hw, cin], &wt, Some(&bias), &tiling).unwrap()
             }
         };

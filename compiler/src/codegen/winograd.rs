@@ -89,12 +89,14 @@ pub fn winograd_recommended(conv: &Conv, input: [usize; 3]) -> bool {
 }
 
 impl WinogradTiling {
-    /// The default tiling with the tile size that measured fastest for this input: F(4x4) from 8x8 maps up,
-    /// F(2x2) below. (14x14 maps used F(2x2) until the weight prefetch of small tile counts made F(4x4)
-    /// 10-25 % faster there; ResNet-50 stays at 2.0e-6 of Keras with it.)
+    /// The default tiling with the tile size that measured fastest for this input: F(4x4) from 7x7 maps up,
+    /// F(2x2) below. (14x14 and 7x7 maps used F(2x2) until the weight prefetch of small tile counts made
+    /// F(4x4) faster there: 14x14 by 10-25 %, ResNet-50's three 7x7 layers 12.1-14.7 -> 10.9-14.3 ms on one
+    /// thread and 8.7-10.3 -> 6.7-7.0 ms on two. ResNet-50 is 2.3e-6 of Keras with it. Smaller maps stream
+    /// their weights, which F(4x4) makes 4x larger than the direct kernel's, F(2x2) only 1.8x.)
     pub fn for_input(input: [usize; 3]) -> WinogradTiling {
         let [h, w, _] = input;
-        let tile = if h.min(w) >= 8 { WinogradTile::F4 } else { WinogradTile::F2 };
+        let tile = if h.min(w) >= 7 { WinogradTile::F4 } else { WinogradTile::F2 };
         WinogradTiling { tile, ..WinogradTiling::default() }
     }
 }
