@@ -51,7 +51,10 @@ impl Bench {
         let kernel = match which {
             Which::Direct => sess.conv("direct", &conv, [hw, hw, cin], &wt, Some(&bias)).unwrap(),
             Which::Wino(t) => {
-                let min_tasks = std::env::var("WINO_MIN_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(WinogradTiling::default().min_tasks);
+                let min_tasks = std::env::var("WINO_MIN_TASKS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(WinogradTiling::default().min_tasks);
                 let tiling = WinogradTiling { tile: *t, min_tasks, ..WinogradTiling::default() };
                 sess.conv_winograd_with("wino", &conv, [hw, hw, cin], &wt, Some(&bias), &tiling).unwrap()
             }

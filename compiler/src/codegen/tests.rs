@@ -236,6 +236,45 @@ fn codegen_conv_edge_cases() {
     }
 }
 
+/// Tiny maps (M <= `prefetch_max_m`) run in the streaming order with the weight prefetch: every row tile of
+/// a task packed first, then per panel all tiles (see `ConvPlan::prefetch`).
+#[test]
+fn codegen_conv_streaming_order() {
+    let mut cases = vec![
+        case(2, 2, 512, 70, 3, 1, Padding::Same), // notebook stage 5 shape, narrower: packed, tail panel
+        case(4, 4, 37, 9, 1, 1, Padding::Valid),  // direct 1x1, M = 16: two 8-row tiles
+        case(5, 4, 24, 13, 1, 1, Padding::Valid), // direct, M = 20: two 10-row tiles
+        case(4, 6, 7, 6, 3, 1, Padding::Same),    // M = 24: 12-row tiles (unroll 2 with prefetch)
+        case(7, 7, 16, 8, 3, 3, Padding::Same),   // stride 3: M = 9, one 9-row tile
+        case(8, 8, 30, 5, 1, 2, Padding::Valid),  // stride-2 1x1, packed
+    ];
+    cases[0].relu = true;
+    cases[1].residual = true;
+    cases[1].relu_after_add = true;
+    cases[3].bias = false;
+    // Many tasks with one tile each, and with a remainder tile alone in the last task.
+    let many = ConvTiling { mc_tiles: 1, nc_panels: 1, min_tasks: 64, ..ConvTiling::default() };
+    for c in &cases {
+        let p = super::conv::ConvPlan::new(&conv_op(c), [c.h, c.w, c.cin], &ConvTiling::default()).unwrap();
+        assert!(p.prefetch > 0 && p.nkb == 1, "{c:?} should stream");
+        run_conv_case(c, None).unwrap();
+        run_conv_case(c, Some(many.clone())).unwrap();
+    }
+}
+
+/// The 7x7 stem copies whole kernel rows as one run where they lie inside the input; near the borders it
+/// falls back to tap-by-tap copies. A map whose every output sees the border, and one block per kernel row.
+#[test]
+fn codegen_conv_kernel_row_runs() {
+    let mut c = case(9, 8, 3, 6, 7, 2, Padding::Same);
+    c.relu = true;
+    run_conv_case(&c, None).unwrap();
+    // kc = 21: one kernel row (7 taps x 3 channels) per K block.
+    run_conv_case(&c, Some(ConvTiling { kc: 21, ..small_tiling() })).unwrap();
+    let c = case(30, 31, 3, 5, 7, 2, Padding::Same);
+    run_conv_case(&c, None).unwrap();
+}
+
 fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {
     (
         (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3),
