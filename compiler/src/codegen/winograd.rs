@@ -276,38 +276,54 @@ impl WinogradPlan {
         let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * 4);
         // Per input channel, transform all output channels at once: the Keras kernel is contiguous in
         // `cout`, so each step below is a loop over n that the compiler vectorizes (this runs for
-        // every (cin, cout) pair of every 3x3 layer at compile time).
+        // every (cin, cout) pair of every 3x3 layer at compile time). Channels go in groups of 4, so that
+        // each 64-byte line of U (4 channels x 4 outputs of one panel) is written once, whole: written
+        // channel by channel, the lines of a 38 MB F(4x4) layer were revisited 4 times, far apart.
         let mut t = vec![0f64; a * 3 * cout]; // t[i][kx][n] = sum_ky G[i][ky] g[ky][kx][n]
-        let mut u = vec![0f64; cout];
-        for c in 0..cin {
-            let k = |tap: usize| &kernel[(tap * cin + c) * cout..(tap * cin + c + 1) * cout];
-            t.iter_mut().for_each(|x| *x = 0.0);
-            for i in 0..a {
-                for kx in 0..3 {
-                    let row = &mut t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
-                    for (ky, &gk) in g[i].iter().enumerate().take(3) {
-                        if gk != 0.0 {
-                            for (r, &w) in row.iter_mut().zip(k(ky * 3 + kx)) {
-                                *r += gk * w as f64;
+        let mut u = vec![0f64; 4 * a * a * cout]; // u[cc][xi][n] for the channels of the group
+        let o = out.as_mut_slice();
+        for c0 in (0..cin).step_by(4) {
+            let nc = (cin - c0).min(4);
+            for cc in 0..nc {
+                let c = c0 + cc;
+                let k = |tap: usize| &kernel[(tap * cin + c) * cout..(tap * cin + c + 1) * cout];
+                t.iter_mut().for_each(|x| *x = 0.0);
+                for i in 0..a {
+                    for kx in 0..3 {
+                        let row = &mut t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
+                        for (ky, &gk) in g[i].iter().enumerate().take(3) {
+                            if gk != 0.0 {
+                                for (r, &w) in row.iter_mut().zip(k(ky * 3 + kx)) {
+                                    *r += gk * w as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+                for i in 0..a {
+                    for (j, gj) in g.iter().enumerate() {
+                        let xi = i * a + j;
+                        let ux = &mut u[(cc * a * a + xi) * cout..(cc * a * a + xi + 1) * cout];
+                        ux.iter_mut().for_each(|x| *x = 0.0);
+                        for (kx, &gv) in gj.iter().enumerate().take(3) {
+                            if gv != 0.0 {
+                                let row = &t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
+                                for (x, &tv) in ux.iter_mut().zip(row) {
+                                    *x += tv * gv;
+                                }
                             }
                         }
                     }
                 }
             }
-            for i in 0..a {
-                for (j, gj) in g.iter().enumerate() {
-                    u.iter_mut().for_each(|x| *x = 0.0);
-                    for (kx, &gv) in gj.iter().enumerate().take(3) {
-                        if gv != 0.0 {
-                            let row = &t[(i * 3 + kx) * cout..(i * 3 + kx + 1) * cout];
-                            for (x, &tv) in u.iter_mut().zip(row) {
-                                *x += tv * gv;
-                            }
+            for xi in 0..a * a {
+                for p in 0..self.npan {
+                    let base = ((xi * self.npan + p) * cin + c0) * 4;
+                    for cc in 0..nc {
+                        let ux = &u[(cc * a * a + xi) * cout..(cc * a * a + xi + 1) * cout];
+                        for j in 0..4.min(cout - p * 4) {
+                            o[base + cc * 4 + j] = ux[p * 4 + j] as f32;
                         }
-                    }
-                    let xi = i * a + j;
-                    for (n, &x) in u.iter().enumerate() {
-                        out[((xi * self.npan + n / 4) * cin + c) * 4 + n % 4] = x as f32;
                     }
                 }
             }
