@@ -104,12 +104,26 @@ pub fn fold_batch_norm(g: &mut Graph, w: &mut Weights) -> usize {
         };
         let cout = c.filters;
         let scale: Vec<f32> = (0..cout).map(|o| gamma[[o]] / (var[[o]] + epsilon).sqrt()).collect();
-        let mut k2: ArrayD<f32> = kernel.clone();
-        for mut lane in k2.lanes_mut(Axis(3)) {
-            for (o, x) in lane.iter_mut().enumerate() {
-                *x *= scale[o];
+        // The kernel is [kh, kw, cin, cout], cout fastest: scale each contiguous row of cout (a loop the
+        // compiler vectorizes; ResNet-50 folds ~100 MB of kernels here).
+        let k2: ArrayD<f32> = match kernel.as_slice() {
+            Some(src) => {
+                let mut v = Vec::with_capacity(src.len());
+                for row in src.chunks_exact(cout) {
+                    v.extend(row.iter().zip(&scale).map(|(x, s)| x * s));
+                }
+                ArrayD::from_shape_vec(kernel.raw_dim(), v).expect("same shape")
             }
-        }
+            None => {
+                let mut k2 = kernel.clone();
+                for mut lane in k2.lanes_mut(Axis(3)) {
+                    for (x, s) in lane.iter_mut().zip(&scale) {
+                        *x *= s;
+                    }
+                }
+                k2
+            }
+        };
         let bias = w.get(&cname, "bias");
         let b2: ArrayD<f32> = ArrayD::from_shape_fn(ndarray::IxDyn(&[cout]), |i| {
             let o = i[0];
