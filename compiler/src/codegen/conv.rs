@@ -680,16 +680,8 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
                         );
                         vec![]
                     });
-                } else if kind.ntaps == 1 {
-                    let t = iconst(b, 0);
-                    one_tap(b, t);
                 } else {
-                    let z = iconst(b, 0);
-                    let nt = iconst(b, kind.ntaps);
-                    for_range(b, z, nt, &[], |b, t, _| {
-                        one_tap(b, t);
-                        vec![]
-                    });
+                    for_n(b, kind.ntaps, one_tap);
                 }
             },
             |b| zero_run(b, dst_row, kind.kc),

@@ -91,6 +91,21 @@ pub fn for_range_step(
     params[1..].to_vec()
 }
 
+/// `for i in 0..n { body(i) }` with a compile-time count: straight-line code when `n == 1`.
+pub fn for_n(b: &mut FunctionBuilder, n: usize, mut body: impl FnMut(&mut FunctionBuilder, Value)) {
+    if n == 1 {
+        let z = iconst(b, 0);
+        body(b, z);
+    } else {
+        let z = iconst(b, 0);
+        let hi = iconst(b, n);
+        for_range(b, z, hi, &[], |b, i, _| {
+            body(b, i);
+            vec![]
+        });
+    }
+}
+
 /// `if cond { then() }` with no values flowing out.
 pub fn if_then(b: &mut FunctionBuilder, cond: Value, then: impl FnOnce(&mut FunctionBuilder)) {
     let t = b.create_block();

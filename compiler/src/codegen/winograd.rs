@@ -629,17 +629,7 @@ fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
                 let mq = addr(b, mp, rb, p.r * p.cbp * 16, 0);
                 micro(b, p, ptrs, vp, up, mq);
             };
-            if p.nrb == 1 {
-                let z = iconst(b, 0);
-                rb_block(b, z);
-            } else {
-                let z = iconst(b, 0);
-                let n = iconst(b, p.nrb);
-                for_range(b, z, n, &[], |b, rb, _| {
-                    rb_block(b, rb);
-                    vec![]
-                });
-            }
+            for_n(b, p.nrb, rb_block);
             vec![]
         });
         vec![]
