@@ -176,6 +176,7 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
     };
     let mut tensors = HashMap::new();
     let mut used = std::collections::HashSet::new();
+    let mut jobs = Vec::new();
     for (key, shape, n) in required(graph) {
         let node = graph.node(n);
         let at = node
@@ -201,24 +202,51 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
             ));
             continue;
         }
-        let data: Vec<f32> = match t.dtype() {
-            safetensors::Dtype::F32 => {
-                t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
-            safetensors::Dtype::F64 => {
-                t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
-            }
-            other => {
-                diags.push(Diagnostic::error(
-                    None,
-                    format!("{p}: tensor `{key}` has dtype {other:?}, expected F32 (or F64){at}"),
-                ));
-                continue;
-            }
-        };
-        match ArrayD::from_shape_vec(IxDyn(&shape), data) {
+        match t.dtype() {
+            safetensors::Dtype::F32 | safetensors::Dtype::F64 => jobs.push((key, shape, t)),
+            other => diags.push(Diagnostic::error(
+                None,
+                format!("{p}: tensor `{key}` has dtype {other:?}, expected F32 (or F64){at}"),
+            )),
+        }
+    }
+    // Converting ~100 MB of little-endian bytes is the bulk of loading: split it over the cores, largest
+    // tensors first, each thread taking the next when it is free.
+    jobs.sort_by_key(|(_, _, t)| std::cmp::Reverse(t.data().len()));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let converted: Vec<Vec<(usize, Result<ArrayD<f32>, String>)>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                let (jobs, next) = (&jobs, &next);
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((_, shape, t)) = jobs.get(j) else { break };
+                        let data: Vec<f32> = if t.dtype() == safetensors::Dtype::F32 {
+                            t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                        } else {
+                            t.data()
+                                .chunks_exact(8)
+                                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                                .collect()
+                        };
+                        out.push((j, ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| e.to_string())));
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("weight conversion thread")).collect()
+    });
+    let mut results: Vec<(usize, Result<ArrayD<f32>, String>)> = converted.into_iter().flatten().collect();
+    results.sort_by_key(|(j, _)| *j);
+    for (j, r) in results {
+        let key = &jobs[j].0;
+        match r {
             Ok(a) => {
-                tensors.insert(key, Arc::new(a));
+                tensors.insert(key.clone(), Arc::new(a));
             }
             Err(e) => diags.push(Diagnostic::error(None, format!("{p}: tensor `{key}` is malformed: {e}"))),
         }
