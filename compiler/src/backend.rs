@@ -122,7 +122,15 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // Code generation and weight packing run on all cores: each worker has its own session (cranelift
     // module, reused contexts) and takes kernels from a shared list, largest first. The program keeps
     // every worker's code alive.
-    let session_opts = SessionOptions { verify: o.verify, keep_ir: o.keep_ir, ..SessionOptions::default() };
+    let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
+    let threads = pool.threads();
+    // Conv tasks: enough for the pool's threads to balance (dynamic scheduling), no more: larger tasks
+    // repeat less packing and read each weight block fewer times (4 per thread measured ~2.5 % faster
+    // than a fixed 16 on one thread, the same on two).
+    let mut conv_tiling = codegen::ConvTiling::default();
+    conv_tiling.min_tasks = 4 * threads;
+    let session_opts =
+        SessionOptions { verify: o.verify, keep_ir: o.keep_ir, conv_tiling, ..SessionOptions::default() };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(steps.len().max(1));
     let mut by_cost: Vec<usize> = (0..steps.len()).collect();
     // Cost ~ floats packed (Winograd multiplies the weights by 16/9 or 36/9) plus ~4 ms of cranelift per
@@ -199,8 +207,6 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         Some(_) => None,
     };
     let t1 = std::time::Instant::now();
-    let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
-    let threads = pool.threads();
     // Re-plan with each kernel's per-thread work buffers, so the report accounts for them.
     let work: std::collections::HashMap<NodeIndex, usize> =
         steps.iter().zip(&kernels).map(|(&n, k)| (n, k.work_floats * 4 * threads + chain_bytes(n))).collect();
