@@ -129,8 +129,14 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // than a fixed 16 on one thread, the same on two).
     let mut conv_tiling = codegen::ConvTiling::default();
     conv_tiling.min_tasks = 4 * threads;
-    let session_opts =
-        SessionOptions { verify: o.verify, keep_ir: o.keep_ir, conv_tiling, ..SessionOptions::default() };
+    let winograd_min_tasks = if threads == 1 { 1 } else { 2 * threads };
+    let session_opts = SessionOptions {
+        verify: o.verify,
+        keep_ir: o.keep_ir,
+        conv_tiling,
+        winograd_min_tasks,
+        ..SessionOptions::default()
+    };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(steps.len().max(1));
     let mut by_cost: Vec<usize> = (0..steps.len()).collect();
     // Cost ~ floats packed (Winograd multiplies the weights by 16/9 or 36/9) plus ~4 ms of cranelift per

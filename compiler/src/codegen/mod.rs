@@ -64,6 +64,9 @@ pub struct SessionOptions {
     pub keep_asm: bool,
     /// Convolution blocking parameters.
     pub conv_tiling: ConvTiling,
+    /// `WinogradTiling::min_tasks` of [`Session::conv_winograd`]: its extra tasks repeat the input
+    /// transform, so one thread wants 1.
+    pub winograd_min_tasks: usize,
 }
 
 #[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
@@ -74,6 +77,7 @@ impl Default for SessionOptions {
             keep_ir: false,
             keep_asm: false,
             conv_tiling: ConvTiling::default(),
+            winograd_min_tasks: winograd::WinogradTiling::default().min_tasks,
         }
     }
 }

@@ -361,7 +361,8 @@ impl Session {
         kernel: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Kernel, CodegenError> {
-        self.conv_winograd_with(name, conv, input, kernel, bias, &WinogradTiling::for_input(input))
+        let tiling = WinogradTiling { min_tasks: self.opts.winograd_min_tasks, ..WinogradTiling::for_input(input) };
+        self.conv_winograd_with(name, conv, input, kernel, bias, &tiling)
     }
 
     /// [`Session::conv_winograd`] with explicit tile size and blocking.
