@@ -68,7 +68,7 @@ impl Default for ConvTiling {
     fn default() -> Self {
         ConvTiling {
             kc: 256,
-            mc_tiles: 8,
+            mc_tiles: 16,
             nc_panels: 64,
             min_tasks: 16,
             unroll: 2,
