@@ -10,7 +10,12 @@
 //! Every kernel follows `resnetc_runtime::abi`: `fn(args: *const KernelArgs, work: *mut f32, start, end)`.
 //! With `SessionOptions::keep_ir`, each kernel carries its cranelift IR as text (`--emit clif`).
 //!
-//! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue.
+//! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue; [`winograd`]:
+//!   3x3 stride-1 convolutions as Winograd F(2x2)/F(4x4) with the same micro-kernel (one K-loop emitter,
+//!   `util::emit_k_loop`).
+//! - Weight prefetch: cranelift has no prefetch instruction, so each session defines a tiny machine-code
+//!   function (`prefetcht0 [rdi]; ret`) with the `preserve_all` convention, which kernels streaming weights
+//!   from memory call from their K loops without disturbing any register ([`Session::prefetch_import`]).
 //! - [`pool`]: max/avg pooling (Keras same-padding semantics) and global pooling.
 //! - [`dense`]: dense layers (GEMV over weights packed by 4 units) with relu/softmax.
 
