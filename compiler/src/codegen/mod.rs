@@ -15,7 +15,7 @@
 //!   `util::emit_k_loop`).
 //! - Weight prefetch: cranelift has no prefetch instruction, so each session defines a tiny machine-code
 //!   function (`prefetcht0 [rdi]; ret`) with the `preserve_all` convention, which kernels streaming weights
-//!   from memory call from their K loops without disturbing any register ([`Session::prefetch_import`]).
+//!   from memory call from their K loops without disturbing any register (`Session::prefetch_import`).
 //! - [`pool`]: max/avg pooling (Keras same-padding semantics) and global pooling.
 //! - [`dense`]: dense layers (GEMV over weights packed by 4 units) with relu/softmax.
 
