@@ -127,8 +127,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // Conv tasks: enough for the pool's threads to balance (dynamic scheduling), no more: larger tasks
     // repeat less packing and read each weight block fewer times (4 per thread measured ~2.5 % faster
     // than a fixed 16 on one thread, the same on two).
-    let mut conv_tiling = codegen::ConvTiling::default();
-    conv_tiling.min_tasks = 4 * threads;
+    let conv_tiling = codegen::ConvTiling { min_tasks: 4 * threads, ..Default::default() };
     let winograd_min_tasks = if threads == 1 { 1 } else { 2 * threads };
     let session_opts = SessionOptions {
         verify: o.verify,

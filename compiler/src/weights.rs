@@ -215,7 +215,8 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
     jobs.sort_by_key(|(_, _, t)| std::cmp::Reverse(t.data().len()));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let converted: Vec<Vec<(usize, Result<ArrayD<f32>, String>)>> = std::thread::scope(|sc| {
+    type Converted = (usize, Result<ArrayD<f32>, String>);
+    let converted: Vec<Vec<Converted>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 let (jobs, next) = (&jobs, &next);
@@ -240,7 +241,7 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
             .collect();
         hs.into_iter().map(|h| h.join().expect("weight conversion thread")).collect()
     });
-    let mut results: Vec<(usize, Result<ArrayD<f32>, String>)> = converted.into_iter().flatten().collect();
+    let mut results: Vec<Converted> = converted.into_iter().flatten().collect();
     results.sort_by_key(|(j, _)| *j);
     for (j, r) in results {
         let key = &jobs[j].0;

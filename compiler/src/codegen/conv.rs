@@ -571,7 +571,7 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
         (tap0, c0, p.cc, if p.cinp == p.cin { Some(p.cc) } else { None })
     };
     let row_bytes = kind.kc * 4;
-    let kernel_rows = p.nch == 1 && p.kw > 1 && p.tpb % p.kw == 0 && kind.ntaps % p.kw == 0;
+    let kernel_rows = p.nch == 1 && p.kw > 1 && p.tpb.is_multiple_of(p.kw) && kind.ntaps.is_multiple_of(p.kw);
     let lo = iconst(b, 0);
     let hi = iconst(b, p.mr);
     for_range(b, lo, hi, &[], |b, i, _| {
@@ -739,7 +739,7 @@ fn zero_run(b: &mut FunctionBuilder, dst: Value, n: usize) {
     for v in (done..n - n % 4).step_by(4) {
         b.ins().store(st, zv, dst, (v * 4) as i32);
     }
-    if n % 4 > 0 {
+    if !n.is_multiple_of(4) {
         let zf = b.ins().f32const(0.0);
         for c in n - n % 4..n {
             b.ins().store(st, zf, dst, (c * 4) as i32);
