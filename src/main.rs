@@ -443,9 +443,14 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
 fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usize, per_core: f64) -> Result<(), Fail> {
     let shape: Vec<usize> = std::iter::once(1).chain(m.input_shape().iter().copied()).collect();
     let x = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&shape), 0.5);
-    let mut secs = vec![0f64; c.kernels.len()];
+    // Per step, then per kernel (a node may run as several steps).
+    let mut step_secs = vec![0f64; c.program.steps().len()];
     for _ in 0..iters {
-        c.program.profile(x.view(), &mut secs).map_err(|e| Fail(format!("error: {e}")))?;
+        c.program.profile(x.view(), &mut step_secs).map_err(|e| Fail(format!("error: {e}")))?;
+    }
+    let mut secs = vec![0f64; c.kernels.len()];
+    for (t, &k) in step_secs.iter().zip(&c.step_kernel) {
+        secs[k] += t;
     }
     let o = m.optimize(None)?;
     let total: f64 = secs.iter().sum();

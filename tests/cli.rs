@@ -291,3 +291,32 @@ fn compile_json() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn bench_json_and_profile() {
+    let d = scratch("bench");
+    let spec = write(&d, "tiny.yaml", TINY);
+    let o = resnetc(&["bench", &spec, "--iters", "3", "--threads", "2", "--json"]);
+    assert_exit(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("valid JSON");
+    for key in ["compile_ms", "median_ms", "min_ms", "gflops"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+    assert_eq!(v["threads"], 2);
+    // A node that runs as several steps (an add of three inputs; a dense softmax on two threads) is one
+    // profile row.
+    let spec = write(
+        &d,
+        "chain.yaml",
+        "input: [8, 8, 4]\nlayers:\n  - {op: conv, name: c1, filters: 4, kernel: 3, padding: same}\n  \
+         - {op: conv, name: c2, filters: 4, kernel: 1, inputs: input}\n  - {op: add, name: sum, inputs: [c1, c2, input]}\n  \
+         - {op: global_avg_pool}\n  - {op: dense, name: fc, units: 7, activation: softmax}\n",
+    );
+    let o = resnetc(&["bench", &spec, "--iters", "2", "--threads", "2", "--profile"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    for node in ["sum ", "fc "] {
+        assert_eq!(out.lines().filter(|l| l.starts_with(node)).count(), 1, "one `{node}` row in:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -175,3 +175,16 @@ fn a_model_whose_output_is_its_input_reshaped() {
     let c = check("flatten_only", "input: [3, 4, 5]\nlayers:\n  - {op: flatten}\n", &["copy"]);
     assert_eq!(c.program.output_shape(), [60]);
 }
+
+#[test]
+fn dense_softmax_splits_over_threads() {
+    // 100 units: several tasks of 8 panels. On two threads the dense part runs in parallel into a scratch
+    // buffer and the softmax follows as a step of its own; on one thread it is one kernel.
+    let spec = "input: [3, 5, 8]\nlayers:\n  - {op: flatten}\n  - {op: dense, units: 100, activation: softmax}\n";
+    let c = check("dense_softmax", spec, &["dense"]);
+    assert_eq!(c.program.steps().len(), c.kernels.len() + 1, "two steps for the dense layer on two threads");
+    assert_eq!(c.step_kernel, vec![0, 0]);
+    let m = Model::from_str("dense_softmax.yaml", spec, &Options::default()).unwrap();
+    let one = m.compile(&opts(1)).unwrap();
+    assert_eq!(one.program.steps().len(), one.kernels.len());
+}

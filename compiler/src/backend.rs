@@ -15,7 +15,7 @@
 
 use crate::codegen::{self, Session, SessionOptions};
 use crate::graph::Graph;
-use crate::ops::{fmt_shape, Op};
+use crate::ops::{fmt_shape, Activation, Op};
 use crate::plan::{self, Plan};
 use crate::{Error, Optimized};
 use ndarray::{ArrayD, ArrayViewD};
@@ -62,6 +62,9 @@ pub struct Compiled {
     /// Per-image multiply-accumulates, for GFLOP/s figures.
     pub macs: u64,
     pub stages_ms: Vec<(&'static str, f64)>,
+    /// For each step of the program, the index in `kernels` of the node it computes (an add of k inputs
+    /// is k - 1 steps, a dense layer with softmax on several threads two).
+    pub step_kernel: Vec<usize>,
     threads: usize,
 }
 
@@ -90,10 +93,17 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     let g: &Graph = &opt.graph;
     let t0 = std::time::Instant::now();
     let steps = opt.plan.steps.clone();
-    // Scratch of multi-input adds (see the module docs), planned as a work buffer of their step.
+    let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
+    let threads = pool.threads();
+    // A dense layer with softmax on several threads runs as two steps, the dense part split over the
+    // threads into a scratch buffer, then the softmax (one kernel cannot wait for all its tasks).
+    let split_softmax =
+        |n: NodeIndex| threads > 1 && matches!(g.node(n).op, Op::Dense { activation: Activation::Softmax, .. });
+    // Scratch of multi-input adds (see the module docs) and of split softmax layers, planned as a work
+    // buffer of their step.
     let chain_bytes = |n: NodeIndex| -> usize {
         let node = g.node(n);
-        if matches!(node.op, Op::Add) && g.inputs(n).len() > 2 {
+        if (matches!(node.op, Op::Add) && g.inputs(n).len() > 2) || split_softmax(n) {
             node.shape.iter().product::<usize>() * 4
         } else {
             0
@@ -122,8 +132,6 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // Code generation and weight packing run on all cores: each worker has its own session (cranelift
     // module, reused contexts) and takes kernels from a shared list, largest first. The program keeps
     // every worker's code alive.
-    let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
-    let threads = pool.threads();
     // Conv tasks: enough for the pool's threads to balance (dynamic scheduling), no more: larger tasks
     // repeat less packing and read each weight block fewer times (4 per thread measured ~2.5 % faster
     // than a fixed 16 on one thread, the same on two).
@@ -176,7 +184,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
                     loop {
                         let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&i) = by_cost.get(j) else { break };
-                        ks.push((i, kernel_for(&mut session, g, opt, steps[i], o)?));
+                        ks.push((i, kernel_for(&mut session, g, opt, steps[i], o, split_softmax(steps[i]))?));
                     }
                     Ok((ks, session.finish().map_err(cg)?))
                 })
@@ -204,13 +212,27 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     let out_node = g.node(g.output);
     let mut passthrough = match act_plan.value.get(&g.output) {
         None => {
-            let mut session = Session::with_options(session_opts).map_err(cg)?;
+            let mut session = Session::with_options(session_opts.clone()).map_err(cg)?;
             let k = session.copy(&out_node.name, &out_node.shape).map_err(cg)?;
             codes.push(session.finish().map_err(cg)?);
             Some((codes.len() - 1, k))
         }
         Some(_) => None,
     };
+    // The softmax halves of split dense layers, by step index.
+    let mut softmaxes: std::collections::HashMap<usize, (usize, codegen::Kernel)> = Default::default();
+    if steps.iter().any(|&n| split_softmax(n)) {
+        let mut session = Session::with_options(session_opts.clone()).map_err(cg)?;
+        for (si, &n) in steps.iter().enumerate().filter(|(_, &n)| split_softmax(n)) {
+            let node = g.node(n);
+            let k = session.softmax(&format!("{}_softmax", node.name), node.shape.iter().product()).map_err(cg)?;
+            softmaxes.insert(si, (codes.len(), k));
+        }
+        codes.push(session.finish().map_err(cg)?);
+        for (ci, _) in softmaxes.values_mut() {
+            *ci = codes.len() - 1;
+        }
+    }
     let t1 = std::time::Instant::now();
     // Re-plan with each kernel's per-thread work buffers, so the report accounts for them.
     let work: std::collections::HashMap<NodeIndex, usize> =
@@ -233,10 +255,20 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         }
     };
     let mut infos = Vec::with_capacity(steps.len());
+    let mut step_kernel = Vec::with_capacity(steps.len());
     for (si, (&n, k)) in steps.iter().zip(kernels.iter_mut()).enumerate() {
         let ins = g.inputs(n);
         let out = buf(n);
-        if let Some(&t) = act_plan.work.get(&n).filter(|_| chain_bytes(n) > 0) {
+        let pushed = pb.steps_len();
+        if let Some((ci, sm)) = softmaxes.get_mut(&si) {
+            let t = act_plan.work[&n];
+            let tmp = Buf { loc: Loc::Arena(act_plan.buffers[t].offset / 4), len: out.len };
+            let step = k.step(&codes[owner[si]], &mut pb, buf(ins[0]), None, tmp).map_err(cg)?;
+            pb.push(step);
+            let mut step = sm.step(&codes[*ci], &mut pb, tmp, None, out).map_err(cg)?;
+            step.name = format!("{} (softmax)", g.node(n).name);
+            pb.push(step);
+        } else if let Some(&t) = act_plan.work.get(&n).filter(|_| chain_bytes(n) > 0) {
             // x0 + x1 + ... + x(k-1) as k - 1 binary steps ending in `out`, alternating with `tmp`.
             let tmp = Buf { loc: Loc::Arena(act_plan.buffers[t].offset / 4), len: out.len };
             let links = ins.len() - 1;
@@ -254,6 +286,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             let step = k.step(&codes[owner[si]], &mut pb, input, input2, out).map_err(cg)?;
             pb.push(step);
         }
+        step_kernel.extend(std::iter::repeat_n(infos.len(), pb.steps_len() - pushed));
         infos.push(KernelInfo {
             node: g.node(n).name.clone(),
             op: match &g.node(n).op {
@@ -274,6 +307,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         let step =
             k.step(&codes[*ci], &mut pb, Buf { loc: Loc::Input(0), len }, None, Buf { loc: Loc::Output(0), len });
         pb.push(step.map_err(cg)?);
+        step_kernel.push(infos.len());
         infos.push(KernelInfo {
             node: out_node.name.clone(),
             op: "copy".to_string(),
@@ -285,7 +319,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     pb.keep_alive(Box::new(codes));
     let program = pb.build(pool).map_err(|e| Error::Option(format!("internal error: {e}")))?;
     let stages_ms = vec![("codegen", (t1 - t0).as_secs_f64() * 1e3), ("finalize", t1.elapsed().as_secs_f64() * 1e3)];
-    Ok(Compiled { program, kernels: infos, plan: full_plan, macs: g.macs(), stages_ms, threads })
+    Ok(Compiled { program, kernels: infos, plan: full_plan, macs: g.macs(), stages_ms, step_kernel, threads })
 }
 
 fn supported(op: &Op, input: &[usize]) -> bool {
@@ -316,6 +350,7 @@ fn kernel_for(
     opt: &Optimized,
     n: NodeIndex,
     o: &BackendOptions,
+    without_softmax: bool,
 ) -> Result<codegen::Kernel, Error> {
     let node = g.node(n);
     let ins = g.inputs(n);
@@ -346,7 +381,8 @@ fn kernel_for(
         Op::Dense { units, activation, bias } => {
             let cin = in_shape.iter().product();
             let b = if *bias { Some(w("bias")?) } else { None };
-            s.dense(&node.name, cin, *units, *activation, w("kernel")?, b)
+            let act = if without_softmax { Activation::Linear } else { *activation };
+            s.dense(&node.name, cin, *units, act, w("kernel")?, b)
         }
         Op::Softmax if in_shape.len() == 1 => s.softmax(&node.name, in_shape[0]),
         Op::Softmax => s.softmax_rows(&node.name, in_shape),

@@ -327,6 +327,11 @@ impl ProgramBuilder {
         self
     }
 
+    /// Steps pushed so far.
+    pub fn steps_len(&self) -> usize {
+        self.steps.len()
+    }
+
     pub fn push(&mut self, step: Step) -> &mut Self {
         self.steps.push(step);
         self
