@@ -204,7 +204,11 @@ impl WinogradPlan {
         let rmax = t.rows.clamp(1, 12);
         let r = ntiles.div_ceil(ntiles.div_ceil(rmax));
         let rb_budget = (t.v_budget / (a * a * r * cinp)).max(1);
-        let nrb = t.row_blocks.max(1).min(rb_budget).min(ntiles.div_ceil(r));
+        let mut nrb = t.row_blocks.max(1).min(rb_budget).min(ntiles.div_ceil(r));
+        // Fewer row blocks per task before channel groups, which would repeat the input transform.
+        while nrb > 1 && ntiles.div_ceil(r * nrb) < t.min_tasks {
+            nrb -= 1;
+        }
         let nt = r * nrb;
         let ntb = ntiles.div_ceil(nt);
         let cbp = t.cout_panels.max(1).min(npan);
@@ -754,6 +758,23 @@ mod tests {
     use crate::codegen::SessionOptions;
     use crate::ops::{Padding, Pads};
     use proptest::prelude::*;
+
+    /// Tasks come from tile blocks before channel groups (which repeat the input transform): the notebook's
+    /// 15x15x64 layer on two threads, and ResNet-50's 56x56x64 which has plenty of tile blocks.
+    #[test]
+    fn tasks_split_tiles_before_channels() {
+        let conv = Conv::new(64, [3, 3], [1, 1], Padding::Same, true);
+        let t = WinogradTiling { min_tasks: 4, ..WinogradTiling::for_input([15, 15, 64]) };
+        let p = WinogradPlan::new(&conv, [15, 15, 64], &t).unwrap();
+        assert_eq!((p.ng, p.ntb), (1, 2), "{p:?}");
+        let plan = |min_tasks| {
+            let t = WinogradTiling { min_tasks, ..WinogradTiling::for_input([56, 56, 64]) };
+            WinogradPlan::new(&conv, [56, 56, 64], &t).unwrap()
+        };
+        let (p1, p4) = (plan(1), plan(4));
+        assert_eq!((p4.ng, p4.nrb), (1, p1.nrb), "{p4:?}");
+        assert!(p4.ntasks() >= 4);
+    }
 
     /// The shared codegen test vector, scaled.
     fn rnd(n: usize, seed: u64, scale: f32) -> Vec<f32> {
