@@ -8,7 +8,7 @@
 use super::util::*;
 use super::{CodegenError, Kernel, Session};
 use crate::ops::Pool;
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{condcodes::FloatCC, types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
 use resnetc_runtime::AlignedBuf;
@@ -86,7 +86,9 @@ impl Session {
                     let r = b.ins().fdiv(onef, nf);
                     b.ins().splat(types::F32X4, r)
                 });
-                let chunk = |b: &mut FunctionBuilder, coff: Value, lanes: usize| {
+                // `n` vectors of `lanes` channels from `coff` on: the window loop carries one accumulator
+                // per vector, so that up to 8 independent max/add chains are in flight.
+                let group = |b: &mut FunctionBuilder, coff: Value, n: usize, lanes: usize| {
                     let init = match kind {
                         PoolKind::Max => {
                             let m = b.ins().f32const(f32::NEG_INFINITY);
@@ -94,37 +96,57 @@ impl Session {
                         }
                         PoolKind::Avg => zero4(b),
                     };
-                    let r = for_range(b, y0, y1, &[init], |b, y, acc| {
-                        let r = for_range(b, x0, x1, acc, |b, x, acc| {
+                    let r = for_range(b, y0, y1, &vec![init; n], |b, y, acc| {
+                        for_range(b, x0, x1, acc, |b, x, acc| {
                             let yw = b.ins().imul_imm_s(y, w as i64);
                             let p = b.ins().iadd(yw, x);
                             let e = b.ins().imul_imm_s(p, c as i64);
                             let e = b.ins().iadd(e, coff);
                             let src = addr(b, inp, e, 4, 0);
-                            let v = load_lanes(b, mf_input(), src, 0, lanes);
-                            vec![match kind {
-                                PoolKind::Max => b.ins().fmax(acc[0], v),
-                                PoolKind::Avg => b.ins().fadd(acc[0], v),
-                            }]
-                        });
-                        r
+                            acc.iter()
+                                .enumerate()
+                                .map(|(j, &a)| {
+                                    let v = load_lanes(b, mf_input(), src, 16 * j as i32, lanes);
+                                    match kind {
+                                        // max as compare + select (2-3 instructions; `fmax` lowers to ~7
+                                        // for its NaN rules). A NaN candidate is skipped, as f32::max in
+                                        // the reference interpreter does.
+                                        PoolKind::Max => {
+                                            let gt = b.ins().fcmp(FloatCC::GreaterThan, v, a);
+                                            let m = b.ins().bitcast(types::F32X4, MemFlagsData::new(), gt);
+                                            b.ins().bitselect(m, v, a)
+                                        }
+                                        PoolKind::Avg => b.ins().fadd(a, v),
+                                    }
+                                })
+                                .collect()
+                        })
                     });
-                    let mut v = r[0];
-                    if let Some(inv) = inv {
-                        v = b.ins().fmul(v, inv);
+                    for (j, mut v) in r.into_iter().enumerate() {
+                        if let Some(inv) = inv {
+                            v = b.ins().fmul(v, inv);
+                        }
+                        let dst = addr(b, obase, coff, 4, 16 * j as i64);
+                        store_lanes(b, mf_rw(), v, dst, 0, lanes);
                     }
-                    let dst = addr(b, obase, coff, 4, 0);
-                    store_lanes(b, mf_rw(), v, dst, 0, lanes);
                 };
-                let z = iconst(b, 0);
-                let c4 = iconst(b, c / 4 * 4);
-                for_range_step(b, z, c4, 4, &[], |b, coff, _| {
-                    chunk(b, coff, 4);
-                    vec![]
-                });
+                const G: usize = 8;
+                let (full, rest) = ((c / 4) / G, (c / 4) % G);
+                if full > 0 {
+                    let z = iconst(b, 0);
+                    let end = iconst(b, full * G * 4);
+                    for_range_step(b, z, end, (G * 4) as i64, &[], |b, coff, _| {
+                        group(b, coff, G, 4);
+                        vec![]
+                    });
+                }
+                if rest > 0 {
+                    let coff = iconst(b, full * G * 4);
+                    group(b, coff, rest, 4);
+                }
                 if c % 4 != 0 {
                     let coff = iconst(b, c / 4 * 4);
-                    chunk(b, coff, c % 4);
+                    group(b, coff, 1, c % 4);
                 }
                 vec![]
             });

@@ -353,7 +353,8 @@ fn naive_pool(kind: PoolKind, p: &Pool, [h, w, c]: [usize; 3], x: &[f32]) -> (Ve
 
 #[test]
 fn codegen_pools_match_naive() {
-    let shapes = [[7usize, 9, 5], [8, 8, 4], [1, 1, 3], [13, 6, 9], [5, 5, 64]];
+    // Channels: tails of 1-3 lanes, one and two groups of 8 vectors, a group plus 2 vectors plus 3 lanes.
+    let shapes = [[7usize, 9, 5], [8, 8, 4], [1, 1, 3], [13, 6, 9], [5, 5, 64], [6, 5, 43]];
     let pools = [
         Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same },
         Pool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
