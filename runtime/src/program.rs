@@ -1,6 +1,7 @@
 //! Programs: a list of kernel calls over an activation arena, and the object that runs them.
 //!
-//! A [`ProgramBuilder`] collects packed constants ([`ProgramBuilder::add_consts`]), steps ([`Step`]: one kernel
+//! A [`ProgramBuilder`] collects packed constants ([`ProgramBuilder::add_consts`] copies them,
+//! [`ProgramBuilder::add_consts_buf`] takes over a whole [`AlignedBuf`]), steps ([`Step`]: one kernel
 //! call with its input/output [`Buf`]s located in the model input, the model output or the arena) and the object
 //! that owns the JIT code memory. [`ProgramBuilder::build`] checks every buffer against its region and returns a
 //! [`Program`].
