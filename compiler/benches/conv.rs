@@ -34,6 +34,7 @@ const SHAPES: &[Shape] = &[
     Shape { name: "14x14_3x3_256to256", hw: 14, w: 0, cin: 256, cout: 256, k: 3, stride: 1 },
     Shape { name: "14x14_1x1_1024to256", hw: 14, w: 0, cin: 1024, cout: 256, k: 1, stride: 1 },
     Shape { name: "7x7_1x1_512to2048", hw: 7, w: 0, cin: 512, cout: 2048, k: 1, stride: 1 },
+    Shape { name: "14x14_1x1s2_1024to2048", hw: 14, w: 0, cin: 1024, cout: 2048, k: 1, stride: 2 },
     Shape { name: "7x7_3x3_512to512", hw: 7, w: 0, cin: 512, cout: 512, k: 3, stride: 1 },
     Shape { name: "224_7x7s2_3to64_stem", hw: 224, w: 0, cin: 3, cout: 64, k: 7, stride: 2 },
 ];
