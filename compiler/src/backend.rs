@@ -13,6 +13,7 @@
 //! the output buffer. The scratch buffer is planned like a work buffer of the add's step (live at that step
 //! only), so the memory planner places it beside everything live then and `Plan::verify` checks it.
 
+use crate::codegen::winograd::{WinogradTile, WinogradTiling};
 use crate::codegen::{self, Session, SessionOptions};
 use crate::graph::Graph;
 use crate::ops::{fmt_shape, Activation, Op};
@@ -151,20 +152,10 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     let cost = |i: usize| {
         let n = steps[i];
         let params = g.node_params(n);
-        let packed = match &g.node(n).op {
-            Op::Conv(c) if o.winograd => {
-                let input = shape3(&g.node(g.inputs(n)[0]).shape);
-                if codegen::winograd::winograd_recommended(c, input) {
-                    let a = match codegen::winograd::WinogradTiling::for_input(input).tile {
-                        codegen::winograd::WinogradTile::F2 => 4,
-                        codegen::winograd::WinogradTile::F4 => 6,
-                    };
-                    params * a * a / 9
-                } else {
-                    params
-                }
-            }
-            _ => params,
+        let packed = match winograd_tile(g, n, o) {
+            Some(WinogradTile::F2) => params * 16 / 9,
+            Some(WinogradTile::F4) => params * 36 / 9,
+            None => params,
         };
         packed + 1_000_000
     };
@@ -226,12 +217,10 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         for (si, &n) in steps.iter().enumerate().filter(|(_, &n)| split_softmax(n)) {
             let node = g.node(n);
             let k = session.softmax(&format!("{}_softmax", node.name), node.shape.iter().product()).map_err(cg)?;
+            // This session's code goes to `codes` next, at index `codes.len()`.
             softmaxes.insert(si, (codes.len(), k));
         }
         codes.push(session.finish().map_err(cg)?);
-        for (ci, _) in softmaxes.values_mut() {
-            *ci = codes.len() - 1;
-        }
     }
     let t1 = std::time::Instant::now();
     // Re-plan with each kernel's per-thread work buffers, so the report accounts for them.
@@ -289,13 +278,9 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         step_kernel.extend(std::iter::repeat_n(infos.len(), pb.steps_len() - pushed));
         infos.push(KernelInfo {
             node: g.node(n).name.clone(),
-            op: match &g.node(n).op {
-                Op::Conv(c)
-                    if o.winograd && codegen::winograd::winograd_recommended(c, shape3(&g.node(ins[0]).shape)) =>
-                {
-                    format!("{} [winograd]", g.node(n).op)
-                }
-                op => op.to_string(),
+            op: match winograd_tile(g, n, o) {
+                Some(_) => format!("{} [winograd]", g.node(n).op),
+                None => g.node(n).op.to_string(),
             },
             ntasks: k.ntasks,
             work_floats: k.work_floats,
@@ -340,6 +325,20 @@ fn supported(op: &Op, input: &[usize]) -> bool {
     }
 }
 
+/// The Winograd tile size a node is compiled with, `None` for the GEMM kernel: the one decision that
+/// the kernel choice, the code-generation cost estimate and the kernel report share. Winograd does 2.25x
+/// (2x2 tiles) to 4x (4x4 tiles) fewer multiplications on 3x3 stride-1 layers; on 2x2 maps its transforms
+/// cost more than they save (see `winograd_recommended`).
+fn winograd_tile(g: &Graph, n: NodeIndex, o: &BackendOptions) -> Option<WinogradTile> {
+    match &g.node(n).op {
+        Op::Conv(c) if o.winograd => {
+            let input = shape3(&g.node(g.inputs(n)[0]).shape);
+            codegen::winograd::winograd_recommended(c, input).then(|| WinogradTiling::for_input(input).tile)
+        }
+        _ => None,
+    }
+}
+
 fn cg(e: codegen::CodegenError) -> Error {
     Error::Option(format!("internal error in code generation: {e}"))
 }
@@ -366,9 +365,7 @@ fn kernel_for(
         Op::Conv(c) => {
             let bias = if c.bias { Some(w("bias")?) } else { None };
             let input = shape3(in_shape);
-            // Winograd does 2.25x (2x2 tiles) to 4x (4x4 tiles) fewer multiplications on 3x3 stride-1
-            // layers; on 2x2 maps its transforms cost more than they save.
-            if o.winograd && codegen::winograd::winograd_recommended(c, input) {
+            if winograd_tile(g, n, o).is_some() {
                 s.conv_winograd(&node.name, c, input, w("kernel")?, bias)
             } else {
                 s.conv(&node.name, c, input, w("kernel")?, bias)
