@@ -690,63 +690,6 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: Ptrs, m0: Value, kb: V
     });
 }
 
-/// Copies `n` floats from `src` to `dst` (byte addresses, any 4-byte alignment): f32x4 moves (a loop of
-/// 4 vectors at a time for long runs), then scalars.
-fn copy_run(b: &mut FunctionBuilder, src: Value, dst: Value, n: usize) {
-    let (ld, st) = (mf_input(), mf_rw());
-    let big = n / 16;
-    if big > 1 {
-        let z = iconst(b, 0);
-        let g = iconst(b, big);
-        for_range(b, z, g, &[], |b, gi, _| {
-            let s = addr(b, src, gi, 64, 0);
-            let d = addr(b, dst, gi, 64, 0);
-            for j in 0..4 {
-                let x = b.ins().load(types::F32X4, ld, s, 16 * j);
-                b.ins().store(st, x, d, 16 * j);
-            }
-            vec![]
-        });
-    }
-    let done = if big > 1 { big * 16 } else { 0 };
-    for v in (done..n - n % 4).step_by(4) {
-        let x = b.ins().load(types::F32X4, ld, src, (v * 4) as i32);
-        b.ins().store(st, x, dst, (v * 4) as i32);
-    }
-    for c in n - n % 4..n {
-        let x = b.ins().load(types::F32, mf_input_scalar(), src, (c * 4) as i32);
-        b.ins().store(st, x, dst, (c * 4) as i32);
-    }
-}
-
-/// Zeroes `n` floats at `dst` (f32x4 stores, then scalars).
-fn zero_run(b: &mut FunctionBuilder, dst: Value, n: usize) {
-    let st = mf_rw();
-    let zv = zero4(b);
-    let big = n / 16;
-    if big > 1 {
-        let z = iconst(b, 0);
-        let g = iconst(b, big);
-        for_range(b, z, g, &[], |b, gi, _| {
-            let d = addr(b, dst, gi, 64, 0);
-            for j in 0..4 {
-                b.ins().store(st, zv, d, 16 * j);
-            }
-            vec![]
-        });
-    }
-    let done = if big > 1 { big * 16 } else { 0 };
-    for v in (done..n - n % 4).step_by(4) {
-        b.ins().store(st, zv, dst, (v * 4) as i32);
-    }
-    if !n.is_multiple_of(4) {
-        let zf = b.ins().f32const(0.0);
-        for c in n - n % 4..n {
-            b.ins().store(st, zf, dst, (c * 4) as i32);
-        }
-    }
-}
-
 /// One `rows` x `lanes` output tile over one K block: accumulate, then store (with the epilogue if last block).
 /// `a` = (A pointer, row stride, k stride) in bytes.
 #[allow(clippy::too_many_arguments)]

@@ -516,11 +516,8 @@ fn emit_input_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, pt
 
 /// Copies the a x a patch at (iy0, ix0) into the scratch area as `[dy][dx][cinp]`, zeros outside the image.
 fn fill_scratch(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, iy0: Value, ix0: Value) {
-    let st = mf_rw().with_aligned();
     let lo = iconst(b, 0);
     let hi = iconst(b, p.a * p.a);
-    let groups = p.cin / 4;
-    let tail = p.cin % 4;
     for_range(b, lo, hi, &[], |b, q, _| {
         let dy = b.ins().udiv_imm_u(q, p.a as i64);
         let dx = b.ins().urem_imm_u(q, p.a as i64);
@@ -537,32 +534,11 @@ fn fill_scratch(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, iy0: Valu
                 let yw = b.ins().imul_imm_s(iy, p.w as i64);
                 let pix = b.ins().iadd(yw, ix);
                 let src = addr(b, ptrs.inp, pix, p.cin * 4, 0);
-                if groups > 0 {
-                    let z = iconst(b, 0);
-                    let n = iconst(b, groups);
-                    for_range(b, z, n, &[], |b, c, _| {
-                        let s = addr(b, src, c, 16, 0);
-                        let d = addr(b, dst, c, 16, 0);
-                        let x = b.ins().load(types::F32X4, mf_input(), s, 0);
-                        b.ins().store(st, x, d, 0);
-                        vec![]
-                    });
-                }
-                if tail > 0 {
-                    let x = load_lanes(b, mf_input(), src, (groups * 16) as i32, tail);
-                    b.ins().store(st, x, dst, (groups * 16) as i32);
-                }
+                copy_run(b, src, dst, p.cin);
+                let pad = b.ins().iadd_imm_s(dst, (p.cin * 4) as i64);
+                zero_run(b, pad, p.cinp - p.cin);
             },
-            |b| {
-                let zv = zero4(b);
-                let z = iconst(b, 0);
-                let n = iconst(b, p.cinp / 4);
-                for_range(b, z, n, &[], |b, c, _| {
-                    let d = addr(b, dst, c, 16, 0);
-                    b.ins().store(st, zv, d, 0);
-                    vec![]
-                });
-            },
+            |b| zero_run(b, dst, p.cinp),
         );
         vec![]
     });
