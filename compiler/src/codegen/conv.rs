@@ -349,9 +349,7 @@ impl Session {
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
-        let pf = if plan.prefetch > 0 || plan.prefetch_first_tile { Some(self.prefetch_import()?) } else { None };
-        let id = self.begin(name)?;
-        let pf = pf.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func));
+        let (id, pf) = self.begin_with_prefetch(name, plan.prefetch > 0 || plan.prefetch_first_tile)?;
         let fcfg = self.module.isa().frontend_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let [a, work, start, end] = entry(&mut b);

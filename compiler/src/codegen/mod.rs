@@ -270,6 +270,18 @@ impl Session {
         Ok(f)
     }
 
+    /// [`Session::begin`] for a kernel that may call the prefetch stub: with `prefetch`, also returns the
+    /// stub's reference inside the new function.
+    pub(crate) fn begin_with_prefetch(
+        &mut self,
+        name: &str,
+        prefetch: bool,
+    ) -> Result<(FuncId, Option<cranelift_codegen::ir::FuncRef>), CodegenError> {
+        let stub = if prefetch { Some(self.prefetch_import()?) } else { None };
+        let id = self.begin(name)?;
+        Ok((id, stub.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func))))
+    }
+
     /// Compiles the function in `self.ctx` (built after [`Session::begin`]) into the module.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn end(

@@ -294,7 +294,8 @@ pub struct KLoop {
     /// Emit `fma(b, a, acc)` instead of `fma(a, b, acc)` (operand order affects register allocation).
     pub fma_b_first: bool,
     /// Prefetch B this many bytes ahead once per iteration through the `preserve_all` stub
-    /// (`Session::prefetch_import`); the caller makes an iteration read one 64-byte line (unroll 4).
+    /// (`Session::prefetch_import`); callers unroll by 4, one 64-byte line of B per iteration, unless the
+    /// four B vectors would not fit beside the accumulators (then by 2, prefetching each line twice).
     pub prefetch: Option<(cranelift_codegen::ir::FuncRef, usize)>,
 }
 

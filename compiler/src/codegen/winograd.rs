@@ -382,9 +382,7 @@ impl Session {
         let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
         super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
         let consts = p.pack_weights(kernel, bias);
-        let pf = if p.prefetch > 0 { Some(self.prefetch_import()?) } else { None };
-        let id = self.begin(name)?;
-        let pf = pf.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func));
+        let (id, pf) = self.begin_with_prefetch(name, p.prefetch > 0)?;
         let fcfg = self.module.isa().frontend_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let [args_p, work, start, end] = entry(&mut b);
