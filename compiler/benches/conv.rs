@@ -2,7 +2,9 @@
 //!
 //! Prints, per shape, GFLOP/s (2 * M * N * K / time) and the share of the f32x4 FMA peak of one core
 //! (58.6 GFLOP/s, see shared/notes/cranelift-kernels.md), single-threaded; one shape also on 2 threads.
-//! Criterion's `thrpt` line is GFLOP/s too (elements = flops). `CONV_BENCH_FILTER=substr` picks shapes.
+//! Criterion's `thrpt` line is GFLOP/s too (elements = flops). `CONV_BENCH_FILTER=substr` picks shapes;
+//! `CONV_RES=1` adds a fused residual add, `CONV_FLUSH_MB=n` runs cold (n MB of other memory touched before
+//! every run: inside a network, weights and activations come from L3 or memory, not L2).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
@@ -83,6 +85,7 @@ struct Bench {
     f: resnetc_runtime::KernelFn,
     kernel: Kernel,
     input: AlignedBuf,
+    res: AlignedBuf,
     output: AlignedBuf,
     consts: AlignedBuf,
     work: Vec<AlignedBuf>,
@@ -101,9 +104,17 @@ impl Bench {
         t.kc = env("CONV_KC").unwrap_or(t.kc);
         t.mc_tiles = env("CONV_MC").unwrap_or(t.mc_tiles);
         t.nc_panels = env("CONV_NC").unwrap_or(t.nc_panels);
+        t.min_tasks = env("CONV_MIN_TASKS").unwrap_or(t.min_tasks);
+        t.prefetch_epilogue = env("CONV_PF_EPI").map_or(t.prefetch_epilogue, |v| v != 0);
         let mut sess = Session::with_options(opts).unwrap();
         let mut conv = Conv::new(s.cout, [s.k, s.k], [s.stride, s.stride], Padding::Same, true);
         conv.relu = true;
+        // CONV_RES=1: with a fused residual add (and relu after it), as ResNet's block ends.
+        if env("CONV_RES").is_some_and(|v| v != 0) {
+            conv.residual = true;
+            conv.relu_after_add = true;
+            conv.relu = false;
+        }
         let wt: Vec<f32> = (0..s.k * s.k * s.cin * s.cout).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
         let bias = vec![0.1f32; s.cout];
         let kernel = sess.conv(s.name, &conv, [s.hw, width(s), s.cin], &wt, Some(&bias)).unwrap();
@@ -116,6 +127,7 @@ impl Bench {
             f: code.kernel(kernel.id),
             _code: code,
             output: AlignedBuf::zeroed(oh * ow * n),
+            res: AlignedBuf::from_slice(&(0..oh * ow * n).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>()),
             consts: AlignedBuf::from_slice(&kernel.consts),
             work: (0..threads).map(|_| AlignedBuf::zeroed(kernel.work_floats.max(16))).collect(),
             kernel,
@@ -127,7 +139,7 @@ impl Bench {
     fn args(&mut self) -> KernelArgs {
         KernelArgs {
             input: self.input.as_ptr(),
-            input2: std::ptr::null(),
+            input2: self.res.as_ptr(),
             output: self.output.as_mut_ptr(),
             consts: self.consts.as_ptr(),
         }
@@ -157,6 +169,9 @@ fn thread_cpu_ns() -> Option<u64> {
 /// Best-of-5 GFLOP/s over runs of ~0.1 s: (by wall time, by this thread's CPU time). The CPU-time figure
 /// discounts time the thread was descheduled (the machine is shared); it is meaningless for multi-threaded runs.
 fn measure(mut run: impl FnMut(), flops: f64) -> (f64, f64) {
+    if let Some(mb) = std::env::var("CONV_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return measure_cold(run, flops, mb);
+    }
     run();
     let (mut best, mut best_cpu) = (0f64, 0f64);
     for _ in 0..5 {
@@ -173,6 +188,31 @@ fn measure(mut run: impl FnMut(), flops: f64) -> (f64, f64) {
         }
     }
     (best, best_cpu)
+}
+
+/// Like `measure`, but writes and reads `mb` MB of other memory before every run (not timed), so weights,
+/// input and output start in L3 or memory as they do inside a network: GFLOP/s by the best of 5 sums of
+/// (at most 20) runs.
+fn measure_cold(mut run: impl FnMut(), flops: f64, mb: usize) -> (f64, f64) {
+    let mut junk = vec![0u64; mb << 17];
+    let mut sink = 0u64;
+    let mut best = 0f64;
+    for round in 0..5u64 {
+        let (mut t, mut n) = (Duration::ZERO, 0u32);
+        while t < Duration::from_millis(100) && n < 20 {
+            for (i, x) in junk.iter_mut().enumerate().step_by(8) {
+                *x = x.wrapping_add(i as u64 ^ round);
+                sink = sink.wrapping_add(*x);
+            }
+            let t0 = Instant::now();
+            run();
+            t += t0.elapsed();
+            n += 1;
+        }
+        best = best.max(flops * n as f64 / t.as_secs_f64() / 1e9);
+    }
+    std::hint::black_box(sink);
+    (best, best)
 }
 
 fn selected() -> Vec<&'static Shape> {
