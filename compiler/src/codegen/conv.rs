@@ -17,8 +17,6 @@
 //!   K blocks are accumulated in the output buffer, the last block applies bias, relu, the residual add (read from
 //!   `input2`) and relu-after-add before storing.
 //! - Tasks: (block of row tiles) x (block of column panels); each task writes its own output rectangle.
-//! - Residual blocks: the last K block prefetches the residual (and first-written output) lines 4 panels
-//!   ahead, as the residual was written layers earlier and comes from L3 or memory.
 //! - Tiny maps (M <= `ConvTiling::prefetch_max_m`) are bound by streaming the weights from memory, not by
 //!   FMAs: K runs in one block and the K loop prefetches B 8 KB ahead (`Session::prefetch_import`).
 //!
@@ -64,10 +62,6 @@ pub struct ConvTiling {
     /// Larger layers: the first row tile of each task and K block prefetches the next weight panel (see
     /// `ConvPlan::prefetch_first_tile`; measured ~1.5 % off ResNet-50, min of 40 runs, 4 alternations).
     pub prefetch_first_tile: bool,
-    /// Epilogue prefetch: every 4th panel of the last K block prefetches, for each row of the tile, the
-    /// residual line 4 panels ahead (and the output line, when this block writes it first), so the fused
-    /// add does not wait on memory (see `ConvPlan::prefetch_epilogue`).
-    pub prefetch_epilogue: bool,
 }
 
 impl Default for ConvTiling {
@@ -83,7 +77,6 @@ impl Default for ConvTiling {
             prefetch_max_m: 24,
             prefetch_distance: 8192,
             prefetch_first_tile: true,
-            prefetch_epilogue: true,
         }
     }
 }
@@ -145,9 +138,6 @@ pub struct ConvPlan {
     /// In the row-outer order, the first row tile of each task and K block reads the block's weights from
     /// memory (the other tiles find them in L2): its micro-kernels prefetch the next panel's weights.
     pub prefetch_first_tile: bool,
-    /// Whether the last K block prefetches the residual (and first-written output) lines ahead: the
-    /// residual was written several layers earlier and is in L3 or memory, not in L2.
-    pub prefetch_epilogue: bool,
 }
 
 impl ConvPlan {
@@ -256,7 +246,6 @@ impl ConvPlan {
             fma_b_first: t.fma_b_first,
             prefetch: if prefetch { t.prefetch_distance } else { 0 },
             prefetch_first_tile: !prefetch && t.prefetch_first_tile,
-            prefetch_epilogue: t.prefetch_epilogue && conv.residual,
         })
     }
 
@@ -360,8 +349,7 @@ impl Session {
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
-        let (id, pf) =
-            self.begin_with_prefetch(name, plan.prefetch > 0 || plan.prefetch_first_tile || plan.prefetch_epilogue)?;
+        let (id, pf) = self.begin_with_prefetch(name, plan.prefetch > 0 || plan.prefetch_first_tile)?;
         let fcfg = self.module.isa().frontend_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let [a, work, start, end] = entry(&mut b);
@@ -725,28 +713,6 @@ fn micro(
     let e = b.ins().iadd(mrow, pcol);
     let cbase = addr(b, ptrs.out, e, 4, 0);
     let rstride = (p.cout * 4) as i32;
-    if kind.epi && p.prefetch_epilogue {
-        if let Some(f) = ptrs.pf {
-            // Once per 64-byte line (4 panels): the residual rows (and the output rows when this block is
-            // the first to write them) of the line 4 panels ahead.
-            let first = b.ins().band_imm_u(pan, 3);
-            let is_first = b.ins().icmp_imm_u(IntCC::Equal, first, 0);
-            if_then(b, is_first, |b| {
-                let ahead = (4 * NR * 4) as i64;
-                let rb = addr(b, ptrs.res, e, 4, ahead);
-                let ob = addr(b, ptrs.out, e, 4, ahead);
-                for i in 0..rows {
-                    let off = i as i64 * rstride as i64;
-                    let x = b.ins().iadd_imm_s(rb, off);
-                    b.ins().call(f, &[x]);
-                    if kind.init_zero {
-                        let x = b.ins().iadd_imm_s(ob, off);
-                        b.ins().call(f, &[x]);
-                    }
-                }
-            });
-        }
-    }
     let accs: Vec<Value> = (0..rows)
         .map(|i| if kind.init_zero { zero4(b) } else { load_lanes(b, mf_rw(), cbase, i as i32 * rstride, lanes) })
         .collect();
