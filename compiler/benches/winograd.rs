@@ -55,7 +55,18 @@ impl Bench {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(WinogradTiling::default().min_tasks);
-                let tiling = WinogradTiling { tile: *t, min_tasks, ..WinogradTiling::default() };
+                // Tuning knobs: WINO_ROWS, WINO_ROW_BLOCKS, WINO_V_BUDGET (floats), WINO_COUT_PANELS.
+                let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+                let d = WinogradTiling::default();
+                let tiling = WinogradTiling {
+                    tile: *t,
+                    min_tasks,
+                    rows: env("WINO_ROWS").unwrap_or(d.rows),
+                    row_blocks: env("WINO_ROW_BLOCKS").unwrap_or(d.row_blocks),
+                    v_budget: env("WINO_V_BUDGET").unwrap_or(d.v_budget),
+                    cout_panels: env("WINO_COUT_PANELS").unwrap_or(d.cout_panels),
+                    ..d
+                };
                 sess.conv_winograd_with("wino", &conv, [hw, hw, cin], &wt, Some(&bias), &tiling).unwrap()
             }
         };
