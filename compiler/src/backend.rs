@@ -136,7 +136,8 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // Conv tasks: enough for the pool's threads to balance (dynamic scheduling), no more: larger tasks
     // repeat less packing and read each weight block fewer times (4 per thread measured ~2.5 % faster
     // than a fixed 16 on one thread, the same on two).
-    let conv_tiling = codegen::ConvTiling { min_tasks: 4 * threads, ..Default::default() };
+    // Strassen convs: one task per thread; more would form the left operands again per task.
+    let conv_tiling = codegen::ConvTiling { min_tasks: 4 * threads, strassen_min_tasks: threads, ..Default::default() };
     // Winograd tasks: one per thread at least. More (tile blocks split finer, or channel groups that
     // repeat the input transform) balanced better but cost more: 2 per thread measured 1.4 % slower on
     // ResNet-50 and 2 % on the notebook model at 2 threads (min of 30 runs, 3 alternations).
@@ -144,13 +145,13 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     let session_opts = SessionOptions {
         verify: o.verify,
         keep_ir: o.keep_ir,
-        conv_tiling,
+        conv_tiling: conv_tiling.clone(),
         winograd_min_tasks,
         ..SessionOptions::default()
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(steps.len().max(1));
     let mut by_cost: Vec<usize> = (0..steps.len()).collect();
-    // Cost ~ floats packed (Winograd multiplies the weights by 16/9 or 36/9) plus ~4 ms of cranelift per
+    // Cost ~ floats packed (Winograd multiplies the weights by 16/9 or 36/9, Strassen by 7/4) plus ~4 ms of cranelift per
     // kernel, which is about what packing a million floats takes.
     let cost = |i: usize| {
         let n = steps[i];
@@ -158,6 +159,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         let packed = match winograd_tile(g, n, o) {
             Some(WinogradTile::F2) => params * 16 / 9,
             Some(WinogradTile::F4) => params * 36 / 9,
+            None if strassen_conv(g, n, &conv_tiling) => params * 7 / 4,
             None => params,
         };
         packed + 1_000_000
@@ -283,6 +285,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             node: g.node(n).name.clone(),
             op: match winograd_tile(g, n, o) {
                 Some(_) => format!("{} [winograd]", g.node(n).op),
+                None if strassen_conv(g, n, &conv_tiling) => format!("{} [strassen]", g.node(n).op),
                 None => g.node(n).op.to_string(),
             },
             ntasks: k.ntasks,
@@ -325,6 +328,14 @@ fn supported(op: &Op, input: &[usize]) -> bool {
         Op::ZeroPad(_) => input.len() == 3,
         // Never a plan step: the model input lives in the caller's memory, flatten aliases its input.
         Op::Input { .. } | Op::Flatten => false,
+    }
+}
+
+/// Whether a node is a conv that `Session::conv` runs as one level of Strassen (see `codegen::strassen`).
+fn strassen_conv(g: &Graph, n: NodeIndex, t: &codegen::ConvTiling) -> bool {
+    match &g.node(n).op {
+        Op::Conv(c) => codegen::strassen::strassen_applies(c, shape3(&g.node(g.inputs(n)[0]).shape), t),
+        _ => false,
     }
 }
 

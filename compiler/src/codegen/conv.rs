@@ -62,6 +62,13 @@ pub struct ConvTiling {
     /// Larger layers: the first row tile of each task and K block prefetches the next weight panel (see
     /// `ConvPlan::prefetch_first_tile`; measured ~1.5 % off ResNet-50, min of 40 runs, 4 alternations).
     pub prefetch_first_tile: bool,
+    /// Unpadded 1x1 convs with `strassen_min_m..=strassen_max_m` output pixels and at least
+    /// `strassen_min_k` input channels run as one level of Strassen (see `codegen::strassen`); max 0 turns
+    /// it off. Its tasks: at least `strassen_min_tasks` (each task forms the left operands once).
+    pub strassen_min_m: usize,
+    pub strassen_max_m: usize,
+    pub strassen_min_k: usize,
+    pub strassen_min_tasks: usize,
 }
 
 impl Default for ConvTiling {
@@ -77,6 +84,10 @@ impl Default for ConvTiling {
             prefetch_max_m: 24,
             prefetch_distance: 8192,
             prefetch_first_tile: true,
+            strassen_min_m: 100,
+            strassen_max_m: 196,
+            strassen_min_k: 256,
+            strassen_min_tasks: 1,
         }
     }
 }
@@ -346,6 +357,9 @@ impl Session {
         kernel: &[f32],
         bias: Option<&[f32]>,
     ) -> Result<Kernel, CodegenError> {
+        if super::strassen::strassen_applies(conv, input, &self.opts.conv_tiling) {
+            return self.conv_strassen(name, conv, input, kernel, bias);
+        }
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);

@@ -23,6 +23,7 @@ pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod pool;
+pub mod strassen;
 mod util;
 pub mod winograd;
 

@@ -275,6 +275,44 @@ fn codegen_conv_kernel_row_runs() {
     run_conv_case(&c, None).unwrap();
 }
 
+#[test]
+fn codegen_conv_strassen_matches_naive() {
+    // Forced on for small channel counts: odd M (a missing bottom row), stride 2, partial last tiles,
+    // several column blocks and tasks, every epilogue.
+    let t = ConvTiling {
+        strassen_min_m: 2,
+        strassen_max_m: 10_000,
+        strassen_min_k: 8,
+        strassen_min_tasks: 6,
+        ..ConvTiling::default()
+    };
+    let mut cases = vec![
+        case(7, 7, 64, 32, 1, 1, Padding::Valid),
+        case(14, 14, 32, 16, 1, 1, Padding::Valid),
+        case(13, 13, 16, 264, 1, 2, Padding::Same),
+        case(5, 5, 8, 8, 1, 1, Padding::Valid),
+        case(9, 3, 24, 40, 1, 1, Padding::Valid),
+    ];
+    let mut c = case(7, 7, 64, 32, 1, 1, Padding::Valid);
+    c.residual = true;
+    c.relu_after_add = true;
+    cases.push(c.clone());
+    c.relu = true;
+    c.bias = false;
+    cases.push(c);
+    for c in &cases {
+        assert!(strassen::strassen_applies(&conv_op(c), [c.h, c.w, c.cin], &t), "{c:?}");
+        run_conv_case(c, Some(t.clone())).unwrap();
+        let one = ConvTiling { strassen_min_tasks: 1, ..t.clone() };
+        run_conv_case(c, Some(one)).unwrap();
+    }
+    // Not for padded, larger kernels or channel counts that do not split into vectors.
+    let no = [case(7, 7, 64, 32, 3, 1, Padding::Same), case(7, 7, 60, 32, 1, 1, Padding::Valid)];
+    for c in &no {
+        assert!(!strassen::strassen_applies(&conv_op(c), [c.h, c.w, c.cin], &t), "{c:?}");
+    }
+}
+
 fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {
     (
         (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3),
