@@ -353,6 +353,27 @@ proptest! {
     fn codegen_conv_matches_naive_small_blocks(c in conv_case_strategy()) {
         run_conv_case(&c, Some(small_tiling())).map_err(TestCaseError::fail)?;
     }
+
+    /// Strassen on random 1x1 convs (forced on for any size): odd and even M, strides, channel counts
+    /// of 8..96, every epilogue, 1-4 tasks.
+    #[test]
+    fn codegen_conv_strassen_matches_naive_random(
+        (h, w, s, cin8, cout8) in (1usize..=30, 1usize..=30, 1usize..=3, 1usize..=12, 1usize..=12),
+        (bias, relu, residual, raa, tasks) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 1usize..=4),
+    ) {
+        let mut c = case(h, w, 8 * cin8, 8 * cout8, 1, s, Padding::Valid);
+        (c.bias, c.relu, c.residual, c.relu_after_add) = (bias, relu, residual, raa);
+        let t = ConvTiling {
+            strassen_min_m: 2,
+            strassen_max_m: usize::MAX,
+            strassen_min_k: 8,
+            strassen_min_tasks: tasks,
+            ..ConvTiling::default()
+        };
+        let m = h.div_ceil(s) * w.div_ceil(s);
+        prop_assert_eq!(strassen::strassen_applies(&conv_op(&c), [h, w, c.cin], &t), m >= 2);
+        run_conv_case(&c, Some(t)).map_err(TestCaseError::fail)?;
+    }
 }
 
 // ---- pools and dense ----
