@@ -238,6 +238,32 @@ impl Session {
         Ok(id)
     }
 
+    /// Builds the body of the function begun with [`Session::begin`] as a task kernel: `per_task(b, args,
+    /// work, task)` emits the code of one task, given the four `KernelArgs` pointers (input, input2,
+    /// output, consts) and the per-thread work buffer; it runs for every task of the call's range.
+    pub(crate) fn build_task_loop(
+        &mut self,
+        per_task: impl FnOnce(
+            &mut cranelift_frontend::FunctionBuilder,
+            [cranelift_codegen::ir::Value; 4],
+            cranelift_codegen::ir::Value,
+            cranelift_codegen::ir::Value,
+        ),
+    ) {
+        use cranelift_codegen::ir::InstBuilder;
+        let fcfg = self.module.isa().frontend_config();
+        let mut b = cranelift_frontend::FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let [a, work, start, end] = util::entry(&mut b);
+        let args = util::load_args(&mut b, a);
+        util::for_range(&mut b, start, end, &[], |b, t, _| {
+            per_task(b, args, work, t);
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(fcfg);
+    }
+
     /// The imported `resnetc_softmax(ptr, n)` helper, declared once per session.
     pub(crate) fn softmax_import(&mut self) -> Result<FuncId, CodegenError> {
         if let Some(f) = self.softmax_fn {

@@ -33,7 +33,6 @@ use super::{CodegenError, Kernel, Session};
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use cranelift_module::Module;
 use resnetc_runtime::abi::align_floats;
 use resnetc_runtime::AlignedBuf;
 
@@ -242,18 +241,9 @@ impl Session {
         super::conv::check_weights(name, conv, plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
         let id = self.begin(name)?;
-        let fcfg = self.module.isa().frontend_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let [a, work, start, end] = entry(&mut b);
-        let [inp, res, out, cst] = load_args(&mut b, a);
-        let ptrs = Ptrs { inp, res, out, cst, work };
-        for_range(&mut b, start, end, &[], |b, t, _| {
-            emit_task(b, &plan, ptrs, t);
-            vec![]
+        self.build_task_loop(|b, [inp, res, out, cst], work, t| {
+            emit_task(b, &plan, Ptrs { inp, res, out, cst, work }, t)
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
         let out_shape = vec![plan.oh, plan.ow, plan.cout];
         self.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)
     }

@@ -23,7 +23,6 @@ use super::{CodegenError, Kernel, Session};
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
-use cranelift_module::Module;
 use resnetc_runtime::abi::align_floats;
 use resnetc_runtime::AlignedBuf;
 
@@ -386,21 +385,12 @@ impl Session {
         super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
         let consts = p.pack_weights(kernel, bias);
         let (id, pf) = self.begin_with_prefetch(name, p.prefetch > 0)?;
-        let fcfg = self.module.isa().frontend_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let [args_p, work, start, end] = entry(&mut b);
-        let [inp, res, out, cst] = load_args(&mut b, args_p);
-        let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
-        let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
-        let ptrs = Ptrs { inp, res, out, cst, v: work, mm, scr, pf };
         let mt = mats(p.tile);
-        for_range(&mut b, start, end, &[], |b, task, _| {
-            emit_task(b, &p, &mt, ptrs, task);
-            vec![]
+        self.build_task_loop(|b, [inp, res, out, cst], work, task| {
+            let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
+            let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
+            emit_task(b, &p, &mt, Ptrs { inp, res, out, cst, v: work, mm, scr, pf }, task)
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
         let out_shape = vec![p.h, p.w, p.cout];
         self.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)
     }
