@@ -151,8 +151,8 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(steps.len().max(1));
     let mut by_cost: Vec<usize> = (0..steps.len()).collect();
-    // Cost ~ floats packed (Winograd multiplies the weights by 16/9 or 36/9, Strassen by 7/4) plus ~4 ms of cranelift per
-    // kernel, which is about what packing a million floats takes.
+    // Cost ~ floats packed (Winograd multiplies the weights by 16/9 or 36/9, Strassen by 7/4) plus ~4 ms
+    // of cranelift per kernel, which is about what packing a million floats takes.
     let cost = |i: usize| {
         let n = steps[i];
         let params = g.node_params(n);

@@ -720,9 +720,7 @@ fn micro(
     let accs: Vec<Value> = (0..rows)
         .map(|i| if kind.init_zero { zero4(b) } else { load_lanes(b, mf_rw(), cbase, i as i32 * rstride, lanes) })
         .collect();
-    // Short tiles (few output pixels: 7x7 maps and smaller) have too few accumulators to hide the FMA
-    // latency (each chain waits ~4 cycles): split K over `sets` accumulator groups, one per unrolled step.
-    let sets = if rows < 8 { (8 / rows).clamp(1, 4) } else { 1 };
+    let sets = accumulator_sets(rows);
     // With prefetching, one iteration reads (and prefetches) one 64-byte line of B, or half of one when 4
     // steps would keep too many B vectors live beside the accumulators (more than 15 registers spill).
     let pf = if pf { ptrs.pf } else { None };

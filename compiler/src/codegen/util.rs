@@ -299,6 +299,17 @@ pub struct KLoop {
     pub prefetch: Option<(cranelift_codegen::ir::FuncRef, usize)>,
 }
 
+/// Accumulator sets for a micro-kernel of `rows` accumulators (`KLoop::sets`): short tiles (few output
+/// pixels or Winograd tiles: 7x7 maps and smaller) have too few accumulators to hide the FMA latency (each
+/// chain waits ~4 cycles), so K is split over sets, one per unrolled step, to keep ~8 chains in flight.
+pub fn accumulator_sets(rows: usize) -> usize {
+    if rows < 8 {
+        (8 / rows.max(1)).clamp(1, 4)
+    } else {
+        1
+    }
+}
+
 /// Emits `l`'s K loop, accumulating into `accs` (the initial values, one per row); returns the sums.
 ///
 /// Shape, as the notes on cranelift found fastest: a header block tests the B pointer, the body ends in one

@@ -612,8 +612,7 @@ fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
 fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, vp: Value, up: Value, mq: Value) {
     let rows = p.r;
     let accs: Vec<Value> = (0..rows).map(|_| zero4(b)).collect();
-    // Few tiles (7x7 maps and smaller): split K over accumulator sets to keep ~8 FMA chains in flight.
-    let sets = if rows < 8 { (8 / rows).clamp(1, 4) } else { 1 };
+    let sets = accumulator_sets(rows);
     let kl = KLoop {
         b0: up,
         a0: vp,
