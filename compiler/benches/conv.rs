@@ -39,6 +39,8 @@ const SHAPES: &[Shape] = &[
     Shape { name: "14x14_1x1_1024to256", hw: 14, w: 0, cin: 1024, cout: 256, k: 1, stride: 1 },
     Shape { name: "14x14_1x1_256to1024", hw: 14, w: 0, cin: 256, cout: 1024, k: 1, stride: 1 },
     Shape { name: "28x28_1x1s2_512to1024", hw: 28, w: 0, cin: 512, cout: 1024, k: 1, stride: 2 },
+    Shape { name: "56x56_1x1s2_256to512", hw: 56, w: 0, cin: 256, cout: 512, k: 1, stride: 2 },
+    Shape { name: "7x7_1x1_2048to512", hw: 7, w: 0, cin: 2048, cout: 512, k: 1, stride: 1 },
     Shape { name: "7x7_1x1_512to2048", hw: 7, w: 0, cin: 512, cout: 2048, k: 1, stride: 1 },
     Shape { name: "14x14_1x1s2_1024to2048", hw: 14, w: 0, cin: 1024, cout: 2048, k: 1, stride: 2 },
     Shape { name: "7x7_3x3_512to512", hw: 7, w: 0, cin: 512, cout: 512, k: 3, stride: 1 },
@@ -111,6 +113,9 @@ impl Bench {
         t.min_tasks = env("CONV_MIN_TASKS").unwrap_or(t.min_tasks);
         t.strassen_max_m = env("CONV_STRASSEN_MAX_M").unwrap_or(t.strassen_max_m);
         t.strassen_min_m = env("CONV_STRASSEN_MIN_M").unwrap_or(t.strassen_min_m);
+        t.strassen_min_k = env("CONV_STRASSEN_MIN_K").unwrap_or(t.strassen_min_k);
+        t.strassen_min_n = env("CONV_STRASSEN_MIN_N").unwrap_or(t.strassen_min_n);
+        t.strassen_task_rows = env("CONV_STRASSEN_TASK_ROWS").unwrap_or(t.strassen_task_rows);
         t.strassen_min_tasks = threads;
         let mut sess = Session::with_options(opts).unwrap();
         let mut conv = Conv::new(s.cout, [s.k, s.k], [s.stride, s.stride], Padding::Same, true);

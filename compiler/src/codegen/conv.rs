@@ -61,13 +61,17 @@ pub struct ConvTiling {
     /// Larger layers: the first row tile of each task and K block prefetches the next weight panel (see
     /// `ConvPlan::prefetch_first_tile`; measured ~1.5 % off ResNet-50, min of 40 runs, 4 alternations).
     pub prefetch_first_tile: bool,
-    /// Unpadded 1x1 convs with `strassen_min_m..=strassen_max_m` output pixels and at least
-    /// `strassen_min_k` input channels run as one level of Strassen (see `codegen::strassen`); max 0 turns
-    /// it off. Its tasks: at least `strassen_min_tasks` (each task forms the left operands once).
+    /// Unpadded 1x1 convs with `strassen_min_m..=strassen_max_m` output pixels, at least `strassen_min_k`
+    /// input and `strassen_min_n` output channels run as one level of Strassen (see `codegen::strassen`);
+    /// max 0 turns it off. Its tasks: at least `strassen_min_tasks` (each task forms the left operands once), and
+    /// enough that a task has at most `strassen_task_rows` rows of the top half (its left operands,
+    /// `7 x rows x K/2` floats, stay in L2).
     pub strassen_min_m: usize,
     pub strassen_max_m: usize,
     pub strassen_min_k: usize,
+    pub strassen_min_n: usize,
     pub strassen_min_tasks: usize,
+    pub strassen_task_rows: usize,
 }
 
 impl Default for ConvTiling {
@@ -84,9 +88,11 @@ impl Default for ConvTiling {
             prefetch_distance: 8192,
             prefetch_first_tile: true,
             strassen_min_m: 100,
-            strassen_max_m: 196,
+            strassen_max_m: 784,
             strassen_min_k: 256,
+            strassen_min_n: 256,
             strassen_min_tasks: 1,
+            strassen_task_rows: 128,
         }
     }
 }

@@ -1,7 +1,11 @@
 //! 1x1 convolutions as one level of Strassen's algorithm: 7 half-size GEMMs instead of 8 (12.5 % fewer
 //! multiplications), for the layers where the extra additions cost little and the half-size tiles stay
-//! efficient: 14x14 maps with many channels (ResNet-50's stage 4; on 7x7 maps the 25-row halves cut
-//! into uneven tiles and it gained nothing, on 28x28 maps only 3-5 %).
+//! efficient: 100..=784 output pixels, >= 256 input and >= 256 output channels. In ResNet-50 that is every
+//! 1x1 conv of stage 4 (14x14: isolated 41-43 -> 45-49 effective GFLOP/s) and stage 3's stride-2
+//! projection (56x56 -> 28x28, 256 -> 512: 35-39 -> 40-45). Measured not to gain: 7x7 maps (stage 5: the
+//! 25-row halves cut into uneven tiles; no gain in the network), K = 128 or 64 (the half-length K loops
+//! lose more than the multiplications save: 28x28 128 -> 512 37 -> 29) and N = 128 or 64 (stage 3's
+//! 512 -> 128: the same within noise).
 //!
 //! The conv is the GEMM `C[M x N] = A[M x K] * B[K x N]` (M output pixels, K = cin, N = cout). A is split
 //! into row halves (pixels `0..M2` and `M2..M`, M2 = ceil(M/2), a missing last row reads as zero) and channel
@@ -18,8 +22,9 @@
 //! | M7 | A12 - A22 | B21 + B22 | C11 |
 //!
 //! - Constants: the 7 right operands packed as `T[product][panel][K/2][4]` (computed in f64), then the bias.
-//! - Task = a block of row tiles of the top half (`mr` rows each, and the same rows of the bottom half), one
-//!   per thread, over all output channels. Per task: the 7 left operands of its rows are formed once into
+//! - Task = a block of row tiles of the top half (`mr` rows each, and the same rows of the bottom half), at
+//!   least one per thread and at most `ConvTiling::strassen_task_rows` rows each (so that its left operands
+//!   stay in L2), over all output channels. Per task: the 7 left operands of its rows are formed once into
 //!   the work buffer (sums done while copying; `7 x rows x K/2` floats). Then per chunk of up to 32 panels
 //!   of the right half: for each product and row tile, the usual `mr x 4` f32x4 micro-kernel runs over
 //!   K/2 for each panel and the result is added into the 1-2 quadrant tiles it feeds, kept in a scratch
@@ -102,7 +107,8 @@ pub struct StrassenPlan {
 
 /// Whether [`Session::conv`] runs this convolution through [`StrassenPlan`]: an unpadded 1x1 conv (any
 /// stride) with `t.strassen_min_m..=t.strassen_max_m` output pixels, at least `t.strassen_min_k` input
-/// channels, and channel counts that split into whole vectors (cin and cout multiples of 8).
+/// and `t.strassen_min_n` output channels, and channel counts that split into whole vectors (cin and cout
+/// multiples of 8).
 pub fn strassen_applies(conv: &Conv, input: [usize; 3], t: &ConvTiling) -> bool {
     let [h, w, cin] = input;
     if conv.kernel != [1, 1] || h == 0 || w == 0 || conv.strides.contains(&0) {
@@ -114,6 +120,7 @@ pub fn strassen_applies(conv: &Conv, input: [usize; 3], t: &ConvTiling) -> bool 
     let m = h.div_ceil(conv.strides[0]) * w.div_ceil(conv.strides[1]);
     (t.strassen_min_m.max(2)..=t.strassen_max_m).contains(&m)
         && cin >= t.strassen_min_k
+        && conv.filters >= t.strassen_min_n
         && cin.is_multiple_of(8)
         && conv.filters.is_multiple_of(8)
 }
@@ -134,7 +141,7 @@ impl StrassenPlan {
         // Tasks are blocks of row tiles: each forms its left operands once (all 7, kept in the work buffer)
         // and reads all right operands (from L2/L3; they are reused by every row tile of the task). The
         // tile count is rounded up to a multiple of the task count, so the tasks are even.
-        let ntasks0 = t.strassen_min_tasks.clamp(1, m2);
+        let ntasks0 = t.strassen_min_tasks.max(m2.div_ceil(t.strassen_task_rows.max(1))).clamp(1, m2);
         let nt = m2.div_ceil(t.mr_max.clamp(1, super::conv::MR)).next_multiple_of(ntasks0).min(m2);
         let mr = m2.div_ceil(nt);
         let mtiles = m2.div_ceil(mr);

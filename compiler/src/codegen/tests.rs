@@ -283,6 +283,7 @@ fn codegen_conv_strassen_matches_naive() {
         strassen_min_m: 2,
         strassen_max_m: 10_000,
         strassen_min_k: 8,
+        strassen_min_n: 8,
         strassen_min_tasks: 6,
         ..ConvTiling::default()
     };
@@ -305,6 +306,9 @@ fn codegen_conv_strassen_matches_naive() {
         run_conv_case(c, Some(t.clone())).unwrap();
         let one = ConvTiling { strassen_min_tasks: 1, ..t.clone() };
         run_conv_case(c, Some(one)).unwrap();
+        // Tasks by row count: 3 rows of the top half at most per task.
+        let short = ConvTiling { strassen_min_tasks: 1, strassen_task_rows: 3, ..t.clone() };
+        run_conv_case(c, Some(short)).unwrap();
     }
     // Not for padded, larger kernels or channel counts that do not split into vectors.
     let no = [case(7, 7, 64, 32, 3, 1, Padding::Same), case(7, 7, 60, 32, 1, 1, Padding::Valid)];
@@ -355,11 +359,12 @@ proptest! {
     }
 
     /// Strassen on random 1x1 convs (forced on for any size): odd and even M, strides, channel counts
-    /// of 8..96, every epilogue, 1-4 tasks.
+    /// of 8..96, every epilogue, 1-4 tasks or more by a random cap on a task's rows.
     #[test]
     fn codegen_conv_strassen_matches_naive_random(
         (h, w, s, cin8, cout8) in (1usize..=30, 1usize..=30, 1usize..=3, 1usize..=12, 1usize..=12),
         (bias, relu, residual, raa, tasks) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 1usize..=4),
+        task_rows in 1usize..=64,
     ) {
         let mut c = case(h, w, 8 * cin8, 8 * cout8, 1, s, Padding::Valid);
         (c.bias, c.relu, c.residual, c.relu_after_add) = (bias, relu, residual, raa);
@@ -367,7 +372,9 @@ proptest! {
             strassen_min_m: 2,
             strassen_max_m: usize::MAX,
             strassen_min_k: 8,
+            strassen_min_n: 8,
             strassen_min_tasks: tasks,
+            strassen_task_rows: task_rows,
             ..ConvTiling::default()
         };
         let m = h.div_ceil(s) * w.div_ceil(s);
