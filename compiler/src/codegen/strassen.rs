@@ -207,22 +207,24 @@ impl StrassenPlan {
         let (k2, n2, cout) = (self.k2, self.n2, self.cout);
         let mut out = AlignedBuf::zeroed(self.bias_offset() + self.cout);
         let o = out.as_mut_slice();
+        // Per product and row k of the right half: the sum of its terms' rows (contiguous in n, so the
+        // loops vectorize), then scattered into the panels.
+        let mut row = vec![0f64; n2];
         for (p, terms) in RIGHT.iter().enumerate() {
             for k in 0..k2 {
-                for n in 0..n2 {
-                    let v: f64 = terms
-                        .iter()
-                        .map(|&(kh, nh, neg)| {
-                            let x = kernel[(kh * k2 + k) * cout + nh * n2 + n] as f64;
-                            if neg {
-                                -x
-                            } else {
-                                x
-                            }
-                        })
-                        .sum();
-                    let (pan, j) = (n / NR, n % NR);
-                    o[((p * self.npan2 + pan) * k2 + k) * NR + j] = v as f32;
+                row.iter_mut().for_each(|x| *x = 0.0);
+                for &(kh, nh, neg) in terms.iter() {
+                    let src = &kernel[(kh * k2 + k) * cout + nh * n2..][..n2];
+                    let sign = if neg { -1.0 } else { 1.0 };
+                    for (r, &x) in row.iter_mut().zip(src) {
+                        *r += sign * x as f64;
+                    }
+                }
+                for (pan, chunk) in row.chunks_exact(NR).enumerate() {
+                    let dst = &mut o[((p * self.npan2 + pan) * k2 + k) * NR..][..NR];
+                    for (d, &v) in dst.iter_mut().zip(chunk) {
+                        *d = v as f32;
+                    }
                 }
             }
         }
