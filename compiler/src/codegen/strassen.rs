@@ -342,61 +342,61 @@ fn left_addr(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, prod: usize,
 }
 
 /// Forms the 7 left operands of one row tile (`rows` rows of the top half from `r0`, of which the first
-/// `bottom` exist in the bottom half) at row `lr` of the task's left-operand area: the sums and
-/// differences of the input quadrants, done while copying (a missing bottom row reads as zero).
+/// `bottom` exist in the bottom half) at row `lr` of the task's left-operand area: per row and vector of
+/// K/2, the four input quadrant vectors are loaded once and the 7 sums and differences stored (a missing
+/// bottom row reads as zero). Rows are a run-time loop, so the code does not grow with the tile.
 #[allow(clippy::too_many_arguments)]
 fn emit_left(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, r0: Value, lr: Value, rows: usize, bottom: usize) {
     let row_bytes = p.k2 * 4;
-    // Input row addresses of the tile, top and bottom halves (bottom rows past M are never read).
-    let top: Vec<Value> = (0..rows)
-        .map(|i| {
-            let r = b.ins().iadd_imm_s(r0, i as i64);
-            pixel_addr(b, p, ptrs.inp, r)
-        })
-        .collect();
-    let bot: Vec<Value> = (0..bottom)
-        .map(|i| {
-            let r = b.ins().iadd_imm_s(r0, (p.m2 + i) as i64);
-            pixel_addr(b, p, ptrs.inp, r)
-        })
-        .collect();
-    for (prod, terms) in LEFT.iter().enumerate() {
-        let left = left_addr(b, p, ptrs, prod, lr);
-        for i in 0..rows {
-            let srcs: Vec<(Value, bool)> = terms
-                .iter()
-                .filter(|&&(rh, _, _)| rh == 0 || i < bottom)
-                .map(|&(rh, kh, neg)| {
-                    let base = if rh == 0 { top[i] } else { bot[i] };
-                    (b.ins().iadd_imm_s(base, (kh * row_bytes) as i64), neg)
-                })
-                .collect();
-            let dst = b.ins().iadd_imm_s(left, (i * row_bytes) as i64);
-            if srcs.is_empty() {
-                zero_run(b, dst, p.k2);
-                continue;
-            }
+    let prod_bytes = p.task_rows() * p.k2 * 4;
+    let row_loop = |b: &mut FunctionBuilder, i0: usize, i1: usize, with_bottom: bool| {
+        if i0 >= i1 {
+            return;
+        }
+        let (lo, hi) = (iconst(b, i0), iconst(b, i1));
+        for_range(b, lo, hi, &[], |b, i, _| {
+            let r = b.ins().iadd(r0, i);
+            let top = pixel_addr(b, p, ptrs.inp, r);
+            let bot = with_bottom.then(|| {
+                let rb = b.ins().iadd_imm_s(r, p.m2 as i64);
+                pixel_addr(b, p, ptrs.inp, rb)
+            });
+            let li = b.ins().iadd(lr, i);
+            let dst = left_addr(b, p, ptrs, 0, li);
             let z = iconst(b, 0);
             let n = iconst(b, p.k2 / 4);
             for_range(b, z, n, &[], |b, v, _| {
                 let off = b.ins().imul_imm_s(v, 16);
-                let mut acc: Option<Value> = None;
-                for &(src, neg) in &srcs {
-                    let a = b.ins().iadd(src, off);
-                    let x = b.ins().load(types::F32X4, mf_input(), a, 0);
-                    acc = Some(match (acc, neg) {
-                        (None, false) => x,
-                        (None, true) => b.ins().fneg(x),
-                        (Some(s), false) => b.ins().fadd(s, x),
-                        (Some(s), true) => b.ins().fsub(s, x),
-                    });
-                }
+                let ld = |b: &mut FunctionBuilder, base: Value, kh: usize| {
+                    let a = b.ins().iadd(base, off);
+                    b.ins().load(types::F32X4, mf_input(), a, (kh * row_bytes) as i32)
+                };
+                let q = [
+                    [Some(ld(b, top, 0)), Some(ld(b, top, 1))],
+                    bot.map_or([None, None], |x| [Some(ld(b, x, 0)), Some(ld(b, x, 1))]),
+                ];
                 let d = b.ins().iadd(dst, off);
-                b.ins().store(mf_rw(), acc.unwrap(), d, 0);
+                for (prod, terms) in LEFT.iter().enumerate() {
+                    let mut acc: Option<Value> = None;
+                    for &(rh, kh, neg) in terms.iter() {
+                        let Some(x) = q[rh][kh] else { continue };
+                        acc = Some(match (acc, neg) {
+                            (None, false) => x,
+                            (None, true) => b.ins().fneg(x),
+                            (Some(s), false) => b.ins().fadd(s, x),
+                            (Some(s), true) => b.ins().fsub(s, x),
+                        });
+                    }
+                    let val = acc.unwrap_or_else(|| zero4(b));
+                    b.ins().store(mf_rw(), val, d, (prod * prod_bytes) as i32);
+                }
                 vec![]
             });
-        }
-    }
+            vec![]
+        });
+    };
+    row_loop(b, 0, bottom.min(rows), true);
+    row_loop(b, bottom.min(rows), rows, false);
 }
 
 /// Product `prod` for one row tile (`rows` rows at row `lr` of the task) over the panels `p0..p_end` of
