@@ -250,9 +250,9 @@ impl Session {
             StrassenPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         super::conv::check_weights(name, conv, plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
-        let id = self.begin(name)?;
+        let (id, pf) = self.begin_with_prefetch(name, true)?;
         self.build_task_loop(|b, [inp, res, out, cst], work, t| {
-            emit_task(b, &plan, Ptrs { inp, res, out, cst, work }, t)
+            emit_task(b, &plan, Ptrs { inp, res, out, cst, work, pf }, t)
         });
         let out_shape = vec![plan.oh, plan.ow, plan.cout];
         self.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)
@@ -266,6 +266,8 @@ struct Ptrs {
     out: Value,
     cst: Value,
     work: Value,
+    /// The prefetch stub (see `Session::prefetch_import`).
+    pf: Option<cranelift_codegen::ir::FuncRef>,
 }
 
 fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
@@ -276,23 +278,33 @@ fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
     let is_last = b.ins().icmp_imm_u(IntCC::Equal, t, (p.ntasks - 1) as i64);
     // Rows of the bottom half that exist in a tile: all of them except in the last tile when M is odd.
     let last_bottom = p.mb - (p.mtiles - 1) * p.mr;
-    // Calls `f(tile's first top-half row, its row in the task, rows, bottom rows)` for the task's tiles.
-    let tiles = |b: &mut FunctionBuilder, f: &dyn Fn(&mut FunctionBuilder, Value, Value, usize, usize)| {
-        for_range(b, mt0, mt_end, &[], |b, mt, _| {
+    // Calls `f(tile's first top-half row, its row in the task, rows, bottom rows, first tile of the task)`
+    // for the task's tiles.
+    type TileFn<'a> = &'a dyn Fn(&mut FunctionBuilder, Value, Value, usize, usize, bool);
+    let tiles = |b: &mut FunctionBuilder, f: TileFn| {
+        let full = |b: &mut FunctionBuilder, mt: Value, first: bool| {
             let r0 = b.ins().imul_imm_s(mt, p.mr as i64);
             let lt = b.ins().isub(mt, mt0);
             let lr = b.ins().imul_imm_s(lt, p.mr as i64);
-            f(b, r0, lr, p.mr, p.mr);
+            f(b, r0, lr, p.mr, p.mr, first);
+        };
+        // The first tile peeled (it streams the right operands from memory and prefetches them).
+        let any = b.ins().icmp(IntCC::SignedLessThan, mt0, mt_end);
+        if_then(b, any, |b| full(b, mt0, true));
+        let next = b.ins().iadd_imm_s(mt0, 1);
+        for_range(b, next, mt_end, &[], |b, mt, _| {
+            full(b, mt, false);
             vec![]
         });
         if_then(b, is_last, |b| {
             let r0 = iconst(b, (p.mtiles - 1) * p.mr);
             let lt = b.ins().isub(full_end, mt0);
             let lr = b.ins().imul_imm_s(lt, p.mr as i64);
-            f(b, r0, lr, p.mlast, last_bottom);
+            // The last task's first tile when that task has no full ones.
+            f(b, r0, lr, p.mlast, last_bottom, p.mtiles - 1 == (p.ntasks - 1) * p.tpt);
         });
     };
-    tiles(b, &|b, r0, lr, rows, bottom| emit_left(b, p, ptrs, r0, lr, rows, bottom));
+    tiles(b, &|b, r0, lr, rows, bottom, _| emit_left(b, p, ptrs, r0, lr, rows, bottom));
     let z = iconst(b, 0);
     let nc = iconst(b, p.nchunks);
     for_range(b, z, nc, &[], |b, c, _| {
@@ -301,9 +313,9 @@ fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
         let np = iconst(b, p.npan2);
         let p_end = b.ins().umin(p1, np);
         for prod in 0..7 {
-            tiles(b, &|b, _r0, lr, rows, _bottom| emit_product(b, p, ptrs, prod, lr, rows, p0, p_end));
+            tiles(b, &|b, _r0, lr, rows, _bottom, first| emit_product(b, p, ptrs, prod, lr, rows, p0, p_end, first));
         }
-        tiles(b, &|b, r0, lr, rows, bottom| emit_epilogue(b, p, ptrs, r0, lr, rows, bottom, p0, p_end));
+        tiles(b, &|b, r0, lr, rows, bottom, _| emit_epilogue(b, p, ptrs, r0, lr, rows, bottom, p0, p_end));
         vec![]
     });
 }
@@ -400,7 +412,8 @@ fn emit_left(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, r0: Value, l
 }
 
 /// Product `prod` for one row tile (`rows` rows at row `lr` of the task) over the panels `p0..p_end` of
-/// the right half, added into the quadrant scratch.
+/// the right half, added into the quadrant scratch. The task's first tile (`first`) reads the right
+/// operands from memory; it prefetches the next panel's while it computes.
 #[allow(clippy::too_many_arguments)]
 fn emit_product(
     b: &mut FunctionBuilder,
@@ -411,10 +424,12 @@ fn emit_product(
     rows: usize,
     p0: Value,
     p_end: Value,
+    first: bool,
 ) {
     let row_bytes = p.k2 * 4;
     let left = left_addr(b, p, ptrs, prod, lr);
     let sets = accumulator_sets(rows);
+    let pf = if first { ptrs.pf.map(|f| (f, p.k2 * NR * 4)) } else { None };
     // The product for each panel, added into its quadrant tiles.
     for_range(b, p0, p_end, &[], |b, pan, _| {
         let bo = b.ins().imul_imm_s(pan, (p.k2 * NR * 4) as i64);
@@ -428,10 +443,10 @@ fn emit_product(
             a_rowstride: row_bytes,
             a_flags: mf_packed(),
             steps: p.k2,
-            unroll: 2.max(sets),
+            unroll: if pf.is_some() && rows * sets <= 10 { 4 } else { 2.max(sets) },
             sets,
             fma_b_first: false,
-            prefetch: None,
+            prefetch: pf,
         };
         let accs = emit_k_loop(b, &kl, zeros);
         let qcol = quad_base(b, p, ptrs, lr, p0, pan);
