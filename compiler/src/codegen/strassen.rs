@@ -250,12 +250,19 @@ impl Session {
             StrassenPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         super::conv::check_weights(name, conv, plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
+        let key = format!("strassen {conv:?} {input:?}");
+        let consts = match self.reuse(&key, name, consts) {
+            Ok(k) => return Ok(k),
+            Err(c) => c,
+        };
         let (id, pf) = self.begin_with_prefetch(name, true)?;
         self.build_task_loop(|b, [inp, res, out, cst], work, t| {
             emit_task(b, &plan, Ptrs { inp, res, out, cst, work, pf }, t)
         });
         let out_shape = vec![plan.oh, plan.ow, plan.cout];
-        self.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)
+        let k = self.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)?;
+        self.remember(key, &k);
+        Ok(k)
     }
 }
 

@@ -639,3 +639,55 @@ fn codegen_dump_asm() {
     std::fs::write(&path, k.asm.unwrap()).unwrap();
     std::fs::write(format!("{path}.clif"), k.clif.unwrap()).unwrap();
 }
+
+#[test]
+fn codegen_identical_convs_share_code_with_their_own_weights() {
+    // Two convs of one shape and epilogue (GEMM, Strassen and Winograd paths): one compiled function,
+    // each kernel with its own constants and its own correct result; another shape gets its own code.
+    let strassen = ConvTiling { strassen_min_m: 2, strassen_min_k: 8, strassen_min_n: 8, ..ConvTiling::default() };
+    for (c, tiling, wino) in [
+        (case(6, 8, 16, 8, 3, 1, Padding::Same), ConvTiling::default(), false),
+        (case(7, 7, 16, 16, 1, 1, Padding::Valid), strassen, false),
+        (case(8, 8, 8, 12, 3, 1, Padding::Same), ConvTiling::default(), true),
+    ] {
+        let x = rnd(c.h * c.w * c.cin, 1);
+        let mut s = Session::with_options(SessionOptions { conv_tiling: tiling, ..opts() }).unwrap();
+        let mut ks = Vec::new();
+        let mut wants = Vec::new();
+        for seed in [2, 5] {
+            let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, seed);
+            let bias = rnd(c.cout, seed + 1);
+            wants.push(naive_conv(&c, &x, &wt, &bias, &[]).1);
+            let conv = conv_op(&c);
+            let k = if wino {
+                s.conv_winograd("w", &conv, [c.h, c.w, c.cin], &wt, Some(&bias))
+            } else {
+                s.conv("c", &conv, [c.h, c.w, c.cin], &wt, Some(&bias))
+            };
+            ks.push(k.unwrap());
+        }
+        assert_eq!(ks[0].id, ks[1].id, "{c:?}");
+        let mut other = c.clone();
+        other.cout += 8;
+        let wt = rnd(other.k[0] * other.k[1] * other.cin * other.cout, 9);
+        let k3 = s.conv("o", &conv_op(&other), [c.h, c.w, c.cin], &wt, Some(&rnd(other.cout, 10))).unwrap();
+        assert_ne!(k3.id, ks[0].id);
+        let code = s.finish().unwrap();
+        for (k, want) in ks.iter().zip(&wants) {
+            check_close(&call(&code, k, &x, None), want, &format!("{c:?}")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn codegen_kept_ir_is_per_kernel() {
+    // With IR kept (`compile --emit clif`), every kernel is compiled and listed on its own.
+    let c = case(6, 8, 16, 8, 3, 1, Padding::Same);
+    let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
+    let wt = rnd(9 * c.cin * c.cout, 2);
+    let b = rnd(c.cout, 3);
+    let k1 = s.conv("a", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&b)).unwrap();
+    let k2 = s.conv("b", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&b)).unwrap();
+    assert_ne!(k1.id, k2.id);
+    assert!(k1.clif.is_some() && k2.clif.is_some());
+}

@@ -384,6 +384,11 @@ impl Session {
         let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
         super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
         let consts = p.pack_weights(kernel, bias);
+        let key = format!("winograd {conv:?} {input:?} {tiling:?}");
+        let consts = match self.reuse(&key, name, consts) {
+            Ok(k) => return Ok(k),
+            Err(c) => c,
+        };
         let (id, pf) = self.begin_with_prefetch(name, p.prefetch > 0)?;
         let mt = mats(p.tile);
         self.build_task_loop(|b, [inp, res, out, cst], work, task| {
@@ -392,7 +397,9 @@ impl Session {
             emit_task(b, &p, &mt, Ptrs { inp, res, out, cst, v: work, mm, scr, pf }, task)
         });
         let out_shape = vec![p.h, p.w, p.cout];
-        self.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)
+        let k = self.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)?;
+        self.remember(key, &k);
+        Ok(k)
     }
 }
 
