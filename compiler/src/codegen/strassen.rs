@@ -286,19 +286,21 @@ fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
     // Rows of the bottom half that exist in a tile: all of them except in the last tile when M is odd.
     let last_bottom = p.mb - (p.mtiles - 1) * p.mr;
     // Calls `f(tile's first top-half row, its row in the task, rows, bottom rows, first tile of the task)`
-    // for the task's tiles.
+    // for the task's tiles; with `peel`, the first tile's call is emitted apart (with `first` set).
     type TileFn<'a> = &'a dyn Fn(&mut FunctionBuilder, Value, Value, usize, usize, bool);
-    let tiles = |b: &mut FunctionBuilder, f: TileFn| {
+    let tiles = |b: &mut FunctionBuilder, peel: bool, f: TileFn| {
         let full = |b: &mut FunctionBuilder, mt: Value, first: bool| {
             let r0 = b.ins().imul_imm_s(mt, p.mr as i64);
             let lt = b.ins().isub(mt, mt0);
             let lr = b.ins().imul_imm_s(lt, p.mr as i64);
             f(b, r0, lr, p.mr, p.mr, first);
         };
-        // The first tile peeled (it streams the right operands from memory and prefetches them).
-        let any = b.ins().icmp(IntCC::SignedLessThan, mt0, mt_end);
-        if_then(b, any, |b| full(b, mt0, true));
-        let next = b.ins().iadd_imm_s(mt0, 1);
+        let mut next = mt0;
+        if peel {
+            let any = b.ins().icmp(IntCC::SignedLessThan, mt0, mt_end);
+            if_then(b, any, |b| full(b, mt0, true));
+            next = b.ins().iadd_imm_s(mt0, 1);
+        }
         for_range(b, next, mt_end, &[], |b, mt, _| {
             full(b, mt, false);
             vec![]
@@ -308,10 +310,10 @@ fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
             let lt = b.ins().isub(full_end, mt0);
             let lr = b.ins().imul_imm_s(lt, p.mr as i64);
             // The last task's first tile when that task has no full ones.
-            f(b, r0, lr, p.mlast, last_bottom, p.mtiles - 1 == (p.ntasks - 1) * p.tpt);
+            f(b, r0, lr, p.mlast, last_bottom, peel && p.mtiles - 1 == (p.ntasks - 1) * p.tpt);
         });
     };
-    tiles(b, &|b, r0, lr, rows, bottom, _| emit_left(b, p, ptrs, r0, lr, rows, bottom));
+    tiles(b, false, &|b, r0, lr, rows, bottom, _| emit_left(b, p, ptrs, r0, lr, rows, bottom));
     let z = iconst(b, 0);
     let nc = iconst(b, p.nchunks);
     for_range(b, z, nc, &[], |b, c, _| {
@@ -320,9 +322,12 @@ fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
         let np = iconst(b, p.npan2);
         let p_end = b.ins().umin(p1, np);
         for prod in 0..7 {
-            tiles(b, &|b, _r0, lr, rows, _bottom, first| emit_product(b, p, ptrs, prod, lr, rows, p0, p_end, first));
+            // The first tile streams the right operands from memory; it prefetches them.
+            tiles(b, true, &|b, _r0, lr, rows, _bottom, first| {
+                emit_product(b, p, ptrs, prod, lr, rows, p0, p_end, first)
+            });
         }
-        tiles(b, &|b, r0, lr, rows, bottom, _| emit_epilogue(b, p, ptrs, r0, lr, rows, bottom, p0, p_end));
+        tiles(b, false, &|b, r0, lr, rows, bottom, _| emit_epilogue(b, p, ptrs, r0, lr, rows, bottom, p0, p_end));
         vec![]
     });
 }
