@@ -232,7 +232,6 @@ impl Session {
         sig
     }
 
-    /// Prepares `self.ctx` for a new kernel function; returns its id.
     /// A kernel whose code this session already compiled under `key` (a description of everything the
     /// code depends on: op, shapes, epilogue; the weights are not in the code but in `consts`), returned
     /// with these constants; `Err(consts)` if there is none. ResNet-50 repeats most of its layer shapes
@@ -257,10 +256,22 @@ impl Session {
 
     /// Records a freshly compiled kernel's code under `key` for [`Session::reuse`].
     pub(crate) fn remember(&mut self, key: String, k: &Kernel) {
-        let k = Kernel { consts: AlignedBuf::zeroed(0), clif: None, asm: None, ..k.clone() };
+        // Everything but the constants (not cloned: they can be tens of MB).
+        let k = Kernel {
+            name: k.name.clone(),
+            id: k.id,
+            consts: AlignedBuf::zeroed(0),
+            ntasks: k.ntasks,
+            work_floats: k.work_floats,
+            uses_input2: k.uses_input2,
+            out_shape: k.out_shape.clone(),
+            clif: None,
+            asm: None,
+        };
         self.code.insert(key, k);
     }
 
+    /// Prepares `self.ctx` for a new kernel function; returns its id.
     pub(crate) fn begin(&mut self, name: &str) -> Result<FuncId, CodegenError> {
         self.module.clear_context(&mut self.ctx);
         let sig = self.kernel_signature();
