@@ -118,6 +118,22 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// A kernel running this one's code (same function, tasks, work buffer, output) under another name
+    /// with other constants; without IR or assembly listings.
+    fn same_code(&self, name: &str, consts: AlignedBuf) -> Kernel {
+        Kernel {
+            name: name.to_string(),
+            id: self.id,
+            consts,
+            ntasks: self.ntasks,
+            work_floats: self.work_floats,
+            uses_input2: self.uses_input2,
+            out_shape: self.out_shape.clone(),
+            clif: None,
+            asm: None,
+        }
+    }
+
     /// Moves this kernel's constants into `pb` (a second call adds none) and returns the runtime step calling
     /// it. `input2` is the residual input of a conv with `residual` (must be given exactly when
     /// [`Kernel::uses_input2`]).
@@ -239,17 +255,7 @@ impl Session {
     /// share of compile time. Off when IR or assembly is kept, so every kernel keeps its own listing.
     pub(crate) fn reuse(&self, key: &str, name: &str, consts: AlignedBuf) -> Result<Kernel, AlignedBuf> {
         match self.code.get(key) {
-            Some(k) if !self.opts.keep_ir && !self.opts.keep_asm => Ok(Kernel {
-                name: name.to_string(),
-                id: k.id,
-                consts,
-                ntasks: k.ntasks,
-                work_floats: k.work_floats,
-                uses_input2: k.uses_input2,
-                out_shape: k.out_shape.clone(),
-                clif: None,
-                asm: None,
-            }),
+            Some(k) if !self.opts.keep_ir && !self.opts.keep_asm => Ok(k.same_code(name, consts)),
             _ => Err(consts),
         }
     }
@@ -257,18 +263,7 @@ impl Session {
     /// Records a freshly compiled kernel's code under `key` for [`Session::reuse`].
     pub(crate) fn remember(&mut self, key: String, k: &Kernel) {
         // Everything but the constants (not cloned: they can be tens of MB).
-        let k = Kernel {
-            name: k.name.clone(),
-            id: k.id,
-            consts: AlignedBuf::zeroed(0),
-            ntasks: k.ntasks,
-            work_floats: k.work_floats,
-            uses_input2: k.uses_input2,
-            out_shape: k.out_shape.clone(),
-            clif: None,
-            asm: None,
-        };
-        self.code.insert(key, k);
+        self.code.insert(key, k.same_code(&k.name, AlignedBuf::zeroed(0)));
     }
 
     /// Prepares `self.ctx` for a new kernel function; returns its id.
