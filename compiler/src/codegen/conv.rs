@@ -63,9 +63,9 @@ pub struct ConvTiling {
     pub prefetch_first_tile: bool,
     /// Unpadded 1x1 convs with `strassen_min_m..=strassen_max_m` output pixels, at least `strassen_min_k`
     /// input and `strassen_min_n` output channels run as one level of Strassen (see `codegen::strassen`);
-    /// max 0 turns it off. Its tasks: at least `strassen_min_tasks` (each task forms the left operands once), and
-    /// enough that a task has at most `strassen_task_rows` rows of the top half (its left operands,
-    /// `7 x rows x K/2` floats, stay in L2).
+    /// max 0 turns it off. Its tasks: at least `strassen_min_tasks` (each task forms the left operands
+    /// once), and enough that a task has at most `strassen_task_rows` rows of the top half (its left
+    /// operands, `7 x rows x K/2` floats, stay in L2).
     pub strassen_min_m: usize,
     pub strassen_max_m: usize,
     pub strassen_min_k: usize,
@@ -332,14 +332,16 @@ pub(crate) fn check_weights(
     }
 }
 
+/// A task kernel's pointers (the `KernelArgs` ones, the per-thread work buffer) and the prefetch stub
+/// (see `Session::prefetch_import`), as the conv and Strassen kernels pass them around.
 #[derive(Clone, Copy)]
-struct Ptrs {
-    inp: Value,
-    res: Value,
-    out: Value,
-    cst: Value,
-    work: Value,
-    pf: Option<cranelift_codegen::ir::FuncRef>,
+pub(super) struct Ptrs {
+    pub(super) inp: Value,
+    pub(super) res: Value,
+    pub(super) out: Value,
+    pub(super) cst: Value,
+    pub(super) work: Value,
+    pub(super) pf: Option<cranelift_codegen::ir::FuncRef>,
 }
 
 #[derive(Clone, Copy)]
@@ -368,19 +370,14 @@ impl Session {
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;
         let consts = plan.pack_weights(kernel, bias);
-        let key = format!("conv {conv:?} {input:?}");
-        let consts = match self.reuse(&key, name, consts) {
-            Ok(k) => return Ok(k),
-            Err(c) => c,
-        };
-        let (id, pf) = self.begin_with_prefetch(name, plan.prefetch > 0 || plan.prefetch_first_tile)?;
-        self.build_task_loop(|b, [inp, res, out, cst], work, t| {
-            emit_task(b, &plan, Ptrs { inp, res, out, cst, work, pf }, t)
-        });
-        let out_shape = vec![plan.oh, plan.ow, plan.cout];
-        let k = self.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)?;
-        self.remember(key, &k);
-        Ok(k)
+        self.compile_once(format!("conv {conv:?} {input:?}"), name, consts, |s, consts| {
+            let (id, pf) = s.begin_with_prefetch(name, plan.prefetch > 0 || plan.prefetch_first_tile)?;
+            s.build_task_loop(|b, [inp, res, out, cst], work, t| {
+                emit_task(b, &plan, Ptrs { inp, res, out, cst, work, pf }, t)
+            });
+            let out_shape = vec![plan.oh, plan.ow, plan.cout];
+            s.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)
+        })
     }
 }
 
@@ -734,14 +731,8 @@ fn micro(
         .map(|i| if kind.init_zero { zero4(b) } else { load_lanes(b, mf_rw(), cbase, i as i32 * rstride, lanes) })
         .collect();
     let sets = accumulator_sets(rows);
-    // With prefetching, one iteration reads (and prefetches) one 64-byte line of B, or half of one when 4
-    // steps would keep too many B vectors live beside the accumulators (more than 15 registers spill).
     let pf = if pf { ptrs.pf } else { None };
-    let unroll = match pf {
-        Some(_) if rows * sets <= 10 => 4,
-        Some(_) => 2,
-        None => p.unroll.max(1).max(sets),
-    };
+    let unroll = k_unroll(pf.is_some(), rows, sets, p.unroll);
     let kl = KLoop {
         b0: bp0,
         a0: ap0,

@@ -10,7 +10,7 @@
 //! Every kernel follows `resnetc_runtime::abi`: `fn(args: *const KernelArgs, work: *mut f32, start, end)`.
 //! With `SessionOptions::keep_ir`, each kernel carries its cranelift IR as text (`--emit clif`).
 //! Convolutions whose code would be identical (same op, shapes and epilogue; the weights live in the
-//! constants, not in the code) share one function within a session (`Session::reuse`): ResNet-50's 53
+//! constants, not in the code) share one function within a session (`Session::compile_once`): ResNet-50's 53
 //! conv kernels need far fewer compilations, which took its code generation from ~300-450 to ~200-300 ms.
 //!
 //! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue; [`winograd`]:
@@ -206,7 +206,7 @@ pub struct Session {
     softmax_fn: Option<FuncId>,
     prefetch_fn: Option<FuncId>,
     count: u32,
-    /// Kernels compiled so far, by what their code depends on (see [`Session::reuse`]).
+    /// Kernels compiled so far, by what their code depends on (see [`Session::compile_once`]).
     code: std::collections::HashMap<String, Kernel>,
 }
 
@@ -248,22 +248,29 @@ impl Session {
         sig
     }
 
-    /// A kernel whose code this session already compiled under `key` (a description of everything the
-    /// code depends on: op, shapes, epilogue; the weights are not in the code but in `consts`), returned
-    /// with these constants; `Err(consts)` if there is none. ResNet-50 repeats most of its layer shapes
-    /// (six identical stage-4 3x3 convs, five identical 1x1 pairs), and sharing their code cuts cranelift's
-    /// share of compile time. Off when IR or assembly is kept, so every kernel keeps its own listing.
-    pub(crate) fn reuse(&self, key: &str, name: &str, consts: AlignedBuf) -> Result<Kernel, AlignedBuf> {
-        match self.code.get(key) {
-            Some(k) if !self.opts.keep_ir && !self.opts.keep_asm => Ok(k.same_code(name, consts)),
-            _ => Err(consts),
+    /// The kernel for `name` with constants `consts`: `build(self, consts)` compiles it, unless this session
+    /// already compiled one under `key` (a description of everything the code depends on: op, shapes,
+    /// epilogue; the weights are not in the code but in the constants), whose function is then reused.
+    /// ResNet-50 repeats most of its layer shapes (six identical stage-4 3x3 convs, five identical 1x1
+    /// pairs), and sharing their code cuts cranelift's share of compile time. Off when IR or assembly is
+    /// kept, so every kernel keeps its own listing.
+    pub(crate) fn compile_once(
+        &mut self,
+        key: String,
+        name: &str,
+        consts: AlignedBuf,
+        build: impl FnOnce(&mut Session, AlignedBuf) -> Result<Kernel, CodegenError>,
+    ) -> Result<Kernel, CodegenError> {
+        let sharing = !self.opts.keep_ir && !self.opts.keep_asm;
+        if let Some(k) = self.code.get(&key).filter(|_| sharing) {
+            return Ok(k.same_code(name, consts));
         }
-    }
-
-    /// Records a freshly compiled kernel's code under `key` for [`Session::reuse`].
-    pub(crate) fn remember(&mut self, key: String, k: &Kernel) {
-        // Everything but the constants (not cloned: they can be tens of MB).
-        self.code.insert(key, k.same_code(&k.name, AlignedBuf::zeroed(0)));
+        let k = build(self, consts)?;
+        if sharing {
+            // Everything but the constants (not cloned: they can be tens of MB).
+            self.code.insert(key, k.same_code(&k.name, AlignedBuf::zeroed(0)));
+        }
+        Ok(k)
     }
 
     /// Prepares `self.ctx` for a new kernel function; returns its id.

@@ -310,6 +310,18 @@ pub fn accumulator_sets(rows: usize) -> usize {
     }
 }
 
+/// K steps per iteration of a micro-kernel's loop (`KLoop::unroll`) with `rows` accumulators in `sets`
+/// sets: with prefetching, one iteration reads (and prefetches) one 64-byte line of B, or half of one when
+/// 4 steps would keep too many B vectors live beside the accumulators (more than 15 registers spill);
+/// without, `default` and at least one step per set.
+pub fn k_unroll(prefetch: bool, rows: usize, sets: usize, default: usize) -> usize {
+    match prefetch {
+        true if rows * sets <= 10 => 4,
+        true => 2,
+        false => default.max(1).max(sets),
+    }
+}
+
 /// Emits `l`'s K loop, accumulating into `accs` (the initial values, one per row); returns the sums.
 ///
 /// Shape, as the notes on cranelift found fastest: a header block tests the B pointer, the body ends in one

@@ -384,22 +384,17 @@ impl Session {
         let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
         super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
         let consts = p.pack_weights(kernel, bias);
-        let key = format!("winograd {conv:?} {input:?} {tiling:?}");
-        let consts = match self.reuse(&key, name, consts) {
-            Ok(k) => return Ok(k),
-            Err(c) => c,
-        };
-        let (id, pf) = self.begin_with_prefetch(name, p.prefetch > 0)?;
-        let mt = mats(p.tile);
-        self.build_task_loop(|b, [inp, res, out, cst], work, task| {
-            let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
-            let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
-            emit_task(b, &p, &mt, Ptrs { inp, res, out, cst, v: work, mm, scr, pf }, task)
-        });
-        let out_shape = vec![p.h, p.w, p.cout];
-        let k = self.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)?;
-        self.remember(key, &k);
-        Ok(k)
+        self.compile_once(format!("winograd {conv:?} {input:?} {tiling:?}"), name, consts, |s, consts| {
+            let (id, pf) = s.begin_with_prefetch(name, p.prefetch > 0)?;
+            let mt = mats(p.tile);
+            s.build_task_loop(|b, [inp, res, out, cst], work, task| {
+                let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
+                let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
+                emit_task(b, &p, &mt, Ptrs { inp, res, out, cst, v: work, mm, scr, pf }, task)
+            });
+            let out_shape = vec![p.h, p.w, p.cout];
+            s.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)
+        })
     }
 }
 
