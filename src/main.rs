@@ -283,6 +283,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     "nodes_before": o.report.nodes_before,
                     "nodes_after": o.report.nodes_after,
                     "kernels": c.kernels.len(),
+                    "functions": c.functions,
                     "work_bytes": c.plan.buffers.iter().filter(|b| b.kind == resnetc_compiler::plan::BufferKind::Work).map(|b| b.bytes).sum::<usize>(),
                     "arena_with_work_bytes": c.plan.arena_bytes,
                     "fusions": fusions,
@@ -316,7 +317,12 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     *kinds.entry(o.graph.node(n).op.kind()).or_default() += 1;
                 }
                 let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{v} {k}")).collect();
-                println!("  kernels          {} ({})", o.plan.steps.len(), kinds.join(", "));
+                println!(
+                    "  kernels          {} ({}); {} distinct functions compiled",
+                    o.plan.steps.len(),
+                    kinds.join(", "),
+                    c.functions
+                );
                 println!(
                     "  arena            {} bytes per image (lower bound {}, all activations {})",
                     report::thousands(o.plan.arena_bytes as u64),

@@ -14,13 +14,18 @@ fn opts() -> BackendOptions {
 
 #[test]
 fn jit_matches_reference_on_every_shipped_spec() {
-    for (name, hw) in [
-        ("notebook_resnet50", 64),
-        ("resnet18", 40),
-        ("resnet34", 32),
-        ("resnet50", 32),
-        ("resnet101", 32),
-        ("resnet152", 32),
+    // Kernels of one layer shape share one compiled function, whichever worker compiles them. Bottleneck
+    // models: stem, max pool, per stage 5 distinct convs (first block's 1x1 reduce, shortcut, 3x3, 1x1
+    // expand + add; identity blocks' 1x1 reduce), pool, dense = 24 however deep. Basic-block models: stem,
+    // max pool, stage 2's two 3x3 convs, per later stage 4 (strided 3x3, shortcut, 3x3 + add, identity
+    // blocks' first 3x3), pool, dense = 18.
+    for (name, hw, functions) in [
+        ("notebook_resnet50", 64, 24),
+        ("resnet18", 40, 18),
+        ("resnet34", 32, 18),
+        ("resnet50", 32, 24),
+        ("resnet101", 32, 24),
+        ("resnet152", 32, 24),
     ] {
         let o = Options { input_shape: Some(vec![hw, hw, 3]), ..Default::default() };
         let mut m = Model::from_file(root(&format!("specs/{name}.yaml")), &o).unwrap();
@@ -28,6 +33,7 @@ fn jit_matches_reference_on_every_shipped_spec() {
         let x = input(&[hw, hw, 3], 2, 3);
         let want = m.run_reference(x.view()).unwrap();
         let c = m.compile(&opts()).unwrap();
+        assert_eq!(c.functions, functions, "{name}: distinct functions compiled for {} kernels", c.kernels.len());
         let got = c.run(x.view()).unwrap();
         let (d, s) = worst(&got, &want);
         assert!(d <= 1e-4 * s + 1e-6, "{name}: JIT differs from the reference by {d} (scale {s})");

@@ -66,6 +66,8 @@ pub struct Compiled {
     /// For each step of the program, the index in `kernels` of the node it computes (an add of k inputs
     /// is k - 1 steps, a dense layer with softmax on several threads two).
     pub step_kernel: Vec<usize>,
+    /// Distinct functions compiled for the graph's nodes: kernels of the same layer shape share one.
+    pub functions: usize,
     threads: usize,
 }
 
@@ -166,16 +168,25 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     };
     // Largest first, each worker taking the next kernel when it is free: estimates are rough (a static
     // split by them left one worker idle for ~60-100 ms of ResNet-50's ~250).
-    by_cost.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
+    // Repeats of a layer shape (same op, same input shape: the same code, see `Session::compile_once`) go
+    // after every first occurrence, so that the worker taking one finds its code compiled and only packs
+    // its weights, whichever worker compiled it.
+    let mut seen = std::collections::HashSet::new();
+    let repeat: Vec<bool> = steps
+        .iter()
+        .map(|&n| !seen.insert(format!("{:?} {:?}", g.node(n).op, g.node(g.inputs(n)[0]).shape)))
+        .collect();
+    by_cost.sort_by_key(|&i| (repeat[i], std::cmp::Reverse(cost(i))));
+    let cache = codegen::CodeCache::default();
     let next = std::sync::atomic::AtomicUsize::new(0);
     type Compiled1 = (Vec<(usize, codegen::Kernel)>, codegen::JitCode);
     let results: Vec<Result<Compiled1, Error>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..workers)
             .map(|_| {
                 let session_opts = session_opts.clone();
-                let (steps, by_cost, next) = (&steps, &by_cost, &next);
+                let (steps, by_cost, next, cache) = (&steps, &by_cost, &next, &cache);
                 sc.spawn(move || -> Result<Compiled1, Error> {
-                    let mut session = Session::with_options(session_opts).map_err(cg)?;
+                    let mut session = Session::with_cache(session_opts, cache).map_err(cg)?;
                     let mut ks = Vec::new();
                     loop {
                         let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -194,16 +205,22 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             .collect()
     });
     let mut codes = Vec::with_capacity(workers);
-    let mut slots: Vec<Option<(usize, codegen::Kernel)>> = (0..steps.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<codegen::Kernel>> = (0..steps.len()).map(|_| None).collect();
     for r in results {
         let (ks, code) = r?;
         for (i, k) in ks {
-            slots[i] = Some((codes.len(), k));
+            slots[i] = Some(k);
         }
         codes.push(code);
     }
-    let (owner, mut kernels): (Vec<usize>, Vec<codegen::Kernel>) =
-        slots.into_iter().map(|s| s.expect("every step compiled by one worker")).unzip();
+    let mut kernels: Vec<codegen::Kernel> = slots.into_iter().map(|s| s.expect("every step taken by one worker")).collect();
+    // A kernel may run code another worker compiled: resolve it with the code of the session that owns it.
+    let owner: Vec<usize> = kernels
+        .iter()
+        .map(|k| codes.iter().position(|c| c.owns(k.id)).expect("every kernel's code comes from a worker"))
+        .collect();
+    // Distinct compiled functions (kernels sharing code count once).
+    let functions = kernels.iter().map(|k| k.id).collect::<std::collections::HashSet<_>>().len();
     // A model whose output is its input (or a reshape of it) copies the input to the output.
     let out_node = g.node(g.output);
     let mut passthrough = match act_plan.value.get(&g.output) {
@@ -310,7 +327,16 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     pb.keep_alive(Box::new(codes));
     let program = pb.build(pool).map_err(|e| Error::Option(format!("internal error: {e}")))?;
     let stages_ms = vec![("codegen", (t1 - t0).as_secs_f64() * 1e3), ("finalize", t1.elapsed().as_secs_f64() * 1e3)];
-    Ok(Compiled { program, kernels: infos, plan: full_plan, macs: g.macs(), stages_ms, step_kernel, threads })
+    Ok(Compiled {
+        program,
+        kernels: infos,
+        plan: full_plan,
+        macs: g.macs(),
+        stages_ms,
+        step_kernel,
+        functions,
+        threads,
+    })
 }
 
 fn supported(op: &Op, input: &[usize]) -> bool {

@@ -10,8 +10,9 @@
 //! Every kernel follows `resnetc_runtime::abi`: `fn(args: *const KernelArgs, work: *mut f32, start, end)`.
 //! With `SessionOptions::keep_ir`, each kernel carries its cranelift IR as text (`--emit clif`).
 //! Convolutions whose code would be identical (same op, shapes and epilogue; the weights live in the
-//! constants, not in the code) share one function within a session (`Session::compile_once`): ResNet-50's 53
-//! conv kernels need far fewer compilations, which took its code generation from ~300-450 to ~200-300 ms.
+//! constants, not in the code) share one function (`Session::compile_once`), within a session and across the
+//! sessions that share a [`CodeCache`] (the back end's parallel workers): ResNet-50's 53 conv kernels need
+//! 21 compilations.
 //!
 //! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue; [`winograd`]:
 //!   3x3 stride-1 convolutions as Winograd F(2x2)/F(4x4) with the same micro-kernel (one K-loop emitter,
@@ -91,9 +92,33 @@ impl Default for SessionOptions {
     }
 }
 
-/// Handle of a kernel inside a session's module; resolve it with [`JitCode::kernel`].
+/// Handle of a kernel: the session that compiled it (numbered process-wide) and the function in that session's
+/// module; resolve it with the [`JitCode`] of that session ([`JitCode::kernel`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KernelId(FuncId);
+pub struct KernelId {
+    session: u32,
+    func: FuncId,
+}
+
+/// Session numbers, so that a kernel id names the module its code lives in.
+static NEXT_SESSION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Kernels compiled so far, by what their code depends on (see [`Session::compile_once`]); shared by the
+/// sessions that compile one model in parallel ([`Session::with_cache`]), so that a layer shape is compiled
+/// once per model rather than once per worker.
+#[derive(Clone, Default)]
+pub struct CodeCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Kernel>>>);
+
+impl CodeCache {
+    /// Distinct functions compiled under a key so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// One generated kernel and what the runtime needs to call it.
 #[derive(Clone, Debug)]
@@ -171,6 +196,7 @@ impl Kernel {
 
 /// Owns the finalized JIT code; drop it only after every program using its kernels is gone.
 pub struct JitCode {
+    session: u32,
     module: Option<JITModule>,
     funcs: Vec<(FuncId, KernelFn)>,
 }
@@ -181,9 +207,15 @@ unsafe impl Send for JitCode {}
 unsafe impl Sync for JitCode {}
 
 impl JitCode {
-    /// The callable kernel for `id` (panics if `id` comes from another session).
+    /// The callable kernel for `id` (panics if `id` comes from another session, see [`JitCode::owns`]).
     pub fn kernel(&self, id: KernelId) -> KernelFn {
-        self.funcs.iter().find(|(f, _)| *f == id.0).map(|(_, k)| *k).expect("kernel id from another session")
+        assert!(self.owns(id), "kernel id from another session");
+        self.funcs.iter().find(|(f, _)| *f == id.func).map(|(_, k)| *k).expect("kernel id of a finished session")
+    }
+
+    /// Whether `id` was compiled by the session this code comes from.
+    pub fn owns(&self, id: KernelId) -> bool {
+        id.session == self.session
     }
 }
 
@@ -206,8 +238,10 @@ pub struct Session {
     softmax_fn: Option<FuncId>,
     prefetch_fn: Option<FuncId>,
     count: u32,
-    /// Kernels compiled so far, by what their code depends on (see [`Session::compile_once`]).
-    code: std::collections::HashMap<String, Kernel>,
+    /// This session's number (see [`KernelId`]).
+    number: u32,
+    /// Kernels compiled so far by this session and the sessions sharing its cache.
+    code: CodeCache,
 }
 
 impl Session {
@@ -216,6 +250,13 @@ impl Session {
     }
 
     pub fn with_options(opts: SessionOptions) -> Result<Session, CodegenError> {
+        Session::with_cache(opts, &CodeCache::default())
+    }
+
+    /// A session that reuses the code of kernels compiled by any session sharing `cache` (and adds its own):
+    /// its kernels may then run code another session owns, so keep every such session's [`JitCode`] and
+    /// resolve each kernel with the one that [owns](JitCode::owns) it.
+    pub fn with_cache(opts: SessionOptions, cache: &CodeCache) -> Result<Session, CodegenError> {
         let mut fb = settings::builder();
         fb.set("opt_level", "speed").map_err(cl)?;
         fb.set("enable_verifier", if opts.verify { "true" } else { "false" }).map_err(cl)?;
@@ -235,7 +276,8 @@ impl Session {
             softmax_fn: None,
             prefetch_fn: None,
             count: 0,
-            code: Default::default(),
+            number: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            code: cache.clone(),
         })
     }
 
@@ -249,11 +291,13 @@ impl Session {
     }
 
     /// The kernel for `name` with constants `consts`: `build(self, consts)` compiles it, unless this session
-    /// already compiled one under `key` (a description of everything the code depends on: op, shapes,
-    /// epilogue; the weights are not in the code but in the constants), whose function is then reused.
-    /// ResNet-50 repeats most of its layer shapes (six identical stage-4 3x3 convs, five identical 1x1
-    /// pairs), and sharing their code cuts cranelift's share of compile time. Off when IR or assembly is
-    /// kept, so every kernel keeps its own listing.
+    /// or one sharing its [`CodeCache`] already compiled one under `key` (a description of everything the
+    /// code depends on: op, shapes, epilogue; the weights are not in the code but in the constants), whose
+    /// function is then reused. ResNet-50 repeats most of its layer shapes (six identical stage-4 3x3 convs,
+    /// five identical 1x1 pairs), and sharing their code cuts cranelift's share of compile time. Off when IR
+    /// or assembly is kept, so every kernel keeps its own listing. Two sessions meeting a new key at the
+    /// same time both compile it (the first to finish is kept); the back end orders its work so that
+    /// repeats come after every first occurrence.
     pub(crate) fn compile_once(
         &mut self,
         key: String,
@@ -262,13 +306,17 @@ impl Session {
         build: impl FnOnce(&mut Session, AlignedBuf) -> Result<Kernel, CodegenError>,
     ) -> Result<Kernel, CodegenError> {
         let sharing = !self.opts.keep_ir && !self.opts.keep_asm;
-        if let Some(k) = self.code.get(&key).filter(|_| sharing) {
-            return Ok(k.same_code(name, consts));
+        let code = self.code.clone();
+        let cache = || code.0.lock().unwrap_or_else(|e| e.into_inner());
+        if sharing {
+            if let Some(k) = cache().get(&key) {
+                return Ok(k.same_code(name, consts));
+            }
         }
         let k = build(self, consts)?;
         if sharing {
             // Everything but the constants (not cloned: they can be tens of MB).
-            self.code.insert(key, k.same_code(&k.name, AlignedBuf::zeroed(0)));
+            cache().entry(key).or_insert_with(|| k.same_code(&k.name, AlignedBuf::zeroed(0)));
         }
         Ok(k)
     }
@@ -384,7 +432,7 @@ impl Session {
         self.funcs.push(id);
         Ok(Kernel {
             name: name.to_string(),
-            id: KernelId(id),
+            id: KernelId { session: self.number, func: id },
             consts,
             ntasks: ntasks.max(1),
             work_floats,
@@ -407,7 +455,7 @@ impl Session {
                 (f, unsafe { std::mem::transmute::<*const u8, KernelFn>(p) })
             })
             .collect();
-        Ok(JitCode { module: Some(self.module), funcs })
+        Ok(JitCode { session: self.number, module: Some(self.module), funcs })
     }
 }
 

@@ -642,8 +642,10 @@ fn codegen_dump_asm() {
 
 #[test]
 fn codegen_identical_convs_share_code_with_their_own_weights() {
-    // Two convs of one shape and epilogue (GEMM, Strassen and Winograd paths): one compiled function,
-    // each kernel with its own constants and its own correct result; another shape gets its own code.
+    // Three convs of one shape and epilogue (GEMM, Strassen and Winograd paths), the first compiled by one
+    // session, the others by a second session sharing its code cache (as the back end's workers do): one
+    // compiled function, owned by the first session, each kernel with its own constants and its own correct
+    // result; another shape gets its own code.
     let strassen = ConvTiling { strassen_min_m: 2, strassen_min_k: 8, strassen_min_n: 8, ..ConvTiling::default() };
     for (c, tiling, wino) in [
         (case(6, 8, 16, 8, 3, 1, Padding::Same), ConvTiling::default(), false),
@@ -651,14 +653,17 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
         (case(8, 8, 8, 12, 3, 1, Padding::Same), ConvTiling::default(), true),
     ] {
         let x = rnd(c.h * c.w * c.cin, 1);
-        let mut s = Session::with_options(SessionOptions { conv_tiling: tiling, ..opts() }).unwrap();
+        let cache = CodeCache::default();
+        let o = SessionOptions { conv_tiling: tiling, ..opts() };
+        let mut ss = [Session::with_cache(o.clone(), &cache).unwrap(), Session::with_cache(o, &cache).unwrap()];
         let mut ks = Vec::new();
         let mut wants = Vec::new();
-        for seed in [2, 5] {
+        for (i, seed) in [2, 5, 7].into_iter().enumerate() {
             let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, seed);
             let bias = rnd(c.cout, seed + 1);
             wants.push(naive_conv(&c, &x, &wt, &bias, &[]).1);
             let conv = conv_op(&c);
+            let s = &mut ss[i.min(1)];
             let k = if wino {
                 s.conv_winograd("w", &conv, [c.h, c.w, c.cin], &wt, Some(&bias))
             } else {
@@ -666,15 +671,19 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
             };
             ks.push(k.unwrap());
         }
-        assert_eq!(ks[0].id, ks[1].id, "{c:?}");
+        assert!(ks.iter().all(|k| k.id == ks[0].id), "{c:?}");
+        assert_eq!(cache.len(), 1);
         let mut other = c.clone();
         other.cout += 8;
         let wt = rnd(other.k[0] * other.k[1] * other.cin * other.cout, 9);
-        let k3 = s.conv("o", &conv_op(&other), [c.h, c.w, c.cin], &wt, Some(&rnd(other.cout, 10))).unwrap();
+        let k3 = ss[1].conv("o", &conv_op(&other), [c.h, c.w, c.cin], &wt, Some(&rnd(other.cout, 10))).unwrap();
         assert_ne!(k3.id, ks[0].id);
-        let code = s.finish().unwrap();
+        let [s0, s1] = ss;
+        let (code0, code1) = (s0.finish().unwrap(), s1.finish().unwrap());
+        assert!(code1.owns(k3.id) && !code0.owns(k3.id));
         for (k, want) in ks.iter().zip(&wants) {
-            check_close(&call(&code, k, &x, None), want, &format!("{c:?}")).unwrap();
+            assert!(code0.owns(k.id) && !code1.owns(k.id));
+            check_close(&call(&code0, k, &x, None), want, &format!("{c:?}")).unwrap();
         }
     }
 }
