@@ -2,7 +2,9 @@
 # Side by side with ONNX Runtime: ResNet-50 and the notebook model, 1 and 2 threads, R rounds (default 3),
 # each round ONNX Runtime then resnetc. Needs the peers of ../shared/peers (run its setup.sh once; it puts
 # the models and a Python venv under PEERS, default ~/.cache/resnetc-peers) and a release build.
-# Prints per line: model, threads, ORT median and min (ms), resnetc median, min and compile (ms).
+# Prints per line: model, threads, ORT median and min (ms), resnetc median, min and compile (ms), and the
+# f32x4 FMA peak resnetc measured right after its run (GFLOP/s over its threads; per core ~46-48 when the host
+# is quiet, down to ~35 when another tenant shares the core: compare rounds only near the quiet value).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PEERS=${PEERS:-$HOME/.cache/resnetc-peers}
@@ -17,7 +19,7 @@ for _ in $(seq "$R"); do
     for m in "resnet50 imagenet 40" "notebook_resnet50 seed 200"; do
       set -- $m
       o=$($V "$ORT" "$M/$2.onnx" "$M/$2_x.npy" "$t" "$3" 2>/dev/null | tail -1 | field ort_median_ms ort_min_ms)
-      j=$($B bench "specs/$1.yaml" --weights "$M/$2.safetensors" --threads "$t" --iters "$3" --json | field median_ms min_ms compile_ms)
+      j=$($B bench "specs/$1.yaml" --weights "$M/$2.safetensors" --threads "$t" --iters "$3" --json | field median_ms min_ms compile_ms peak_gflops)
       echo "$1 T$t ort $o resnetc $j"
     done
   done
