@@ -6,6 +6,7 @@
 //! `CONV_RES=1` adds a fused residual add, `CONV_FLUSH_MB=n` runs cold (n MB of other memory touched before
 //! every run). The cold mode overstates memory stalls: software prefetches of the residual, the output and
 //! the next tile's A gained 3-11 % there but made the same layers 5-10 % slower inside ResNet-50.
+//! `CONV_AB="CONV_MR=10 CONV_UNROLL=3"` compares two tilings run in turns (see `ab`).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
@@ -100,9 +101,20 @@ struct Bench {
 
 impl Bench {
     fn new(s: &Shape, threads: usize) -> Bench {
+        Bench::with_overrides(s, threads, &[])
+    }
+
+    /// `overrides`: `(CONV_* variable, value)` pairs that take precedence over the environment (`CONV_AB`).
+    fn with_overrides(s: &Shape, threads: usize, overrides: &[(String, usize)]) -> Bench {
         let mut opts = SessionOptions::default();
         // Tuning knobs: CONV_UNROLL=n, CONV_MR=rows, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels.
-        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let env = |k: &str| {
+            overrides
+                .iter()
+                .find(|(o, _)| o == k)
+                .map(|&(_, v)| v)
+                .or_else(|| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()))
+        };
         let t = &mut opts.conv_tiling;
         t.unroll = env("CONV_UNROLL").unwrap_or(t.unroll);
         t.mr_max = env("CONV_MR").unwrap_or(t.mr_max);
@@ -231,7 +243,70 @@ fn selected() -> Vec<&'static Shape> {
     SHAPES.iter().filter(|s| s.name.contains(&filt)).collect()
 }
 
+/// `CONV_AB="CONV_MR=10 CONV_UNROLL=3"`: each selected shape compiled twice, as the environment says (A) and
+/// with these overrides (B), timed in turns, one run each, for ~2 s (6 s with `CONV_FLUSH_MB`): on a shared host whose speed changes
+/// by 2x from second to second, only runs taken side by side compare. Prints both medians and minimums and
+/// the median of the per-pair ratios B/A (below 1: B faster).
+fn ab(spec: &str) {
+    let overrides: Vec<(String, usize)> = spec
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("CONV_AB: KEY=VALUE pairs");
+            (k.to_string(), v.parse().expect("CONV_AB: numeric values"))
+        })
+        .collect();
+    println!("A/B: B = {spec}");
+    for s in selected() {
+        let mut a = Bench::new(s, 1);
+        let mut b = Bench::with_overrides(s, 1, &overrides);
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        // CONV_FLUSH_MB as in `measure_cold`: other memory touched before every run (not timed).
+        let mb = std::env::var("CONV_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let mut junk = vec![0u64; mb << 17];
+        let mut flush = || {
+            for (i, x) in junk.iter_mut().enumerate().step_by(8) {
+                *x = x.wrapping_add(i as u64);
+            }
+            std::hint::black_box(&junk);
+        };
+        let t0 = Instant::now();
+        a.run1();
+        b.run1();
+        let secs = if mb > 0 { 6 } else { 2 };
+        while t0.elapsed() < Duration::from_secs(secs) {
+            flush();
+            let t = Instant::now();
+            a.run1();
+            ta.push(t.elapsed().as_secs_f64());
+            flush();
+            let t = Instant::now();
+            b.run1();
+            tb.push(t.elapsed().as_secs_f64());
+        }
+        let mut ratios: Vec<f64> = ta.iter().zip(&tb).map(|(x, y)| y / x).collect();
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let r = med(&mut ratios);
+        let (ma, mb) = (med(&mut ta), med(&mut tb));
+        println!(
+            "{:<24} A {:>7.3} ms (min {:.3})  B {:>7.3} ms (min {:.3})  B/A median of {} pairs {:.3}",
+            s.name,
+            ma * 1e3,
+            ta[0] * 1e3,
+            mb * 1e3,
+            tb[0] * 1e3,
+            ratios.len(),
+            r
+        );
+    }
+}
+
 fn bench_conv(c: &mut Criterion) {
+    if let Ok(spec) = std::env::var("CONV_AB") {
+        return ab(&spec);
+    }
     let (peak_wall, peak) = measured_fma_peak();
     println!(
         "f32x4 FMA peak: {PEAK_GFLOPS_PER_CORE} GFLOP/s per core per the notes (Zen 4); measured on this machine: \
