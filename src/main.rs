@@ -77,6 +77,11 @@ enum Cmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Paced by another program: after compiling and warming up, print `ready`, then for every line read
+        /// from standard input run once and print its milliseconds; stop at end of input (for comparisons
+        /// that interleave runs of two engines one by one, see compiler/benches/compare_ort_paired.py).
+        #[arg(long, conflicts_with_all = ["profile", "json"])]
+        paced: bool,
     },
     /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
     Summary {
@@ -340,7 +345,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile } => {
+        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile, paced } => {
             if batch == 0 || iters == 0 {
                 return Err(Fail("error: --batch and --iters must be at least 1".into()));
             }
@@ -354,6 +359,20 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             });
             for _ in 0..3 {
                 c.run(x.view())?;
+            }
+            if paced {
+                use std::io::{BufRead, Write};
+                let mut out = std::io::stdout().lock();
+                let io = |e: std::io::Error| Fail(format!("error: --paced: {e}"));
+                writeln!(out, "ready").and_then(|_| out.flush()).map_err(io)?;
+                for line in std::io::stdin().lock().lines() {
+                    line.map_err(io)?;
+                    let t = Instant::now();
+                    c.run(x.view())?;
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    writeln!(out, "{ms:.4}").and_then(|_| out.flush()).map_err(io)?;
+                }
+                return Ok(());
             }
             let mut ts = Vec::with_capacity(iters);
             for _ in 0..iters {

@@ -1,0 +1,80 @@
+"""ONNX Runtime and resnetc timed in lockstep: one run of each in turn, N pairs per model and thread count.
+
+The host is shared and its speed changes by up to 2x from second to second, so two engines timed in
+separate windows (compare_ort.sh) can differ by the load alone. Here each ONNX Runtime run is followed
+(or preceded: the order alternates) by one resnetc run in a `resnetc bench --paced` process, and the
+ratio is taken per pair. Prints per model and thread count: both engines' medians and minimums (ms) and
+the median and quartiles of the per-pair ratios resnetc/ONNX Runtime.
+
+Run with the peers' Python (it has numpy and onnxruntime; see ../shared/peers and compare_ort.sh):
+    ~/.cache/resnetc-peers/venv/bin/python compiler/benches/compare_ort_paired.py [PAIRS]
+Needs a release build (cargo build --release). Environment: PEERS (default ~/.cache/resnetc-peers).
+"""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers"))
+MODELS = os.path.join(PEERS, "models")
+PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+RESNETC = os.path.join(ROOT, "target", "release", "resnetc")
+
+
+def session(onnx, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(onnx, so, providers=["CPUExecutionProvider"])
+
+
+def main():
+    print(f"{'model':<18} {'threads':>7} {'pairs':>5}  {'ORT median (min)':>18}  {'resnetc median (min)':>21}  "
+          f"{'ratio median [quartiles]':>26}")
+    for spec, weights in [("resnet50", "imagenet"), ("notebook_resnet50", "seed")]:
+        x = np.load(os.path.join(MODELS, f"{weights}_x.npy"))
+        for threads in (1, 2):
+            s = session(os.path.join(MODELS, f"{weights}.onnx"), threads)
+            name = s.get_inputs()[0].name
+            xin = {name: x.transpose(0, 3, 1, 2).copy()}
+            for _ in range(3):
+                s.run(None, xin)
+            p = subprocess.Popen(
+                [RESNETC, "bench", os.path.join(ROOT, "specs", f"{spec}.yaml"), "--weights",
+                 os.path.join(MODELS, f"{weights}.safetensors"), "--threads", str(threads), "--paced"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            assert p.stdout.readline().strip() == "ready", "resnetc bench --paced did not start"
+
+            def resnetc_run():
+                p.stdin.write("\n")
+                p.stdin.flush()
+                return float(p.stdout.readline())
+
+            def ort_run():
+                t = time.perf_counter()
+                s.run(None, xin)
+                return (time.perf_counter() - t) * 1e3
+
+            o, r = [], []
+            for i in range(PAIRS):
+                if i % 2 == 0:
+                    o.append(ort_run())
+                    r.append(resnetc_run())
+                else:
+                    r.append(resnetc_run())
+                    o.append(ort_run())
+            p.stdin.close()
+            p.wait()
+            o, r = np.array(o), np.array(r)
+            q = np.percentile(r / o, [25, 50, 75])
+            print(f"{spec:<18} {threads:>7} {PAIRS:>5}  {np.median(o):>9.1f} ({o.min():>6.1f})  "
+                  f"{np.median(r):>12.1f} ({r.min():>6.1f})  {q[1]:>9.2f}x [{q[0]:.2f}-{q[2]:.2f}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
