@@ -318,5 +318,20 @@ fn bench_json_and_profile() {
     for node in ["sum ", "fc "] {
         assert_eq!(out.lines().filter(|l| l.starts_with(node)).count(), 1, "one `{node}` row in:\n{out}");
     }
+    // Paced: `ready`, then one timing per input line.
+    let mut p = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(["bench", &spec, "--threads", "1", "--paced"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(p.stdin.as_mut().unwrap(), b"\n\n\n").unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0], "ready");
+    assert!(lines[1..].iter().all(|l| l.parse::<f64>().is_ok_and(|ms| ms > 0.0)), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
