@@ -246,7 +246,8 @@ fn selected() -> Vec<&'static Shape> {
 /// `CONV_AB="CONV_MR=10 CONV_UNROLL=3"`: each selected shape compiled twice, as the environment says (A) and
 /// with these overrides (B), timed in turns, one run each, for ~2 s (6 s with `CONV_FLUSH_MB`): on a shared host whose speed changes
 /// by 2x from second to second, only runs taken side by side compare. Prints both medians and minimums and
-/// the median of the per-pair ratios B/A (below 1: B faster).
+/// the median of the per-pair ratios B/A (below 1: B faster). `THREADS=2` among the overrides runs B on two
+/// threads (A on `CONV_AB_THREADS`, default 1): the ratio is then the inverse of the speedup.
 fn ab(spec: &str) {
     let overrides: Vec<(String, usize)> = spec
         .split_whitespace()
@@ -257,8 +258,12 @@ fn ab(spec: &str) {
         .collect();
     println!("A/B: B = {spec}");
     for s in selected() {
-        let mut a = Bench::new(s, 1);
-        let mut b = Bench::with_overrides(s, 1, &overrides);
+        // THREADS=n among the overrides: B runs on n threads (A on CONV_AB_THREADS, default 1).
+        let ta_threads = std::env::var("CONV_AB_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        let tb_threads = overrides.iter().find(|(k, _)| k == "THREADS").map_or(ta_threads, |&(_, v)| v);
+        let pools = [ThreadPool::new(ta_threads), ThreadPool::new(tb_threads)];
+        let mut a = Bench::new(s, ta_threads);
+        let mut b = Bench::with_overrides(s, tb_threads, &overrides);
         let (mut ta, mut tb) = (Vec::new(), Vec::new());
         // CONV_FLUSH_MB as in `measure_cold`: other memory touched before every run (not timed).
         let mb = std::env::var("CONV_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
@@ -269,18 +274,25 @@ fn ab(spec: &str) {
             }
             std::hint::black_box(&junk);
         };
+        let run = |x: &mut Bench, pool: &ThreadPool| {
+            if pool.threads() == 1 {
+                x.run1()
+            } else {
+                x.run_pool(pool)
+            }
+        };
         let t0 = Instant::now();
-        a.run1();
-        b.run1();
+        run(&mut a, &pools[0]);
+        run(&mut b, &pools[1]);
         let secs = if mb > 0 { 6 } else { 2 };
         while t0.elapsed() < Duration::from_secs(secs) {
             flush();
             let t = Instant::now();
-            a.run1();
+            run(&mut a, &pools[0]);
             ta.push(t.elapsed().as_secs_f64());
             flush();
             let t = Instant::now();
-            b.run1();
+            run(&mut b, &pools[1]);
             tb.push(t.elapsed().as_secs_f64());
         }
         let mut ratios: Vec<f64> = ta.iter().zip(&tb).map(|(x, y)| y / x).collect();

@@ -1,0 +1,54 @@
+"""Two resnetc builds timed in lockstep on one model: one run of each in turn (`resnetc bench --paced`).
+
+Usage: python3 compiler/benches/ab_paired.py PAIRS THREADS r50|nb BIN_A BIN_B  (copy each build to its own
+path first). Prints both medians and minimums (ms) and the median and quartiles of the per-pair ratios
+B/A (below 1: B faster). On this shared host a few percent are resolved only this way: ab.sh compares
+runs seconds apart, and the host's speed changes within seconds.
+"""
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODELS = os.path.join(os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers")), "models")
+
+
+def start(binary, spec, weights, threads):
+    p = subprocess.Popen([binary, "bench", spec, "--weights", weights, "--threads", threads, "--paced"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
+    assert p.stdout.readline().strip() == "ready", f"{binary} bench --paced did not start"
+    return p
+
+
+def run(p):
+    p.stdin.write("\n")
+    p.stdin.flush()
+    return float(p.stdout.readline())
+
+
+def main():
+    pairs, threads, model, bin_a, bin_b = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+    spec, weights = {"r50": ("resnet50", "imagenet"), "nb": ("notebook_resnet50", "seed")}[model]
+    spec = os.path.join(ROOT, "specs", f"{spec}.yaml")
+    weights = os.path.join(MODELS, f"{weights}.safetensors")
+    a, b = start(bin_a, spec, weights, threads), start(bin_b, spec, weights, threads)
+    ta, tb = [], []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta.append(run(a))
+            tb.append(run(b))
+        else:
+            tb.append(run(b))
+            ta.append(run(a))
+    for p in (a, b):
+        p.stdin.close()
+        p.wait()
+    r = sorted(y / x for x, y in zip(ta, tb))
+    q = statistics.quantiles(r, n=4)
+    print(f"A {statistics.median(ta):.2f} ms (min {min(ta):.2f})  B {statistics.median(tb):.2f} ms "
+          f"(min {min(tb):.2f})  B/A median of {pairs} pairs {q[1]:.3f} [{q[0]:.3f}-{q[2]:.3f}]")
+
+
+if __name__ == "__main__":
+    main()
