@@ -289,6 +289,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     "nodes_after": o.report.nodes_after,
                     "kernels": c.kernels.len(),
                     "functions": c.functions,
+                    "packed_weight_bytes": c.consts_bytes,
                     "work_bytes": c.plan.buffers.iter().filter(|b| b.kind == resnetc_compiler::plan::BufferKind::Work).map(|b| b.bytes).sum::<usize>(),
                     "arena_with_work_bytes": c.plan.arena_bytes,
                     "fusions": fusions,
@@ -339,7 +340,11 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     report::thousands(c.plan.arena_bytes as u64),
                     c.threads()
                 );
-                println!("  weight bytes     {}", report::thousands(o.weights.bytes() as u64));
+                println!(
+                    "  weight bytes     {} ({} packed for the kernels)",
+                    report::thousands(o.weights.bytes() as u64),
+                    report::thousands(c.consts_bytes as u64)
+                );
                 let st: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
                 println!("  stages (ms)      {}", st.join(", "));
             }

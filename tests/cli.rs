@@ -274,6 +274,11 @@ fn compile_json() {
     assert_eq!(v["params"], 23_600_006);
     assert_eq!(v["input_shape"], serde_json::json!([64, 64, 3]));
     assert_eq!(v["output_shape"], serde_json::json!([6]));
+    assert_eq!(v["functions"], 24);
+    // Winograd kernels keep their weights transformed (16/9 or 36/9 of the 3x3 kernels' size): the packed
+    // weights are larger than the model's, by a share set by its 3x3 layers (here ~21 %).
+    let (w, packed) = (v["weight_bytes"].as_f64().unwrap(), v["packed_weight_bytes"].as_f64().unwrap());
+    assert!((1.15..1.25).contains(&(packed / w)), "packed {packed} vs weights {w}");
     // With an inserted projection, listed by name.
     let d = scratch("json");
     let spec = write(&d, "tiny.yaml", TINY);

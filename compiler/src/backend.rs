@@ -68,6 +68,9 @@ pub struct Compiled {
     pub step_kernel: Vec<usize>,
     /// Distinct functions compiled for the graph's nodes: kernels of the same layer shape share one.
     pub functions: usize,
+    /// Bytes of packed constants (weights in the kernels' layouts: Winograd and Strassen ones are larger
+    /// than the model's weights) that every inference reads.
+    pub consts_bytes: usize,
     threads: usize,
 }
 
@@ -219,6 +222,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         .iter()
         .map(|k| codes.iter().position(|c| c.owns(k.id)).expect("every kernel's code comes from a worker"))
         .collect();
+    let consts_bytes: usize = kernels.iter().map(|k| k.consts.len() * 4).sum();
     // Distinct compiled functions (kernels sharing code count once).
     let functions = kernels.iter().map(|k| k.id).collect::<std::collections::HashSet<_>>().len();
     // A model whose output is its input (or a reshape of it) copies the input to the output.
@@ -335,6 +339,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         stages_ms,
         step_kernel,
         functions,
+        consts_bytes,
         threads,
     })
 }
