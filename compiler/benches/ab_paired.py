@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers")), "models")
@@ -22,6 +23,8 @@ def start(binary, spec, weights, threads):
 
 
 def run(p):
+    # Let the other build's pool threads stop spinning (200 us after a run) before this run starts.
+    time.sleep(0.005)
     p.stdin.write("\n")
     p.stdin.flush()
     return float(p.stdout.readline())

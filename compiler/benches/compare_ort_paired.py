@@ -23,6 +23,9 @@ PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers"))
 MODELS = os.path.join(PEERS, "models")
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 RESNETC = os.path.join(ROOT, "target", "release", "resnetc")
+# Idle time before every run: both engines' pool threads spin for a while after a run (resnetc's 200 us,
+# ONNX Runtime's longer), and must not compete with the other engine's run.
+SETTLE = 0.02
 
 
 def session(onnx, threads):
@@ -51,11 +54,13 @@ def main():
             assert p.stdout.readline().strip() == "ready", "resnetc bench --paced did not start"
 
             def resnetc_run():
+                time.sleep(SETTLE)
                 p.stdin.write("\n")
                 p.stdin.flush()
                 return float(p.stdout.readline())
 
             def ort_run():
+                time.sleep(SETTLE)
                 t = time.perf_counter()
                 s.run(None, xin)
                 return (time.perf_counter() - t) * 1e3
