@@ -8,7 +8,8 @@ the median and quartiles of the per-pair ratios resnetc/ONNX Runtime.
 
 Run with the peers' Python (it has numpy and onnxruntime; see ../shared/peers and compare_ort.sh):
     ~/.cache/resnetc-peers/venv/bin/python compiler/benches/compare_ort_paired.py [PAIRS]
-Needs a release build (cargo build --release). Environment: PEERS (default ~/.cache/resnetc-peers).
+Needs a release build (cargo build --release). Environment: PEERS (default ~/.cache/resnetc-peers),
+RESNETC (the binary, default target/release/resnetc).
 """
 import os
 import subprocess
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers"))
 MODELS = os.path.join(PEERS, "models")
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
-RESNETC = os.path.join(ROOT, "target", "release", "resnetc")
+RESNETC = os.environ.get("RESNETC", os.path.join(ROOT, "target", "release", "resnetc"))
 # Idle time before every run: both engines' pool threads spin for a while after a run (resnetc's 200 us,
 # ONNX Runtime's longer), and must not compete with the other engine's run.
 SETTLE = 0.02
