@@ -175,10 +175,8 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // after every first occurrence, so that the worker taking one finds its code compiled and only packs
     // its weights, whichever worker compiled it.
     let mut seen = std::collections::HashSet::new();
-    let repeat: Vec<bool> = steps
-        .iter()
-        .map(|&n| !seen.insert(format!("{:?} {:?}", g.node(n).op, g.node(g.inputs(n)[0]).shape)))
-        .collect();
+    let repeat: Vec<bool> =
+        steps.iter().map(|&n| !seen.insert(format!("{:?} {:?}", g.node(n).op, g.node(g.inputs(n)[0]).shape))).collect();
     by_cost.sort_by_key(|&i| (repeat[i], std::cmp::Reverse(cost(i))));
     let cache = codegen::CodeCache::default();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -216,7 +214,8 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         }
         codes.push(code);
     }
-    let mut kernels: Vec<codegen::Kernel> = slots.into_iter().map(|s| s.expect("every step taken by one worker")).collect();
+    let mut kernels: Vec<codegen::Kernel> =
+        slots.into_iter().map(|s| s.expect("every step taken by one worker")).collect();
     // A kernel may run code another worker compiled: resolve it with the code of the session that owns it.
     let owner: Vec<usize> = kernels
         .iter()
