@@ -154,6 +154,24 @@ fn dont_fold_padding_before_avg_pool_or_when_shared() {
 }
 
 #[test]
+fn weights_moved_into_the_optimizer_are_folded_in_place() {
+    // Moved in (as the CLI does), a conv kernel is scaled where it lies; shared with a model, it is copied
+    // first. The two give the same folded weights.
+    let mut m = model(CHAIN);
+    randomize(&mut m.weights, 3);
+    let shared = m.optimize(None).unwrap();
+    let kernel = |w: &Weights, key: &str| (w.tensors[key].as_ptr(), (*w.tensors[key]).clone());
+    let (at, before) = kernel(&m.weights, "c1.kernel");
+    assert_ne!(kernel(&shared.weights, "c1+bn1.kernel").0, at, "a shared kernel is copied");
+    let w = std::mem::take(&mut m.weights);
+    let moved = m.optimize_weights(w, None).unwrap();
+    let (folded_at, folded) = kernel(&moved.weights, "c1+bn1.kernel");
+    assert_eq!(folded_at, at, "folded in place");
+    assert_ne!(folded, before, "and scaled");
+    assert_eq!(moved.weights, shared.weights);
+}
+
+#[test]
 fn dont_fold_batch_norm_when_the_conv_output_is_used_twice() {
     let text = "input: [6, 6, 2]\nlayers:\n  - {op: conv, name: c, filters: 2, kernel: 1}\n  - {op: batch_norm, name: bn}\n  - {op: add, inputs: [bn, c]}\n";
     let mut m = model(text);
@@ -220,7 +238,7 @@ fn a_pass_that_breaks_the_graph_is_named() {
     }
     let passes = [Pass { name: "corrupt_shapes", about: "test", run: corrupt }];
     let m = model(CHAIN);
-    let e = passes::run_pipeline(&passes, 1, &m.graph, &m.weights, None).unwrap_err();
+    let e = passes::run_pipeline(&passes, 1, &m.graph, m.weights.clone(), None).unwrap_err();
     assert_eq!(e.pass, "corrupt_shapes");
     assert!(e.to_string().contains("after pass `corrupt_shapes`"), "{e}");
 }

@@ -51,6 +51,8 @@ pub struct KernelInfo {
     pub op: String,
     pub ntasks: usize,
     pub work_floats: usize,
+    /// Multiply-accumulates per image of the node (for GFLOP/s figures).
+    pub macs: u64,
     pub clif: Option<String>,
 }
 
@@ -310,6 +312,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             },
             ntasks: k.ntasks,
             work_floats: k.work_floats,
+            macs: g.node_macs(n),
             clif: k.clif.take(),
         });
     }
@@ -324,6 +327,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             op: "copy".to_string(),
             ntasks: k.ntasks,
             work_floats: 0,
+            macs: 0,
             clif: k.clif.clone(),
         });
     }

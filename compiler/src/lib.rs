@@ -162,7 +162,15 @@ impl Model {
 
     /// Optimizes, plans and JIT-compiles the model into a runnable [`backend::Compiled`].
     pub fn compile(&self, o: &backend::BackendOptions) -> Result<backend::Compiled, Error> {
-        let opt = self.optimize(None)?;
+        self.compile_weights(self.weights.clone(), o)
+    }
+
+    /// [`Model::compile`] with `weights` in place of the model's: when the model's weights are not needed
+    /// afterwards, move them in (`std::mem::take(&mut model.weights)`), and the optimizer folds them in
+    /// place instead of copying them (ResNet-50: ~100 MB less fresh memory to fill; see
+    /// [`Model::optimize_weights`]).
+    pub fn compile_weights(&self, weights: Weights, o: &backend::BackendOptions) -> Result<backend::Compiled, Error> {
+        let opt = self.optimize_weights(weights, None)?;
         let mut c = backend::compile(&opt, o)?;
         let mut stages = self.stages_ms.clone();
         stages.extend(opt.stages_ms.iter().copied());
@@ -173,8 +181,15 @@ impl Model {
 
     /// Runs the optimizer and the memory planner. `dump_after` captures the graph after that pass.
     pub fn optimize(&self, dump_after: Option<&str>) -> Result<Optimized, Error> {
+        self.optimize_weights(self.weights.clone(), dump_after)
+    }
+
+    /// [`Model::optimize`] with `weights` in place of the model's (e.g. moved out of it with
+    /// `std::mem::take` when the model's weights are not needed afterwards: tensors that only `weights`
+    /// holds are then folded in place).
+    pub fn optimize_weights(&self, weights: Weights, dump_after: Option<&str>) -> Result<Optimized, Error> {
         let t0 = std::time::Instant::now();
-        let (graph, weights, report) = passes::optimize(&self.graph, &self.weights, dump_after)?;
+        let (graph, weights, report) = passes::optimize(&self.graph, weights, dump_after)?;
         let t1 = std::time::Instant::now();
         let plan = plan::plan(&graph, &|_| 0);
         plan.verify().map_err(|reason| passes::PassError { pass: "memory plan", reason })?;

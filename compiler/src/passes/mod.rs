@@ -89,7 +89,7 @@ pub fn is_pass(name: &str) -> bool {
 /// (after its last run, for the fixed-point group).
 pub fn optimize(
     graph: &Graph,
-    weights: &Weights,
+    weights: Weights,
     dump_after: Option<&str>,
 ) -> Result<(Graph, Weights, OptReport), PassError> {
     run_pipeline(PASSES, FIXED_POINT_FROM, graph, weights, dump_after)
@@ -100,11 +100,11 @@ pub fn run_pipeline(
     passes: &[Pass],
     fixed_from: usize,
     graph: &Graph,
-    weights: &Weights,
+    weights: Weights,
     dump_after: Option<&str>,
 ) -> Result<(Graph, Weights, OptReport), PassError> {
     let mut g = graph.clone();
-    let mut w = weights.clone();
+    let mut w = weights;
     let mut rep = OptReport { nodes_before: g.g.node_count(), ..Default::default() };
     let run = |p: &Pass, g: &mut Graph, w: &mut Weights, rep: &mut OptReport| -> Result<usize, PassError> {
         let n = (p.run)(g, w);
