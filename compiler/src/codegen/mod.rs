@@ -306,6 +306,9 @@ impl Session {
         build: impl FnOnce(&mut Session, AlignedBuf) -> Result<Kernel, CodegenError>,
     ) -> Result<Kernel, CodegenError> {
         let sharing = !self.opts.keep_ir && !self.opts.keep_asm;
+        // The options shape the code too (tilings, task counts): sessions with other options sharing the
+        // cache never reuse each other's kernels.
+        let key = format!("{key} {:?}", self.opts);
         let code = self.code.clone();
         let cache = || code.0.lock().unwrap_or_else(|e| e.into_inner());
         if sharing {

@@ -645,7 +645,7 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
     // Three convs of one shape and epilogue (GEMM, Strassen and Winograd paths), the first compiled by one
     // session, the others by a second session sharing its code cache (as the back end's workers do): one
     // compiled function, owned by the first session, each kernel with its own constants and its own correct
-    // result; another shape gets its own code.
+    // result; another shape, or the same under other session options, gets its own code.
     let strassen = ConvTiling { strassen_min_m: 2, strassen_min_k: 8, strassen_min_n: 8, ..ConvTiling::default() };
     for (c, tiling, wino) in [
         (case(6, 8, 16, 8, 3, 1, Padding::Same), ConvTiling::default(), false),
@@ -654,7 +654,7 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
     ] {
         let x = rnd(c.h * c.w * c.cin, 1);
         let cache = CodeCache::default();
-        let o = SessionOptions { conv_tiling: tiling, ..opts() };
+        let o = SessionOptions { conv_tiling: tiling.clone(), ..opts() };
         let mut ss = [Session::with_cache(o.clone(), &cache).unwrap(), Session::with_cache(o, &cache).unwrap()];
         let mut ks = Vec::new();
         let mut wants = Vec::new();
@@ -678,6 +678,17 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
         let wt = rnd(other.k[0] * other.k[1] * other.cin * other.cout, 9);
         let k3 = ss[1].conv("o", &conv_op(&other), [c.h, c.w, c.cin], &wt, Some(&rnd(other.cout, 10))).unwrap();
         assert_ne!(k3.id, ks[0].id);
+        // A session with other options (another tiling) sharing the cache compiles its own.
+        let other_opts = SessionOptions { conv_tiling: ConvTiling { unroll: 3, ..tiling }, ..opts() };
+        let mut s2 = Session::with_cache(other_opts, &cache).unwrap();
+        let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
+        let k4 = if wino {
+            s2.conv_winograd("w", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&rnd(c.cout, 3)))
+        } else {
+            s2.conv("c", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&rnd(c.cout, 3)))
+        };
+        assert_ne!(k4.unwrap().id, ks[0].id);
+        assert_eq!(cache.len(), 3);
         let [s0, s1] = ss;
         let (code0, code1) = (s0.finish().unwrap(), s1.finish().unwrap());
         assert!(code1.owns(k3.id) && !code0.owns(k3.id));
