@@ -243,11 +243,12 @@ fn selected() -> Vec<&'static Shape> {
     SHAPES.iter().filter(|s| s.name.contains(&filt)).collect()
 }
 
-/// `CONV_AB="CONV_MR=10 CONV_UNROLL=3"`: each selected shape compiled twice, as the environment says (A) and
-/// with these overrides (B), timed in turns, one run each, for ~2 s (6 s with `CONV_FLUSH_MB`): on a shared host whose speed changes
-/// by 2x from second to second, only runs taken side by side compare. Prints both medians and minimums and
-/// the median of the per-pair ratios B/A (below 1: B faster). `THREADS=2` among the overrides runs B on two
-/// threads (A on `CONV_AB_THREADS`, default 1): the ratio is then the inverse of the speedup.
+/// `CONV_AB="CONV_MR=10 CONV_UNROLL=3"`: each selected shape compiled twice, as the environment says (A)
+/// and with these overrides (B), timed in turns, one run each, for ~2 s (6 s with `CONV_FLUSH_MB`): on a
+/// shared host whose speed changes by 2x from second to second, only runs taken side by side compare.
+/// Prints both medians and minimums and the median of the per-pair ratios B/A (below 1: B faster).
+/// `THREADS=2` among the overrides runs B on two threads (A on `CONV_AB_THREADS`, default 1): the ratio is
+/// then the inverse of the speedup.
 fn ab(spec: &str) {
     let overrides: Vec<(String, usize)> = spec
         .split_whitespace()
