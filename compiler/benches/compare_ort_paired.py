@@ -24,9 +24,11 @@ PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers"))
 MODELS = os.path.join(PEERS, "models")
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 RESNETC = os.environ.get("RESNETC", os.path.join(ROOT, "target", "release", "resnetc"))
-# Idle time before every run: both engines' pool threads spin for a while after a run (resnetc's 200 us,
-# ONNX Runtime's longer), and must not compete with the other engine's run.
-SETTLE = 0.02
+# Idle time before every run: both engines' pool threads spin for a while after a run and must not compete
+# with the other engine's run. resnetc's spin 200 us; ONNX Runtime's between 20 and 50 ms here (measured on
+# the notebook model at 2 threads: resnetc's median 25 ms with 20 ms of idle between the runs, 12 ms with
+# 50 ms, 100 ms or 200 ms, 11-12 ms with ONNX Runtime's spinning turned off).
+SETTLE = 0.1
 
 
 def session(onnx, threads):
