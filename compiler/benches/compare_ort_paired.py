@@ -1,10 +1,16 @@
-"""ONNX Runtime and resnetc timed in lockstep: one run of each in turn, N pairs per model and thread count.
+"""ONNX Runtime and resnetc timed in turns, a short block of runs each, N pairs of blocks per model and
+thread count.
 
 The host is shared and its speed changes by up to 2x from second to second, so two engines timed in
-separate windows (compare_ort.sh) can differ by the load alone. Here each ONNX Runtime run is followed
-(or preceded: the order alternates) by one resnetc run in a `resnetc bench --paced` process, and the
-ratio is taken per pair. Prints per model and thread count: both engines' medians and minimums (ms) and
-the median and quartiles of the per-pair ratios resnetc/ONNX Runtime.
+separate windows of several seconds (compare_ort.sh) can differ by the load alone. Here a block of
+ONNX Runtime runs is followed (or preceded: the order alternates) by a block of resnetc runs in a
+`resnetc bench --paced` process, and the ratio is taken per pair of blocks. Each block starts with
+warm-up runs that are not timed: the other engine's runs evict this one's weights from the caches
+(single runs in strict alternation measured ONNX Runtime 5-15 % slower than back to back, and
+resnetc, whose 249 MB of packed weights never stay in cache, hardly at all), and ONNX Runtime's idle
+threads spin for 20-50 ms after a run, which must not overlap resnetc's runs. Prints per model and
+thread count: both engines' medians and minimums (ms) and the median and quartiles of the per-pair
+ratios resnetc/ONNX Runtime.
 
 Run with the peers' Python (it has numpy and onnxruntime; see ../shared/peers and compare_ort.sh):
     ~/.cache/resnetc-peers/venv/bin/python compiler/benches/compare_ort_paired.py [PAIRS]
@@ -24,11 +30,13 @@ PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers"))
 MODELS = os.path.join(PEERS, "models")
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 RESNETC = os.environ.get("RESNETC", os.path.join(ROOT, "target", "release", "resnetc"))
-# Idle time before every run: both engines' pool threads spin for a while after a run and must not compete
-# with the other engine's run. resnetc's spin 200 us; ONNX Runtime's between 20 and 50 ms here (measured on
-# the notebook model at 2 threads: resnetc's median 25 ms with 20 ms of idle between the runs, 12 ms with
-# 50 ms, 100 ms or 200 ms, 11-12 ms with ONNX Runtime's spinning turned off).
+# Idle time before every block: both engines' pool threads spin for a while after a run and must not
+# compete with the other engine's runs. resnetc's spin 200 us; ONNX Runtime's between 20 and 50 ms here
+# (measured on the notebook model at 2 threads: resnetc's median 25 ms with 20 ms of idle between the
+# runs, 12 ms with 50 ms, 100 ms or 200 ms, 11-12 ms with ONNX Runtime's spinning turned off).
 SETTLE = 0.1
+# Per block: untimed warm-up runs, then timed runs (the block's time is their median).
+WARM, RUNS = 2, 3
 
 
 def session(onnx, threads):
@@ -40,6 +48,7 @@ def session(onnx, threads):
 
 
 def main():
+    print(f"block medians of {RUNS} runs after {WARM} warm-up runs")
     print(f"{'model':<18} {'threads':>7} {'pairs':>5}  {'ORT median (min)':>18}  {'resnetc median (min)':>21}  "
           f"{'ratio median [quartiles]':>26}")
     for spec, weights in [("resnet50", "imagenet"), ("notebook_resnet50", "seed")]:
@@ -57,25 +66,28 @@ def main():
             assert p.stdout.readline().strip() == "ready", "resnetc bench --paced did not start"
 
             def resnetc_run():
-                time.sleep(SETTLE)
                 p.stdin.write("\n")
                 p.stdin.flush()
                 return float(p.stdout.readline())
 
             def ort_run():
-                time.sleep(SETTLE)
                 t = time.perf_counter()
                 s.run(None, xin)
                 return (time.perf_counter() - t) * 1e3
 
+            def block(run):
+                time.sleep(SETTLE)
+                ts = [run() for _ in range(WARM + RUNS)]
+                return float(np.median(ts[WARM:]))
+
             o, r = [], []
             for i in range(PAIRS):
                 if i % 2 == 0:
-                    o.append(ort_run())
-                    r.append(resnetc_run())
+                    o.append(block(ort_run))
+                    r.append(block(resnetc_run))
                 else:
-                    r.append(resnetc_run())
-                    o.append(ort_run())
+                    r.append(block(resnetc_run))
+                    o.append(block(ort_run))
             p.stdin.close()
             p.wait()
             o, r = np.array(o), np.array(r)
