@@ -369,6 +369,11 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             for _ in 0..3 {
                 c.run(x.view())?;
             }
+            let timed = || -> Result<f64, Fail> {
+                let t = Instant::now();
+                c.run(x.view())?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            };
             if paced {
                 use std::io::{BufRead, Write};
                 let mut out = std::io::stdout().lock();
@@ -376,18 +381,14 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 writeln!(out, "ready").and_then(|_| out.flush()).map_err(io)?;
                 for line in std::io::stdin().lock().lines() {
                     line.map_err(io)?;
-                    let t = Instant::now();
-                    c.run(x.view())?;
-                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    let ms = timed()?;
                     writeln!(out, "{ms:.4}").and_then(|_| out.flush()).map_err(io)?;
                 }
                 return Ok(());
             }
             let mut ts = Vec::with_capacity(iters);
             for _ in 0..iters {
-                let t = Instant::now();
-                c.run(x.view())?;
-                ts.push(t.elapsed().as_secs_f64() * 1e3);
+                ts.push(timed()?);
             }
             ts.sort_by(f64::total_cmp);
             let (median, min) = (ts[ts.len() / 2], ts[0]);

@@ -7,46 +7,27 @@ runs seconds apart, and the host's speed changes within seconds.
 """
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODELS = os.path.join(os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers")), "models")
-
-
-def start(binary, spec, weights, threads):
-    p = subprocess.Popen([binary, "bench", spec, "--weights", weights, "--threads", threads, "--paced"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
-    assert p.stdout.readline().strip() == "ready", f"{binary} bench --paced did not start"
-    return p
-
-
-def run(p):
-    # Let the other build's pool threads stop spinning (200 us after a run) before this run starts.
-    time.sleep(0.005)
-    p.stdin.write("\n")
-    p.stdin.flush()
-    return float(p.stdout.readline())
+import paced
 
 
 def main():
     pairs, threads, model, bin_a, bin_b = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
     spec, weights = {"r50": ("resnet50", "imagenet"), "nb": ("notebook_resnet50", "seed")}[model]
-    spec = os.path.join(ROOT, "specs", f"{spec}.yaml")
-    weights = os.path.join(MODELS, f"{weights}.safetensors")
-    a, b = start(bin_a, spec, weights, threads), start(bin_b, spec, weights, threads)
-    ta, tb = [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            ta.append(run(a))
-            tb.append(run(b))
-        else:
-            tb.append(run(b))
-            ta.append(run(a))
+    spec = os.path.join(paced.ROOT, "specs", f"{spec}.yaml")
+    weights = os.path.join(paced.MODELS, f"{weights}.safetensors")
+    a, b = paced.start(bin_a, spec, weights, threads), paced.start(bin_b, spec, weights, threads)
+
+    def run(p):
+        # Let the other build's pool threads stop spinning (200 us after a run) before this run starts.
+        time.sleep(0.005)
+        return paced.run(p)
+
+    ta, tb = paced.alternate(pairs, lambda: run(a), lambda: run(b))
     for p in (a, b):
-        p.stdin.close()
-        p.wait()
+        paced.stop(p)
     r = sorted(y / x for x, y in zip(ta, tb))
     q = statistics.quantiles(r, n=4)
     print(f"A {statistics.median(ta):.2f} ms (min {min(ta):.2f})  B {statistics.median(tb):.2f} ms "

@@ -18,18 +18,17 @@ Needs a release build (cargo build --release). Environment: PEERS (default ~/.ca
 RESNETC (the binary, default target/release/resnetc).
 """
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers"))
-MODELS = os.path.join(PEERS, "models")
+import paced
+
+MODELS = paced.MODELS
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
-RESNETC = os.environ.get("RESNETC", os.path.join(ROOT, "target", "release", "resnetc"))
+RESNETC = os.environ.get("RESNETC", os.path.join(paced.ROOT, "target", "release", "resnetc"))
 # Idle time before every block: both engines' pool threads spin for a while after a run and must not
 # compete with the other engine's runs. resnetc's spin 200 us; ONNX Runtime's between 20 and 50 ms here
 # (measured on the notebook model at 2 threads: resnetc's median 25 ms with 20 ms of idle between the
@@ -59,16 +58,8 @@ def main():
             xin = {name: x.transpose(0, 3, 1, 2).copy()}
             for _ in range(3):
                 s.run(None, xin)
-            p = subprocess.Popen(
-                [RESNETC, "bench", os.path.join(ROOT, "specs", f"{spec}.yaml"), "--weights",
-                 os.path.join(MODELS, f"{weights}.safetensors"), "--threads", str(threads), "--paced"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-            assert p.stdout.readline().strip() == "ready", "resnetc bench --paced did not start"
-
-            def resnetc_run():
-                p.stdin.write("\n")
-                p.stdin.flush()
-                return float(p.stdout.readline())
+            p = paced.start(RESNETC, os.path.join(paced.ROOT, "specs", f"{spec}.yaml"),
+                            os.path.join(MODELS, f"{weights}.safetensors"), threads)
 
             def ort_run():
                 t = time.perf_counter()
@@ -80,16 +71,8 @@ def main():
                 ts = [run() for _ in range(WARM + RUNS)]
                 return float(np.median(ts[WARM:]))
 
-            o, r = [], []
-            for i in range(PAIRS):
-                if i % 2 == 0:
-                    o.append(block(ort_run))
-                    r.append(block(resnetc_run))
-                else:
-                    r.append(block(resnetc_run))
-                    o.append(block(ort_run))
-            p.stdin.close()
-            p.wait()
+            o, r = paced.alternate(PAIRS, lambda: block(ort_run), lambda: block(lambda: paced.run(p)))
+            paced.stop(p)
             o, r = np.array(o), np.array(r)
             q = np.percentile(r / o, [25, 50, 75])
             print(f"{spec:<18} {threads:>7} {PAIRS:>5}  {np.median(o):>9.1f} ({o.min():>6.1f})  "

@@ -192,7 +192,7 @@ fn thread_cpu_ns() -> Option<u64> {
 /// Best-of-5 GFLOP/s over runs of ~0.1 s: (by wall time, by this thread's CPU time). The CPU-time figure
 /// discounts time the thread was descheduled (the machine is shared); it is meaningless for multi-threaded runs.
 fn measure(mut run: impl FnMut(), flops: f64) -> (f64, f64) {
-    if let Some(mb) = std::env::var("CONV_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(mb) = flush_mb() {
         return measure_cold(run, flops, mb);
     }
     run();
@@ -213,20 +213,41 @@ fn measure(mut run: impl FnMut(), flops: f64) -> (f64, f64) {
     (best, best_cpu)
 }
 
+/// `CONV_FLUSH_MB`: megabytes of other memory to touch before every run (cold runs).
+fn flush_mb() -> Option<usize> {
+    std::env::var("CONV_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Other memory, touched to push a kernel's data out to L3 or memory before a run.
+struct Junk(Vec<u64>);
+
+impl Junk {
+    fn new(mb: usize) -> Junk {
+        Junk(vec![0u64; mb << 17])
+    }
+
+    /// Writes and reads one word per 64-byte line; returns a sum to keep the reads alive.
+    fn touch(&mut self, salt: u64) -> u64 {
+        let mut sink = 0u64;
+        for (i, x) in self.0.iter_mut().enumerate().step_by(8) {
+            *x = x.wrapping_add(i as u64 ^ salt);
+            sink = sink.wrapping_add(*x);
+        }
+        sink
+    }
+}
+
 /// Like `measure`, but writes and reads `mb` MB of other memory before every run (not timed), so weights,
 /// input and output start in L3 or memory as they do inside a network: GFLOP/s by the best of 5 sums of
 /// (at most 20) runs.
 fn measure_cold(mut run: impl FnMut(), flops: f64, mb: usize) -> (f64, f64) {
-    let mut junk = vec![0u64; mb << 17];
+    let mut junk = Junk::new(mb);
     let mut sink = 0u64;
     let mut best = 0f64;
     for round in 0..5u64 {
         let (mut t, mut n) = (Duration::ZERO, 0u32);
         while t < Duration::from_millis(100) && n < 20 {
-            for (i, x) in junk.iter_mut().enumerate().step_by(8) {
-                *x = x.wrapping_add(i as u64 ^ round);
-                sink = sink.wrapping_add(*x);
-            }
+            sink = sink.wrapping_add(junk.touch(round));
             let t0 = Instant::now();
             run();
             t += t0.elapsed();
@@ -258,22 +279,19 @@ fn ab(spec: &str) {
         })
         .collect();
     println!("A/B: B = {spec}");
+    // THREADS=n among the overrides: B runs on n threads (A on CONV_AB_THREADS, default 1).
+    let ta_threads = std::env::var("CONV_AB_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let tb_threads = overrides.iter().find(|(k, _)| k == "THREADS").map_or(ta_threads, |&(_, v)| v);
+    let pools = [ThreadPool::new(ta_threads), ThreadPool::new(tb_threads)];
     for s in selected() {
-        // THREADS=n among the overrides: B runs on n threads (A on CONV_AB_THREADS, default 1).
-        let ta_threads = std::env::var("CONV_AB_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-        let tb_threads = overrides.iter().find(|(k, _)| k == "THREADS").map_or(ta_threads, |&(_, v)| v);
-        let pools = [ThreadPool::new(ta_threads), ThreadPool::new(tb_threads)];
         let mut a = Bench::new(s, ta_threads);
         let mut b = Bench::with_overrides(s, tb_threads, &overrides);
         let (mut ta, mut tb) = (Vec::new(), Vec::new());
         // CONV_FLUSH_MB as in `measure_cold`: other memory touched before every run (not timed).
-        let mb = std::env::var("CONV_FLUSH_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        let mut junk = vec![0u64; mb << 17];
+        let mb = flush_mb().unwrap_or(0);
+        let mut junk = Junk::new(mb);
         let mut flush = || {
-            for (i, x) in junk.iter_mut().enumerate().step_by(8) {
-                *x = x.wrapping_add(i as u64);
-            }
-            std::hint::black_box(&junk);
+            std::hint::black_box(junk.touch(0));
         };
         let run = |x: &mut Bench, pool: &ThreadPool| {
             if pool.threads() == 1 {

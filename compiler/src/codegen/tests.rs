@@ -653,6 +653,15 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
         (case(8, 8, 8, 12, 3, 1, Padding::Same), ConvTiling::default(), true),
     ] {
         let x = rnd(c.h * c.w * c.cin, 1);
+        let compile = |s: &mut Session, c: &ConvCase, wt: &[f32], bias: &[f32]| {
+            let conv = conv_op(c);
+            if wino {
+                s.conv_winograd("w", &conv, [c.h, c.w, c.cin], wt, Some(bias))
+            } else {
+                s.conv("c", &conv, [c.h, c.w, c.cin], wt, Some(bias))
+            }
+            .unwrap()
+        };
         let cache = CodeCache::default();
         let o = SessionOptions { conv_tiling: tiling.clone(), ..opts() };
         let mut ss = [Session::with_cache(o.clone(), &cache).unwrap(), Session::with_cache(o, &cache).unwrap()];
@@ -662,32 +671,20 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
             let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, seed);
             let bias = rnd(c.cout, seed + 1);
             wants.push(naive_conv(&c, &x, &wt, &bias, &[]).1);
-            let conv = conv_op(&c);
-            let s = &mut ss[i.min(1)];
-            let k = if wino {
-                s.conv_winograd("w", &conv, [c.h, c.w, c.cin], &wt, Some(&bias))
-            } else {
-                s.conv("c", &conv, [c.h, c.w, c.cin], &wt, Some(&bias))
-            };
-            ks.push(k.unwrap());
+            ks.push(compile(&mut ss[i.min(1)], &c, &wt, &bias));
         }
         assert!(ks.iter().all(|k| k.id == ks[0].id), "{c:?}");
         assert_eq!(cache.len(), 1);
         let mut other = c.clone();
         other.cout += 8;
         let wt = rnd(other.k[0] * other.k[1] * other.cin * other.cout, 9);
-        let k3 = ss[1].conv("o", &conv_op(&other), [c.h, c.w, c.cin], &wt, Some(&rnd(other.cout, 10))).unwrap();
+        let k3 = compile(&mut ss[1], &other, &wt, &rnd(other.cout, 10));
         assert_ne!(k3.id, ks[0].id);
         // A session with other options (another tiling) sharing the cache compiles its own.
         let other_opts = SessionOptions { conv_tiling: ConvTiling { unroll: 3, ..tiling }, ..opts() };
         let mut s2 = Session::with_cache(other_opts, &cache).unwrap();
-        let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
-        let k4 = if wino {
-            s2.conv_winograd("w", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&rnd(c.cout, 3)))
-        } else {
-            s2.conv("c", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&rnd(c.cout, 3)))
-        };
-        assert_ne!(k4.unwrap().id, ks[0].id);
+        let k4 = compile(&mut s2, &c, &rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2), &rnd(c.cout, 3));
+        assert_ne!(k4.id, ks[0].id);
         assert_eq!(cache.len(), 3);
         let [s0, s1] = ss;
         let (code0, code1) = (s0.finish().unwrap(), s1.finish().unwrap());
