@@ -154,6 +154,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         keep_ir: o.keep_ir,
         conv_tiling: conv_tiling.clone(),
         winograd_min_tasks,
+        threads,
         ..SessionOptions::default()
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(steps.len().max(1));

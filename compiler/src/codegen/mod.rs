@@ -77,6 +77,8 @@ pub struct SessionOptions {
     /// `WinogradTiling::min_tasks` of [`Session::conv_winograd`]: its extra tasks repeat the input
     /// transform, so one thread wants 1.
     pub winograd_min_tasks: usize,
+    /// Threads the kernels will run on (task balancing, see `WinogradTiling::threads`).
+    pub threads: usize,
 }
 
 #[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
@@ -88,6 +90,7 @@ impl Default for SessionOptions {
             keep_asm: false,
             conv_tiling: ConvTiling::default(),
             winograd_min_tasks: winograd::WinogradTiling::default().min_tasks,
+            threads: 1,
         }
     }
 }
