@@ -52,9 +52,9 @@ pub struct WinogradTiling {
     pub cout_panels: usize,
     /// Split channel blocks into groups until there are at least this many tasks.
     pub min_tasks: usize,
-    /// Threads the kernel will run on: with more than one, the plan may split channel blocks into more
-    /// groups when that shortens the modelled makespan (see `balanced_groups`). ResNet-50's 28x28x128
-    /// layers have 5 tile blocks, which 2 threads run as 3 + 2 (1.62-1.69x faster than 1 thread, where the
+    /// Threads the kernel will run on: with more than one, the plan may take fewer micro-kernel rows or
+    /// more channel groups when that shortens the modelled makespan (see `makespan`). ResNet-50's 28x28x128
+    /// layers have 5 tile blocks, which 2 threads ran as 3 + 2 (1.62-1.69x faster than 1 thread, where the
     /// other layers reach 1.8-1.9x); 2 groups make 10 equal tasks at the price of a second input transform.
     pub threads: usize,
     /// Maps of at most this many tiles (each GEMM has that many rows: weights are reused that often) prefetch
@@ -193,44 +193,30 @@ pub struct WinogradPlan {
     pub prefetch: usize,
 }
 
-/// Channel groups (at least `ng0`, at most `ncb`) that give the shortest makespan on `threads` threads,
-/// tasks taken in order by whichever thread is free (as `ThreadPool` does). Task `tb * ng + g` covers the
-/// tiles of block `tb` (`nt` each, the last block the rest of `ntiles`) and the channel blocks of group `g`;
-/// `cost(tiles, blocks)` models one task. A candidate must be more than 2 % shorter than the smaller one to
-/// win: each extra group repeats the input transform, and the model is rough.
-fn balanced_groups(
-    ng0: usize,
-    ncb: usize,
+/// Makespan of a Winograd layer's tasks on `threads` threads, tasks taken in order by whichever thread is
+/// free (as `ThreadPool` does). Task `tb * ng + g` covers the tiles of block `tb` (`nt` each, the last block
+/// the rest of `ntiles`) and the channel blocks of group `g` (`ncb` in all); `cost(nt, tiles, blocks)`
+/// models one task.
+fn makespan(
     ntiles: usize,
     nt: usize,
+    ng: usize,
+    ncb: usize,
     threads: usize,
-    cost: impl Fn(usize, usize) -> f64,
-) -> usize {
-    if threads <= 1 {
-        return ng0;
-    }
-    let makespan = |ng: usize| {
-        let cpg = ncb.div_ceil(ng);
-        let ng = ncb.div_ceil(cpg);
-        let mut free = vec![0f64; threads];
-        for tb in 0..ntiles.div_ceil(nt) {
-            let tiles = nt.min(ntiles - tb * nt);
-            for g in 0..ng {
-                let blocks = cpg.min(ncb - g * cpg);
-                let i = (0..threads).min_by(|&x, &y| free[x].total_cmp(&free[y])).unwrap_or(0);
-                free[i] += cost(tiles, blocks);
-            }
-        }
-        free.into_iter().fold(0f64, f64::max)
-    };
-    let mut best = (ng0, makespan(ng0));
-    for ng in ng0 + 1..=ncb {
-        let m = makespan(ng);
-        if m < best.1 * 0.98 {
-            best = (ng, m);
+    cost: &impl Fn(usize, usize, usize) -> f64,
+) -> f64 {
+    let cpg = ncb.div_ceil(ng);
+    let ng = ncb.div_ceil(cpg);
+    let mut free = vec![0f64; threads.max(1)];
+    for tb in 0..ntiles.div_ceil(nt) {
+        let tiles = nt.min(ntiles - tb * nt);
+        for g in 0..ng {
+            let blocks = cpg.min(ncb - g * cpg);
+            let i = (0..free.len()).min_by(|&x, &y| free[x].total_cmp(&free[y])).unwrap_or(0);
+            free[i] += cost(nt, tiles, blocks);
         }
     }
-    best.0
+    free.into_iter().fold(0f64, f64::max)
 }
 
 impl WinogradPlan {
@@ -266,12 +252,31 @@ impl WinogradPlan {
         while ntb * ng < t.min_tasks && ng < ncb {
             ng += 1;
         }
-        let ng = balanced_groups(ng, ncb, ntiles, nt, t.threads, |tiles, blocks| {
+        // On several threads, other row counts (one row block per task) and more channel groups, when the
+        // modelled makespan is more than 2 % shorter each: ResNet-50's 28x28x128 layers have 5 tile blocks
+        // (3 + 2 on two threads) and take 2 channel groups (10 equal tasks, the input transform done
+        // twice); its 56x56x64 layers (196 tiles, one channel block) take 11 rows, 18 blocks, for 17.
+        let (mut r, mut nt, mut ng) = (r, nt, ng);
+        if t.threads > 1 {
             // Cycles, roughly: the input transform (~0.9 per float of V) and the GEMM (2 f32x4 FMAs per
             // cycle over all `nt` rows, partial blocks included); the output transform rides with the GEMM.
             let a2 = (a * a) as f64;
-            tiles as f64 * a2 * cinp as f64 * 0.9 + nt as f64 * a2 * cin as f64 * (blocks * cbp) as f64 / 2.0
-        });
+            let cost = |nt: usize, tiles: usize, blocks: usize| {
+                tiles as f64 * a2 * cinp as f64 * 0.9 + nt as f64 * a2 * cin as f64 * (blocks * cbp) as f64 / 2.0
+            };
+            let mut best = makespan(ntiles, nt, ng, ncb, t.threads, &cost);
+            let rows = if nrb == 1 { rmax.saturating_sub(3).max(1)..=rmax } else { r..=r };
+            for r2 in std::iter::once(r).chain(rows.rev()) {
+                let ng_min = (1..=ncb).find(|g| ntiles.div_ceil(r2) * g >= t.min_tasks).unwrap_or(ncb);
+                for ng2 in ng_min..=ncb {
+                    let m = makespan(ntiles, r2 * nrb, ng2, ncb, t.threads, &cost);
+                    if m < best * 0.98 {
+                        (r, nt, ng, best) = (r2, r2 * nrb, ng2, m);
+                    }
+                }
+            }
+        }
+        let ntb = ntiles.div_ceil(nt);
         let cpg = ncb.div_ceil(ng);
         let ng = ncb.div_ceil(cpg);
         Ok(WinogradPlan {
@@ -801,8 +806,8 @@ mod tests {
     }
 
     /// On two threads, ResNet-50's 28x28x128 layers (5 tile blocks, which would run as 3 + 2) split their two
-    /// channel blocks into groups: 10 equal tasks. One thread keeps 5; layers whose blocks already balance
-    /// (14x14x256: 2 blocks) or that have a single channel block (56x56x64) keep their plan.
+    /// channel blocks into groups: 10 equal tasks, and its 56x56x64 layers take 11 rows instead of 12. One
+    /// thread keeps the plan; layers whose blocks already balance (14x14x256: 2 blocks, 7x7x512) too.
     #[test]
     fn two_threads_balance_odd_tile_blocks() {
         let conv = |f| Conv::new(f, [3, 3], [1, 1], Padding::Same, true);
@@ -813,7 +818,11 @@ mod tests {
         let (p1, p2) = (plan([28, 28, 128], 1), plan([28, 28, 128], 2));
         assert_eq!((p1.ntb, p1.ng, p1.ntasks()), (5, 1, 5), "{p1:?}");
         assert_eq!((p2.ntb, p2.ng, p2.ntasks()), (5, 2, 10), "{p2:?}");
-        for input in [[14, 14, 256], [56, 56, 64], [7, 7, 512]] {
+        // 196 tiles: 17 blocks of 12 rows (the last of 4) would run as 9 + 8; 18 of 11 run as 9 + 9.
+        let (p1, p2) = (plan([56, 56, 64], 1), plan([56, 56, 64], 2));
+        assert_eq!((p1.r, p1.ntb), (12, 17), "{p1:?}");
+        assert_eq!((p2.r, p2.ntb, p2.ng), (11, 18, 1), "{p2:?}");
+        for input in [[14, 14, 256], [7, 7, 512]] {
             let a = plan(input, 2);
             let t = WinogradTiling { min_tasks: 2, threads: 1, ..WinogradTiling::for_input(input) };
             let unbalanced = WinogradPlan::new(&conv(input[2]), input, &t).unwrap();
