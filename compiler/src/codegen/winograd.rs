@@ -943,7 +943,9 @@ mod tests {
 
     fn tilings() -> Vec<WinogradTiling> {
         let f4 = WinogradTiling { tile: WinogradTile::F4, ..WinogradTiling::default() };
-        vec![WinogradTiling::default(), f4, small_tiling(WinogradTile::F2), small_tiling(WinogradTile::F4)]
+        // Balanced for 3 threads: other row counts and channel groups than the defaults.
+        let balanced = WinogradTiling { threads: 3, min_tasks: 3, cout_panels: 2, ..f4.clone() };
+        vec![WinogradTiling::default(), f4, small_tiling(WinogradTile::F2), small_tiling(WinogradTile::F4), balanced]
     }
 
     fn case(h: usize, w: usize, cin: usize, cout: usize) -> Case {
@@ -1021,6 +1023,8 @@ mod tests {
             run(&c, &WinogradTiling { tile: WinogradTile::F4, ..WinogradTiling::default() })
                 .map_err(TestCaseError::fail)?;
             run(&c, &small_tiling(WinogradTile::F4)).map_err(TestCaseError::fail)?;
+            let balanced = WinogradTiling { threads: 3, min_tasks: 3, cout_panels: 2, ..WinogradTiling::default() };
+            run(&c, &WinogradTiling { tile: WinogradTile::F4, ..balanced }).map_err(TestCaseError::fail)?;
         }
     }
 }
