@@ -128,6 +128,7 @@ impl Bench {
         t.strassen_min_k = env("CONV_STRASSEN_MIN_K").unwrap_or(t.strassen_min_k);
         t.strassen_min_n = env("CONV_STRASSEN_MIN_N").unwrap_or(t.strassen_min_n);
         t.strassen_task_rows = env("CONV_STRASSEN_TASK_ROWS").unwrap_or(t.strassen_task_rows);
+        t.stem_winograd = env("CONV_STEM_WINOGRAD").map_or(t.stem_winograd, |v| v != 0);
         t.strassen_min_tasks = env("CONV_STRASSEN_MIN_TASKS").unwrap_or(threads);
         let mut sess = Session::with_options(opts).unwrap();
         let mut conv = Conv::new(s.cout, [s.k, s.k], [s.stride, s.stride], Padding::Same, true);

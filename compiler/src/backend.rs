@@ -309,6 +309,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
             op: match winograd_tile(g, n, o) {
                 Some(_) => format!("{} [winograd]", g.node(n).op),
                 None if strassen_conv(g, n, &conv_tiling) => format!("{} [strassen]", g.node(n).op),
+                None if stem_conv(g, n, &conv_tiling) => format!("{} [winograd stem]", g.node(n).op),
                 None => g.node(n).op.to_string(),
             },
             ntasks: k.ntasks,
@@ -370,6 +371,14 @@ fn supported(op: &Op, input: &[usize]) -> bool {
 fn strassen_conv(g: &Graph, n: NodeIndex, t: &codegen::ConvTiling) -> bool {
     match &g.node(n).op {
         Op::Conv(c) => codegen::strassen::strassen_applies(c, shape3(&g.node(g.inputs(n)[0]).shape), t),
+        _ => false,
+    }
+}
+
+/// Whether a conv node runs as the polyphase Winograd stem kernel (`codegen::stem`).
+fn stem_conv(g: &Graph, n: NodeIndex, t: &codegen::ConvTiling) -> bool {
+    match &g.node(n).op {
+        Op::Conv(c) => t.stem_winograd && codegen::stem::stem_applies(c, shape3(&g.node(g.inputs(n)[0]).shape)),
         _ => false,
     }
 }

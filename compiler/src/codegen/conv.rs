@@ -72,6 +72,9 @@ pub struct ConvTiling {
     pub strassen_min_n: usize,
     pub strassen_min_tasks: usize,
     pub strassen_task_rows: usize,
+    /// 7x7 stride-2 convolutions of 1-4 input channels (the stem) run as Winograd F(3x3, 4x4) on their
+    /// polyphase form (see `codegen::stem`).
+    pub stem_winograd: bool,
 }
 
 impl Default for ConvTiling {
@@ -93,6 +96,7 @@ impl Default for ConvTiling {
             strassen_min_n: 256,
             strassen_min_tasks: 1,
             strassen_task_rows: 128,
+            stem_winograd: true,
         }
     }
 }
@@ -366,6 +370,9 @@ impl Session {
     ) -> Result<Kernel, CodegenError> {
         if super::strassen::strassen_applies(conv, input, &self.opts.conv_tiling) {
             return self.conv_strassen(name, conv, input, kernel, bias);
+        }
+        if self.opts.conv_tiling.stem_winograd && super::stem::stem_applies(conv, input) {
+            return self.conv_stem(name, conv, input, kernel, bias);
         }
         let plan = ConvPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
         check_weights(name, conv, plan.taps * plan.cin * plan.cout, plan.cout, kernel, bias)?;

@@ -16,7 +16,8 @@
 //!
 //! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue; [`winograd`]:
 //!   3x3 stride-1 convolutions as Winograd F(2x2)/F(4x4) with the same micro-kernel (one K-loop emitter,
-//!   `util::emit_k_loop`).
+//!   `util::emit_k_loop`); [`strassen`]: one level of Strassen for large 1x1 convolutions; [`stem`]: 7x7
+//!   stride-2 convolutions of 1-4 channels as Winograd F(3x3, 4x4) on their polyphase form.
 //! - Weight prefetch: cranelift has no prefetch instruction, so each session defines a tiny machine-code
 //!   function (`prefetcht0 [rdi]; ret`) with the `preserve_all` convention, which kernels streaming weights
 //!   from memory call from their K loops without disturbing any register (`Session::prefetch_import`).
@@ -27,6 +28,7 @@ pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod pool;
+pub mod stem;
 pub mod strassen;
 mod util;
 pub mod winograd;

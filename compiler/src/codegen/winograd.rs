@@ -114,7 +114,7 @@ const BT2: [[f64; 4]; 4] = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0
 const G2: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
 const AT2: [[f64; 4]; 2] = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
 
-const BT4: [[f64; 6]; 6] = [
+pub(super) const BT4: [[f64; 6]; 6] = [
     [4., 0., -5., 0., 1., 0.],
     [0., -4., -4., 1., 1., 0.],
     [0., 4., -4., -1., 1., 0.],
@@ -510,7 +510,7 @@ fn lincomb(b: &mut FunctionBuilder, coef: &[f64], xs: &[Value]) -> Value {
 }
 
 /// `L d Lᵀ` for `d` (a x a, row-major) and `L` (rows x a): returns rows x rows, row-major.
-fn transform2d(b: &mut FunctionBuilder, l: &[Vec<f64>], d: &[Value], a: usize) -> Vec<Value> {
+pub(super) fn transform2d(b: &mut FunctionBuilder, l: &[Vec<f64>], d: &[Value], a: usize) -> Vec<Value> {
     let n = l.len();
     // t[i][x] = sum_y L[i][y] d[y][x]
     let mut t = vec![];
