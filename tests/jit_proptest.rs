@@ -145,3 +145,13 @@ fn regression_large_kernel_stride_3_same() {
 fn regression_single_pixel() {
     check(&case(1, 1, 1, 1, 1, 1, false)).unwrap();
 }
+
+/// 7x7 stride-2 convolutions of 1-4 channels without residual run as the polyphase Winograd stem kernel:
+/// ResNet-50's stem shape on a small map (same padding, BatchNorm and ReLU folded, batch 2), and an odd
+/// valid map of one channel.
+#[test]
+fn regression_winograd_stem() {
+    let stem = |h, w, cin, cout, same| Case { residual: false, relu_after: false, ..case(h, w, cin, cout, 7, 2, same) };
+    check(&stem(23, 30, 3, 64, true)).unwrap();
+    check(&stem(15, 9, 1, 6, false)).unwrap();
+}
