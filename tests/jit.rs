@@ -34,9 +34,29 @@ fn jit_matches_reference_on_every_shipped_spec() {
         let want = m.run_reference(x.view()).unwrap();
         let c = m.compile(&opts()).unwrap();
         assert_eq!(c.functions, functions, "{name}: distinct functions compiled for {} kernels", c.kernels.len());
+        let stems = c.kernels.iter().filter(|k| k.op.ends_with("[winograd stem]")).count();
+        assert_eq!(stems, 1, "{name}: the 7x7 stride-2 stem runs as the polyphase Winograd kernel");
         let got = c.run(x.view()).unwrap();
         let (d, s) = worst(&got, &want);
         assert!(d <= 1e-4 * s + 1e-6, "{name}: JIT differs from the reference by {d} (scale {s})");
+    }
+}
+
+/// `BackendOptions::winograd: false` turns off every Winograd kernel, the stem's too; both agree with
+/// the reference.
+#[test]
+fn winograd_can_be_turned_off() {
+    let o = Options { input_shape: Some(vec![40, 40, 3]), ..Default::default() };
+    let mut m = Model::from_file(root("specs/notebook_resnet50.yaml"), &o).unwrap();
+    randomize(&mut m.weights, 12);
+    let x = input(&[40, 40, 3], 1, 4);
+    let want = m.run_reference(x.view()).unwrap();
+    for winograd in [false, true] {
+        let c = m.compile(&BackendOptions { winograd, ..opts() }).unwrap();
+        let tagged = c.kernels.iter().filter(|k| k.op.contains("[winograd")).count();
+        assert_eq!(tagged > 0, winograd, "{tagged} Winograd kernels with winograd = {winograd}");
+        let (d, s) = worst(&c.run(x.view()).unwrap(), &want);
+        assert!(d <= 1e-4 * s + 1e-6, "winograd = {winograd}: JIT differs from the reference by {d} (scale {s})");
     }
 }
 

@@ -33,7 +33,8 @@ pub struct BackendOptions {
     pub keep_ir: bool,
     /// Run cranelift's IR verifier on every kernel.
     pub verify: bool,
-    /// Use Winograd kernels for the 3x3 stride-1 convolutions where they are faster (maps of 4x4 and up).
+    /// Use Winograd kernels for the 3x3 stride-1 convolutions where they are faster (maps of 4x4 and up), and
+    /// for 7x7 stride-2 convolutions of 1-4 channels (the stem, `codegen::stem`).
     pub winograd: bool,
 }
 
@@ -144,7 +145,12 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     // repeat less packing and read each weight block fewer times (4 per thread measured ~2.5 % faster
     // than a fixed 16 on one thread, the same on two).
     // Strassen convs: one task per thread; more would form the left operands again per task.
-    let conv_tiling = codegen::ConvTiling { min_tasks: 4 * threads, strassen_min_tasks: threads, ..Default::default() };
+    let conv_tiling = codegen::ConvTiling {
+        min_tasks: 4 * threads,
+        strassen_min_tasks: threads,
+        stem_winograd: o.winograd,
+        ..Default::default()
+    };
     // Winograd tasks: one per thread at least. More (tile blocks split finer, or channel groups that
     // repeat the input transform) balanced better but cost more: 2 per thread measured 1.4 % slower on
     // ResNet-50 and 2 % on the notebook model at 2 threads (min of 30 runs, 3 alternations).
