@@ -6,7 +6,8 @@
 //! `CONV_RES=1` adds a fused residual add, `CONV_FLUSH_MB=n` runs cold (n MB of other memory touched before
 //! every run). The cold mode overstates memory stalls: software prefetches of the residual, the output and
 //! the next tile's A gained 3-11 % there but made the same layers 5-10 % slower inside ResNet-50.
-//! `CONV_AB="CONV_MR=10 CONV_UNROLL=3"` compares two tilings run in turns (see `ab`).
+//! `CONV_AB="CONV_MR=10 CONV_UNROLL=3"` compares two tilings run in turns (see `ab`); the stem shape runs as
+//! the polyphase Winograd kernel unless `CONV_STEM_WINOGRAD=0` (`CONV_AB="CONV_STEM_WINOGRAD=0"`: 1.78x).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
