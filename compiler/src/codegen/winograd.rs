@@ -248,10 +248,8 @@ impl WinogradPlan {
         let cbp = t.cout_panels.max(1).min(npan);
         let ncb = npan.div_ceil(cbp);
         // Groups of channel blocks: more groups (each repeats the input transform) only for parallelism.
-        let mut ng = 1;
-        while ntb * ng < t.min_tasks && ng < ncb {
-            ng += 1;
-        }
+        let min_groups = |ntb: usize| (1..=ncb).find(|g| ntb * g >= t.min_tasks).unwrap_or(ncb);
+        let ng = min_groups(ntb);
         // On several threads, other row counts (one row block per task) and more channel groups, when the
         // modelled makespan is more than 2 % shorter each: ResNet-50's 28x28x128 layers have 5 tile blocks
         // (3 + 2 on two threads) and take 2 channel groups (10 equal tasks, the input transform done
@@ -267,8 +265,7 @@ impl WinogradPlan {
             let mut best = makespan(ntiles, nt, ng, ncb, t.threads, &cost);
             let rows = if nrb == 1 { rmax.saturating_sub(3).max(1)..=rmax } else { r..=r };
             for r2 in std::iter::once(r).chain(rows.rev()) {
-                let ng_min = (1..=ncb).find(|g| ntiles.div_ceil(r2) * g >= t.min_tasks).unwrap_or(ncb);
-                for ng2 in ng_min..=ncb {
+                for ng2 in min_groups(ntiles.div_ceil(r2 * nrb))..=ncb {
                     let m = makespan(ntiles, r2 * nrb, ng2, ncb, t.threads, &cost);
                     if m < best * 0.98 {
                         (r, nt, ng, best) = (r2, r2 * nrb, ng2, m);
