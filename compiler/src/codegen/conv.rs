@@ -307,10 +307,7 @@ impl ConvPlan {
                 }
             }
         }
-        if let Some(bias) = bias {
-            let o = self.bias_offset();
-            out[o..o + self.cout].copy_from_slice(bias);
-        }
+        put_bias(&mut out, self.bias_offset(), bias);
         out
     }
 }

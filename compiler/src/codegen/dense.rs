@@ -74,9 +74,7 @@ impl Session {
                 }
             }
         }
-        if let Some(bias) = bias {
-            consts[boff..boff + units].copy_from_slice(bias);
-        }
+        put_bias(&mut consts, boff, bias);
         let softmax = activation == Activation::Softmax;
         let ntasks = if softmax { 1 } else { npan.div_ceil(PANELS_PER_TASK) };
         let sm = if softmax { Some(self.softmax_import()?) } else { None };

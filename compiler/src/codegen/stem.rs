@@ -160,10 +160,7 @@ impl StemPlan {
                 }
             }
         }
-        if let Some(bias) = bias {
-            let o = self.bias_offset();
-            out[o..o + cout].copy_from_slice(bias);
-        }
+        put_bias(&mut out, self.bias_offset(), bias);
         out
     }
 }

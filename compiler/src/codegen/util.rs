@@ -152,6 +152,14 @@ pub fn addr(b: &mut FunctionBuilder, p: Value, idx: Value, scale: usize, off: i6
     }
 }
 
+/// Writes a layer's bias (if it has one) into its packed constants at float offset `offset`; the padding
+/// after it stays zero.
+pub fn put_bias(consts: &mut [f32], offset: usize, bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        consts[offset..offset + bias.len()].copy_from_slice(bias);
+    }
+}
+
 /// An all-zero f32x4.
 pub fn zero4(b: &mut FunctionBuilder) -> Value {
     let z = b.ins().f32const(0.0);

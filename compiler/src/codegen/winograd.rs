@@ -388,10 +388,7 @@ impl WinogradPlan {
                 }
             }
         }
-        if let Some(bias) = bias {
-            let o = self.bias_offset();
-            out[o..o + cout].copy_from_slice(bias);
-        }
+        put_bias(&mut out, self.bias_offset(), bias);
         out
     }
 }
