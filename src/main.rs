@@ -271,10 +271,15 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 return Ok(());
             }
             let bo = BackendOptions { threads, keep_ir: emit.is_some(), ..Default::default() };
-            let c = resnetc_compiler::backend::compile(&o, &bo)?;
+            let planned = o.lower(&bo)?;
+            if dump_after.as_deref() == Some(resnetc_compiler::lower::STAGE) {
+                print!("{}", planned.lowered.dump());
+                return Ok(());
+            }
+            let c = resnetc_compiler::backend::compile(&planned.lowered, &planned.plan, &o.weights, &bo)?;
             if emit.is_some() {
                 for (i, k) in c.kernels.iter().enumerate() {
-                    println!("; kernel {i}: `{}` ({})", k.node, k.op);
+                    println!("; kernel {i}: `{}` ({} {})", k.name, k.op, k.algorithm);
                     println!("{}", k.clif.as_deref().unwrap_or(""));
                 }
                 return Ok(());
@@ -283,7 +288,8 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let fusions: serde_json::Map<String, serde_json::Value> =
                 o.report.rewrites.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
             let stages: Vec<(&str, f64)> =
-                m.stages_ms.iter().chain(&o.stages_ms).chain(&c.stages_ms).copied().collect();
+                m.stages_ms.iter().chain(&o.stages_ms).chain(&planned.stages_ms).chain(&c.stages_ms).copied().collect();
+            let plan = &c.plan;
             if json {
                 let v = serde_json::json!({
                     "model": g.model,
@@ -292,13 +298,19 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     "kernels": c.kernels.len(),
                     "functions": c.functions,
                     "packed_weight_bytes": c.consts_bytes,
-                    "work_bytes": c.plan.buffers.iter().filter(|b| b.kind == resnetc_compiler::plan::BufferKind::Work).map(|b| b.bytes).sum::<usize>(),
-                    "arena_with_work_bytes": c.plan.arena_bytes,
+                    "kernel_list": c.kernels.iter().map(|k| serde_json::json!({
+                        "name": k.name, "node": k.node, "op": k.op, "algorithm": k.algorithm.to_string(),
+                        "tiling": k.tiling, "tasks": k.ntasks, "macs": k.macs, "packed_weight_bytes": k.packed_bytes,
+                        "work_bytes_per_thread": k.work_floats * 4,
+                    })).collect::<Vec<_>>(),
+                    "work_bytes": plan.work_bytes,
+                    "threads": c.threads(),
+                    "arena_with_work_bytes": plan.arena_with_work_bytes(1),
                     "fusions": fusions,
                     "projections": m.projections.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-                    "arena_bytes": o.plan.arena_bytes,
-                    "arena_lower_bound_bytes": o.plan.lower_bound_bytes,
-                    "activation_bytes_total": o.plan.total_bytes,
+                    "arena_bytes": plan.arena_bytes,
+                    "arena_lower_bound_bytes": plan.lower_bound_bytes,
+                    "activation_bytes_total": plan.total_bytes,
                     "weight_bytes": o.weights.bytes(),
                     "params": g.params(),
                     "macs": g.macs(),
@@ -321,25 +333,26 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     println!("    {k:<24} {v}");
                 }
                 let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
-                for &n in &o.plan.steps {
-                    *kinds.entry(o.graph.node(n).op.kind()).or_default() += 1;
+                for k in &c.kernels {
+                    *kinds.entry(k.op).or_default() += 1;
                 }
                 let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{v} {k}")).collect();
                 println!(
                     "  kernels          {} ({}); {} distinct functions compiled",
-                    o.plan.steps.len(),
+                    c.kernels.len(),
                     kinds.join(", "),
                     c.functions
                 );
                 println!(
                     "  arena            {} bytes per image (lower bound {}, all activations {})",
-                    report::thousands(o.plan.arena_bytes as u64),
-                    report::thousands(o.plan.lower_bound_bytes as u64),
-                    report::thousands(o.plan.total_bytes as u64)
+                    report::thousands(plan.arena_bytes as u64),
+                    report::thousands(plan.lower_bound_bytes as u64),
+                    report::thousands(plan.total_bytes as u64)
                 );
                 println!(
-                    "  with work        {} bytes per image (kernels' per-thread scratch, {} thread(s))",
-                    report::thousands(c.plan.arena_bytes as u64),
+                    "  with work        {} bytes for one image ({} bytes of per-thread scratch x {} thread(s))",
+                    report::thousands(plan.arena_with_work_bytes(1) as u64),
+                    report::thousands(plan.work_bytes as u64),
                     c.threads()
                 );
                 println!(
@@ -428,6 +441,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             check_pass(after.as_deref())?;
             let m = load(&spec, &common.options(None))?;
             let text = match after {
+                Some(p) if p == resnetc_compiler::lower::STAGE => {
+                    m.optimize(None)?.lower(&BackendOptions::default())?.lowered.dot()
+                }
                 Some(p) => {
                     let o = m.optimize(Some(&p))?;
                     report::dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
@@ -476,17 +492,20 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
 fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usize, per_core: f64) -> Result<(), Fail> {
     let shape: Vec<usize> = std::iter::once(1).chain(m.input_shape().iter().copied()).collect();
     let x = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&shape), 0.5);
-    // Per step, then per kernel (a node may run as several steps).
+    // One program step per kernel; a node that runs as several kernels (an add chain, a split softmax) is
+    // one row, under its first kernel.
     let mut step_secs = vec![0f64; c.program.steps().len()];
     for _ in 0..iters {
         c.program.profile(x.view(), &mut step_secs).map_err(|e| Fail(format!("error: {e}")))?;
     }
     let mut secs = vec![0f64; c.kernels.len()];
-    for (t, &k) in step_secs.iter().zip(&c.step_kernel) {
-        secs[k] += t;
+    let mut first_of_node: std::collections::HashMap<&str, usize> = Default::default();
+    for (i, (k, t)) in c.kernels.iter().zip(&step_secs).enumerate() {
+        secs[*first_of_node.entry(k.node.as_str()).or_insert(i)] += t;
     }
     let total: f64 = secs.iter().sum();
-    let mut rows: Vec<(usize, f64)> = secs.iter().copied().enumerate().collect();
+    let mut rows: Vec<(usize, f64)> =
+        secs.iter().copied().enumerate().filter(|&(i, _)| first_of_node.values().any(|&f| f == i)).collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!("{:<36} {:<52} {:>9} {:>6} {:>8} {:>6}", "kernel", "op", "ms", "%", "GFLOP/s", "%peak");
     for (i, t) in rows {
@@ -497,7 +516,7 @@ fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usiz
         println!(
             "{:<36} {:<52} {:>9.3} {:>6.1} {:>8.1} {:>6.1}",
             k.node,
-            k.op,
+            format!("{} {}", k.op, if k.tiling.is_empty() { String::new() } else { k.algorithm.to_string() }),
             ms,
             100.0 * t / total,
             gf,
@@ -508,11 +527,12 @@ fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usiz
     Ok(())
 }
 
-/// Refuses a `--dump-after`/`--after` that names no pass, listing the passes.
+/// Refuses a `--dump-after`/`--after` that names no pass (or the `lower` stage), listing them.
 fn check_pass(p: Option<&str>) -> Result<(), Fail> {
     match p {
-        Some(p) if !resnetc_compiler::passes::is_pass(p) => {
-            let names: Vec<&str> = resnetc_compiler::passes::PASSES.iter().map(|x| x.name).collect();
+        Some(p) if !resnetc_compiler::passes::is_pass(p) && p != resnetc_compiler::lower::STAGE => {
+            let mut names: Vec<&str> = resnetc_compiler::passes::PASSES.iter().map(|x| x.name).collect();
+            names.push(resnetc_compiler::lower::STAGE);
             Err(Fail(format!("error: unknown pass `{p}`; the passes are: {}", names.join(", "))))
         }
         _ => Ok(()),

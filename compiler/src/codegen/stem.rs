@@ -17,32 +17,21 @@
 //!
 //! Work buffer: `36 * nt * cinv` (V) + `36 * nt * 4` (M) + `36 * cinv` (scratch) floats.
 
+use super::family::{KernelFamily, LayerWeights, TaskEnv};
+use super::gemm::*;
+use super::transform::{transform2d, AT34, BT4, G34};
 use super::util::*;
-use super::winograd::{transform2d, BT4};
-use super::{CodegenError, Kernel, Session};
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use resnetc_runtime::abi::align_floats;
 use resnetc_runtime::AlignedBuf;
 
-/// G of F(3x3, 4x4) (points 0, ±1, ±2, ∞; its Bᵀ is F(4x4, 3x3)'s).
-const G34: [[f64; 4]; 6] = [
-    [1. / 4., 0., 0., 0.],
-    [-1. / 6., -1. / 6., -1. / 6., -1. / 6.],
-    [-1. / 6., 1. / 6., -1. / 6., 1. / 6.],
-    [1. / 24., 1. / 12., 1. / 6., 1. / 3.],
-    [1. / 24., -1. / 12., 1. / 6., -1. / 3.],
-    [0., 0., 0., 1.],
-];
-/// Aᵀ of F(3x3, 4x4).
-const AT34: [[f64; 6]; 3] = [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 1.]];
-
 /// Transformed tile side, output tile side.
 const A: usize = 6;
 const M: usize = 3;
 
-/// Whether [`Session::conv_stem`] handles this convolution: 7x7, stride 2, 1 to 4 input channels, no
+/// Whether [`StemPlan`] can compute this convolution: 7x7, stride 2, 1 to 4 input channels, no
 /// residual, a non-empty output.
 pub fn stem_applies(conv: &Conv, input: [usize; 3]) -> bool {
     let [h, w, c] = input;
@@ -54,7 +43,7 @@ pub fn stem_applies(conv: &Conv, input: [usize; 3]) -> bool {
 }
 
 /// Everything about one stem convolution that the generated code bakes in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StemPlan {
     pub h: usize,
     pub w: usize,
@@ -75,8 +64,7 @@ pub struct StemPlan {
     /// Tiles per task (= micro-kernel rows), tasks.
     pub nt: usize,
     pub ntb: usize,
-    pub bias: bool,
-    pub relu: bool,
+    pub epi: Epilogue,
 }
 
 impl StemPlan {
@@ -109,8 +97,7 @@ impl StemPlan {
             ntiles,
             nt,
             ntb: ntiles.div_ceil(nt),
-            bias: conv.bias,
-            relu: conv.relu,
+            epi: Epilogue::of(conv),
         })
     }
 
@@ -122,10 +109,6 @@ impl StemPlan {
         align_floats(A * A * self.nt * 4)
     }
 
-    pub fn work_floats(&self) -> usize {
-        self.v_floats() + self.m_floats() + align_floats(A * A * self.cinv)
-    }
-
     pub fn bias_offset(&self) -> usize {
         A * A * self.npan * self.cinv * 4
     }
@@ -133,7 +116,7 @@ impl StemPlan {
     /// Transforms and packs the Keras kernel `[7, 7, cin, cout]` (and bias) into `U[xi][panel][ci][4]` + bias.
     pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
         let (cin, cout, cinv) = (self.cin, self.cout, self.cinv);
-        let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * 4);
+        let mut out = AlignedBuf::zeroed(self.packed_floats());
         let mut k4 = [0f64; 16];
         for ci in 0..cinv {
             let (phase, c) = (ci / cin, ci % cin);
@@ -175,29 +158,33 @@ struct Ptrs {
     scr: Value,
 }
 
-impl Session {
-    /// Compiles a 7x7 stride-2 convolution of 1-4 input channels (check [`stem_applies`]); same arguments and
-    /// result as [`Session::conv`].
-    pub fn conv_stem(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-    ) -> Result<Kernel, CodegenError> {
-        let p = StemPlan::new(conv, input).map_err(|e| CodegenError::invalid(name, e))?;
-        super::conv::check_weights(name, conv, 49 * p.cin * p.cout, p.cout, kernel, bias)?;
-        let consts = p.pack_weights(kernel, bias);
-        self.compile_once(format!("stem {conv:?} {input:?}"), name, consts, |s, consts| {
-            let id = s.begin(name)?;
-            s.build_task_loop(|b, [inp, _res, out, cst], work, task| {
-                let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
-                let scr = b.ins().iadd_imm_s(mm, (p.m_floats() * 4) as i64);
-                emit_task(b, &p, Ptrs { inp, out, cst, v: work, mm, scr }, task)
-            });
-            s.end(id, name, consts, p.ntb, p.work_floats(), false, vec![p.oh, p.ow, p.cout])
-        })
+impl KernelFamily for StemPlan {
+    fn ntasks(&self) -> usize {
+        self.ntb
+    }
+
+    /// V, M and the patch scratch.
+    fn work_floats(&self) -> usize {
+        self.v_floats() + self.m_floats() + align_floats(A * A * self.cinv)
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        vec![self.oh, self.ow, self.cout]
+    }
+
+    fn packed_floats(&self) -> usize {
+        self.bias_offset() + self.npan * 4
+    }
+
+    fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
+        let (kernel, bias) = w.checked(49 * self.cin * self.cout, self.epi.bias, self.cout)?;
+        Ok(self.pack_weights(kernel, bias))
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let mm = b.ins().iadd_imm_s(env.work, (self.v_floats() * 4) as i64);
+        let scr = b.ins().iadd_imm_s(mm, (self.m_floats() * 4) as i64);
+        emit_task(b, self, Ptrs { inp: env.inp, out: env.out, cst: env.cst, v: env.work, mm, scr }, task)
     }
 }
 
@@ -333,7 +320,7 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
         vec![]
     });
     let at: Vec<Vec<f64>> = AT34.iter().map(|r| r.to_vec()).collect();
-    let bias = p.bias.then(|| {
+    let bias = p.epi.bias.then(|| {
         let bo = addr(b, ptrs.cst, pan, 16, (p.bias_offset() * 4) as i64);
         b.ins().load(types::F32X4, mf_packed(), bo, 0)
     });
@@ -362,7 +349,7 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
                 let (dy, dx) = (q / M, q % M);
                 let off = ((dy * p.ow + dx) * p.cout * 4) as i32;
                 let store = |b: &mut FunctionBuilder| {
-                    let v = conv_epilogue(b, yv, bias, p.relu, None, false);
+                    let v = conv_epilogue(b, yv, bias, p.epi.relu, None, false);
                     store_lanes(b, mf_rw(), v, op, off, lanes);
                 };
                 if masked {
@@ -383,7 +370,7 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codegen::SessionOptions;
+    use crate::codegen::{Session, SessionOptions};
     use crate::ops::{Padding, Pads};
 
     fn rnd(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -399,7 +386,7 @@ mod tests {
         let p = StemPlan::new(&conv, input).unwrap();
         let (x, k, bias) = (rnd(h * w * cin, 1, 2.0), rnd(49 * cin * cout, 2, 0.3), rnd(cout, 3, 0.5));
         let mut s = Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() }).unwrap();
-        let kern = s.conv_stem("stem", &conv, input, &k, Some(&bias)).unwrap();
+        let kern = s.compile("stem", &p, &LayerWeights::kernel(&k, Some(&bias))).unwrap();
         assert_eq!(kern.out_shape, vec![p.oh, p.ow, cout]);
         let code = s.finish().unwrap();
         // Guards around the output, NaN-filled work buffer, tasks one at a time in reverse order.

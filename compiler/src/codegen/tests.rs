@@ -1,7 +1,11 @@
 //! Tests of the generated kernels against naive nested-loop references.
 
-use super::pool::PoolKind;
+use super::conv::{ConvPlan, GemmTiling};
+use super::dense::DensePlan;
+use super::elementwise::SoftmaxPlan;
+use super::pool::{GlobalPoolPlan, PoolKind, WindowPoolPlan};
 use super::*;
+use crate::lower::{select_conv, Rules};
 use crate::ops::{Activation, Conv, Padding, Pads, Pool};
 use proptest::prelude::*;
 use resnetc_runtime::{AlignedBuf, Buf, KernelArgs, ProgramBuilder, ThreadPool};
@@ -9,6 +13,31 @@ use std::sync::Arc;
 
 fn opts() -> SessionOptions {
     SessionOptions { verify: true, ..SessionOptions::default() }
+}
+
+/// One-thread rules with Winograd off (the conv tests exercise the GEMM and Strassen families).
+fn rules() -> Rules {
+    Rules { winograd: false, ..Rules::for_threads(1) }
+}
+
+/// Rules with this GEMM tiling.
+fn gemm_rules(gemm: GemmTiling) -> Rules {
+    Rules { gemm, ..rules() }
+}
+
+/// Compiles `conv` on `input` as the rules select.
+fn compile_conv(
+    s: &mut Session,
+    name: &str,
+    conv: &Conv,
+    input: [usize; 3],
+    r: &Rules,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Kernel, String> {
+    let algo = select_conv(conv, input, r)?;
+    s.compile(name, crate::lower::KernelOp::Conv(algo).family(), &LayerWeights::kernel(kernel, bias))
+        .map_err(|e| e.to_string())
 }
 
 /// A deterministic pseudo-random vector in [-1, 1), shared by the codegen tests.
@@ -134,7 +163,7 @@ fn check_close(got: &[f32], want: &[f32], what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String> {
+fn run_conv_case(c: &ConvCase, tiling: Option<Rules>) -> Result<(), String> {
     let x = rnd(c.h * c.w * c.cin, 1);
     let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
     let bias = rnd(c.cout, 3);
@@ -143,13 +172,9 @@ fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String>
     let ow = (c.w + p.left + p.right - c.k[1]) / c.s[1] + 1;
     let res = rnd(oh * ow * c.cout, 4);
     let (shape, want) = naive_conv(c, &x, &wt, &bias, &res);
-    let mut o = opts();
-    if let Some(t) = tiling {
-        o.conv_tiling = t;
-    }
-    let mut s = Session::with_options(o).map_err(|e| e.to_string())?;
-    let k =
-        s.conv("conv", &conv_op(c), [c.h, c.w, c.cin], &wt, c.bias.then_some(&bias[..])).map_err(|e| e.to_string())?;
+    let r = tiling.unwrap_or_else(rules);
+    let mut s = Session::with_options(opts()).map_err(|e| e.to_string())?;
+    let k = compile_conv(&mut s, "conv", &conv_op(c), [c.h, c.w, c.cin], &r, &wt, c.bias.then_some(&bias[..]))?;
     if k.out_shape != shape {
         return Err(format!("shape {:?} != {:?}", k.out_shape, shape));
     }
@@ -158,9 +183,9 @@ fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String>
     check_close(&got, &want, &format!("{c:?}"))
 }
 
-fn small_tiling() -> ConvTiling {
+fn small_tiling() -> Rules {
     // Tiny blocks: exercises K blocking (first/middle/last), channel chunks and many tasks on small shapes.
-    ConvTiling { kc: 8, mc_tiles: 1, nc_panels: 1, min_tasks: 1, unroll: 3, ..ConvTiling::default() }
+    gemm_rules(GemmTiling { kc: 8, mc_tiles: 1, nc_panels: 1, min_tasks: 1, unroll: 3, ..GemmTiling::default() })
 }
 
 fn case(h: usize, w: usize, cin: usize, cout: usize, k: usize, s: usize, padding: Padding) -> ConvCase {
@@ -253,10 +278,10 @@ fn codegen_conv_streaming_order() {
     cases[1].relu_after_add = true;
     cases[3].bias = false;
     // Many tasks with one tile each, and with a remainder tile alone in the last task.
-    let many = ConvTiling { mc_tiles: 1, nc_panels: 1, min_tasks: 64, ..ConvTiling::default() };
+    let many = gemm_rules(GemmTiling { mc_tiles: 1, nc_panels: 1, min_tasks: 64, ..GemmTiling::default() });
     for c in &cases {
-        let p = super::conv::ConvPlan::new(&conv_op(c), [c.h, c.w, c.cin], &ConvTiling::default()).unwrap();
-        assert!(p.prefetch > 0 && p.nkb == 1, "{c:?} should stream");
+        let p = ConvPlan::new(&conv_op(c), [c.h, c.w, c.cin], &GemmTiling::default()).unwrap();
+        assert!(p.prefetch > 0 && p.k.blocks == 1, "{c:?} should stream");
         run_conv_case(c, None).unwrap();
         run_conv_case(c, Some(many.clone())).unwrap();
     }
@@ -270,7 +295,8 @@ fn codegen_conv_kernel_row_runs() {
     c.relu = true;
     run_conv_case(&c, None).unwrap();
     // kc = 21: one kernel row (7 taps x 3 channels) per K block.
-    run_conv_case(&c, Some(ConvTiling { kc: 21, ..small_tiling() })).unwrap();
+    let kc21 = Rules { gemm: GemmTiling { kc: 21, ..small_tiling().gemm }, ..small_tiling() };
+    run_conv_case(&c, Some(kc21)).unwrap();
     let c = case(30, 31, 3, 5, 7, 2, Padding::Same);
     run_conv_case(&c, None).unwrap();
 }
@@ -279,14 +305,7 @@ fn codegen_conv_kernel_row_runs() {
 fn codegen_conv_strassen_matches_naive() {
     // Forced on for small channel counts: odd M (a missing bottom row), stride 2, partial last tiles,
     // several column blocks and tasks, every epilogue.
-    let t = ConvTiling {
-        strassen_min_m: 2,
-        strassen_max_m: 10_000,
-        strassen_min_k: 8,
-        strassen_min_n: 8,
-        strassen_min_tasks: 6,
-        ..ConvTiling::default()
-    };
+    let t = strassen_rules(6, 128);
     let mut cases = vec![
         case(7, 7, 64, 32, 1, 1, Padding::Valid),
         case(14, 14, 32, 16, 1, 1, Padding::Valid),
@@ -302,19 +321,33 @@ fn codegen_conv_strassen_matches_naive() {
     c.bias = false;
     cases.push(c);
     for c in &cases {
-        assert!(strassen::strassen_applies(&conv_op(c), [c.h, c.w, c.cin], &t), "{c:?}");
+        assert!(is_strassen(c, &t), "{c:?}");
         run_conv_case(c, Some(t.clone())).unwrap();
-        let one = ConvTiling { strassen_min_tasks: 1, ..t.clone() };
-        run_conv_case(c, Some(one)).unwrap();
+        run_conv_case(c, Some(strassen_rules(1, 128))).unwrap();
         // Tasks by row count: 3 rows of the top half at most per task.
-        let short = ConvTiling { strassen_min_tasks: 1, strassen_task_rows: 3, ..t.clone() };
-        run_conv_case(c, Some(short)).unwrap();
+        run_conv_case(c, Some(strassen_rules(1, 3))).unwrap();
     }
     // Not for padded, larger kernels or channel counts that do not split into vectors.
     let no = [case(7, 7, 64, 32, 3, 1, Padding::Same), case(7, 7, 60, 32, 1, 1, Padding::Valid)];
     for c in &no {
-        assert!(!strassen::strassen_applies(&conv_op(c), [c.h, c.w, c.cin], &t), "{c:?}");
+        assert!(!is_strassen(c, &t), "{c:?}");
     }
+}
+
+/// Rules that run every 1x1 conv Strassen can compute as Strassen, with its task parameters.
+fn strassen_rules(min_tasks: usize, task_rows: usize) -> Rules {
+    Rules {
+        strassen_min_m: 2,
+        strassen_max_m: usize::MAX,
+        strassen_min_k: 8,
+        strassen_min_n: 8,
+        strassen: strassen::StrassenTiling { min_tasks, task_rows, ..Default::default() },
+        ..rules()
+    }
+}
+
+fn is_strassen(c: &ConvCase, r: &Rules) -> bool {
+    matches!(select_conv(&conv_op(c), [c.h, c.w, c.cin], r), Ok(crate::lower::ConvAlgo::Strassen(_)))
 }
 
 fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {
@@ -368,17 +401,9 @@ proptest! {
     ) {
         let mut c = case(h, w, 8 * cin8, 8 * cout8, 1, s, Padding::Valid);
         (c.bias, c.relu, c.residual, c.relu_after_add) = (bias, relu, residual, raa);
-        let t = ConvTiling {
-            strassen_min_m: 2,
-            strassen_max_m: usize::MAX,
-            strassen_min_k: 8,
-            strassen_min_n: 8,
-            strassen_min_tasks: tasks,
-            strassen_task_rows: task_rows,
-            ..ConvTiling::default()
-        };
+        let t = strassen_rules(tasks, task_rows);
         let m = h.div_ceil(s) * w.div_ceil(s);
-        prop_assert_eq!(strassen::strassen_applies(&conv_op(&c), [h, w, c.cin], &t), m >= 2);
+        prop_assert_eq!(is_strassen(&c, &t), m >= 2);
         run_conv_case(&c, Some(t)).map_err(TestCaseError::fail)?;
     }
 }
@@ -437,7 +462,8 @@ fn codegen_pools_match_naive() {
             }
             for kind in [PoolKind::Max, PoolKind::Avg] {
                 let mut s = Session::with_options(opts()).unwrap();
-                let k = s.window_pool("pool", kind, p, *shape).unwrap();
+                let plan = WindowPoolPlan::new(kind, p, *shape).unwrap();
+                let k = s.compile("pool", &plan, &LayerWeights::default()).unwrap();
                 let code = s.finish().unwrap();
                 let (oshape, want) = naive_pool(kind, p, *shape, &x);
                 assert_eq!(k.out_shape, oshape);
@@ -455,7 +481,7 @@ fn codegen_global_pools_match_naive() {
         let x = rnd(h * w * c, 9);
         for kind in [PoolKind::Avg, PoolKind::Max] {
             let mut s = Session::with_options(opts()).unwrap();
-            let k = s.global_pool("gp", kind, shape).unwrap();
+            let k = s.compile("gp", &GlobalPoolPlan::new(kind, shape).unwrap(), &LayerWeights::default()).unwrap();
             let code = s.finish().unwrap();
             let want: Vec<f32> = (0..c)
                 .map(|ch| {
@@ -480,7 +506,8 @@ fn codegen_dense_matches_naive() {
                 let wt = rnd(cin * units, 2);
                 let bv = rnd(units, 3);
                 let mut s = Session::with_options(opts()).unwrap();
-                let k = s.dense("fc", cin, units, act, &wt, bias.then_some(&bv[..])).unwrap();
+                let plan = DensePlan::new(cin, units, act, bias).unwrap();
+                let k = s.compile("fc", &plan, &LayerWeights::kernel(&wt, bias.then_some(&bv[..]))).unwrap();
                 let code = s.finish().unwrap();
                 let mut want: Vec<f64> = (0..units)
                     .map(|u| {
@@ -508,7 +535,7 @@ fn codegen_dense_matches_naive() {
 #[test]
 fn codegen_softmax_kernel() {
     let mut s = Session::with_options(opts()).unwrap();
-    let k = s.softmax("sm", 10).unwrap();
+    let k = s.compile("sm", &SoftmaxPlan::new(&[10]).unwrap(), &LayerWeights::default()).unwrap();
     let code = s.finish().unwrap();
     let x = rnd(10, 5);
     let got = call(&code, &k, &x, None);
@@ -528,18 +555,21 @@ fn tiny_net(threads: usize) -> (Vec<f32>, Vec<f32>) {
     let b1 = rnd(24, 12);
     let mut c1 = Conv::new(24, [3, 3], [1, 1], Padding::Same, true);
     c1.relu = true;
-    let mut k1 = s.conv("c1", &c1, [h, w, c], &w1, Some(&b1)).unwrap();
+    let r = rules();
+    let mut k1 = compile_conv(&mut s, "c1", &c1, [h, w, c], &r, &w1, Some(&b1)).unwrap();
     let w2 = rnd(24 * 24, 13);
     let mut c2 = Conv::new(24, [1, 1], [1, 1], Padding::Valid, false);
     c2.residual = true;
     c2.relu_after_add = true;
-    let mut k2 = s.conv("c2", &c2, [h, w, 24], &w2, None).unwrap();
+    let mut k2 = compile_conv(&mut s, "c2", &c2, [h, w, 24], &r, &w2, None).unwrap();
     let pool = Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same };
-    let mut k3 = s.max_pool("mp", &pool, [h, w, 24]).unwrap();
+    let none = LayerWeights::default();
+    let mut k3 = s.compile("mp", &WindowPoolPlan::new(PoolKind::Max, &pool, [h, w, 24]).unwrap(), &none).unwrap();
     let [ph, pw, _] = [k3.out_shape[0], k3.out_shape[1], 24];
-    let mut k4 = s.global_pool("gap", PoolKind::Avg, [ph, pw, 24]).unwrap();
+    let mut k4 = s.compile("gap", &GlobalPoolPlan::new(PoolKind::Avg, [ph, pw, 24]).unwrap(), &none).unwrap();
     let w5 = rnd(24 * 10, 14);
-    let mut k5 = s.dense("fc", 24, 10, Activation::Softmax, &w5, None).unwrap();
+    let fc = DensePlan::new(24, 10, Activation::Softmax, false).unwrap();
+    let mut k5 = s.compile("fc", &fc, &LayerWeights::kernel(&w5, None)).unwrap();
     let code = s.finish().unwrap();
     let a1 = h * w * 24;
     let a3 = ph * pw * 24;
@@ -598,12 +628,12 @@ fn golden(file: &str, got: String) {
     assert_eq!(got, want, "IR of {file} changed; if intended, regenerate with BLESS=1");
 }
 
-fn golden_conv_ir(tiling: ConvTiling, cin: usize) -> String {
-    let mut s = Session::with_options(SessionOptions { keep_ir: true, conv_tiling: tiling, ..opts() }).unwrap();
+fn golden_conv_ir(tiling: GemmTiling, cin: usize) -> String {
+    let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
     let mut c = Conv::new(4, [1, 1], [1, 1], Padding::Valid, true);
     c.relu = true;
     let wt = rnd(4 * cin, 1);
-    let k = s.conv("golden", &c, [1, 1, cin], &wt, Some(&[0.5; 4])).unwrap();
+    let k = compile_conv(&mut s, "golden", &c, [1, 1, cin], &gemm_rules(tiling), &wt, Some(&[0.5; 4])).unwrap();
     k.clif.unwrap()
 }
 
@@ -611,7 +641,7 @@ fn golden_conv_ir(tiling: ConvTiling, cin: usize) -> String {
 fn codegen_golden_ir_conv1x1_c4() {
     golden(
         "conv1x1_c4.clif",
-        golden_conv_ir(ConvTiling { prefetch_max_m: 0, prefetch_first_tile: false, ..ConvTiling::default() }, 4),
+        golden_conv_ir(GemmTiling { prefetch_max_m: 0, prefetch_first_tile: false, ..GemmTiling::default() }, 4),
     );
 }
 
@@ -619,7 +649,7 @@ fn codegen_golden_ir_conv1x1_c4() {
 /// iteration that calls the `preserve_all` prefetch stub once per iteration, 8 KB ahead.
 #[test]
 fn codegen_golden_ir_conv1x1_c8_prefetch() {
-    let ir = golden_conv_ir(ConvTiling::default(), 8);
+    let ir = golden_conv_ir(GemmTiling::default(), 8);
     assert!(ir.contains("preserve_all") && ir.contains("call fn0"), "{ir}");
     golden("conv1x1_c8_prefetch.clif", ir);
 }
@@ -631,11 +661,12 @@ fn codegen_golden_ir_conv1x1_c8_prefetch() {
 fn codegen_dump_asm() {
     let path = std::env::var("DUMP_ASM").unwrap_or_else(|_| "/tmp/conv.s".into());
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let t = ConvTiling::default();
-    let conv_tiling = ConvTiling { mr_max: env("CONV_MR", t.mr_max), unroll: env("CONV_UNROLL", t.unroll), ..t };
-    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, conv_tiling, ..opts() }).unwrap();
+    let t = GemmTiling::default();
+    let tiling = GemmTiling { mr_max: env("CONV_MR", t.mr_max), unroll: env("CONV_UNROLL", t.unroll), ..t };
+    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, ..opts() }).unwrap();
     let c = Conv::new(256, [1, 1], [1, 1], Padding::Valid, true);
-    let k = s.conv("c", &c, [56, 56, 64], &rnd(64 * 256, 1), Some(&rnd(256, 2))).unwrap();
+    let r = gemm_rules(tiling);
+    let k = compile_conv(&mut s, "c", &c, [56, 56, 64], &r, &rnd(64 * 256, 1), Some(&rnd(256, 2))).unwrap();
     std::fs::write(&path, k.asm.unwrap()).unwrap();
     std::fs::write(format!("{path}.clif"), k.clif.unwrap()).unwrap();
 }
@@ -646,25 +677,18 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
     // session, the others by a second session sharing its code cache (as the back end's workers do): one
     // compiled function, owned by the first session, each kernel with its own constants and its own correct
     // result; another shape, or the same under other session options, gets its own code.
-    let strassen = ConvTiling { strassen_min_m: 2, strassen_min_k: 8, strassen_min_n: 8, ..ConvTiling::default() };
-    for (c, tiling, wino) in [
-        (case(6, 8, 16, 8, 3, 1, Padding::Same), ConvTiling::default(), false),
-        (case(7, 7, 16, 16, 1, 1, Padding::Valid), strassen, false),
-        (case(8, 8, 8, 12, 3, 1, Padding::Same), ConvTiling::default(), true),
+    let wino = Rules { winograd: true, ..rules() };
+    for (c, r) in [
+        (case(6, 8, 16, 8, 3, 1, Padding::Same), rules()),
+        (case(7, 7, 16, 16, 1, 1, Padding::Valid), strassen_rules(1, 128)),
+        (case(8, 8, 8, 12, 3, 1, Padding::Same), wino),
     ] {
         let x = rnd(c.h * c.w * c.cin, 1);
         let compile = |s: &mut Session, c: &ConvCase, wt: &[f32], bias: &[f32]| {
-            let conv = conv_op(c);
-            if wino {
-                s.conv_winograd("w", &conv, [c.h, c.w, c.cin], wt, Some(bias))
-            } else {
-                s.conv("c", &conv, [c.h, c.w, c.cin], wt, Some(bias))
-            }
-            .unwrap()
+            compile_conv(s, "c", &conv_op(c), [c.h, c.w, c.cin], &r, wt, Some(bias)).unwrap()
         };
         let cache = CodeCache::default();
-        let o = SessionOptions { conv_tiling: tiling.clone(), ..opts() };
-        let mut ss = [Session::with_cache(o.clone(), &cache).unwrap(), Session::with_cache(o, &cache).unwrap()];
+        let mut ss = [Session::with_cache(opts(), &cache).unwrap(), Session::with_cache(opts(), &cache).unwrap()];
         let mut ks = Vec::new();
         let mut wants = Vec::new();
         for (i, seed) in [2, 5, 7].into_iter().enumerate() {
@@ -680,11 +704,25 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
         let wt = rnd(other.k[0] * other.k[1] * other.cin * other.cout, 9);
         let k3 = compile(&mut ss[1], &other, &wt, &rnd(other.cout, 10));
         assert_ne!(k3.id, ks[0].id);
-        // A session with other options (another tiling) sharing the cache compiles its own.
-        let other_opts = SessionOptions { conv_tiling: ConvTiling { unroll: 3, ..tiling }, ..opts() };
-        let mut s2 = Session::with_cache(other_opts, &cache).unwrap();
-        let k4 = compile(&mut s2, &c, &rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2), &rnd(c.cout, 3));
-        assert_ne!(k4.id, ks[0].id);
+        // Another tiling of the same layer (another plan) sharing the cache compiles its own.
+        let input = [c.h, c.w, c.cin];
+        let other = match select_conv(&conv_op(&c), input, &r).unwrap() {
+            crate::lower::ConvAlgo::Gemm(p) => crate::lower::ConvAlgo::Gemm(ConvPlan { unroll: 3, ..p }),
+            crate::lower::ConvAlgo::Strassen(p) => {
+                crate::lower::ConvAlgo::Strassen(strassen::StrassenPlan { ncp: 1, ..p })
+            }
+            crate::lower::ConvAlgo::Winograd(_) => {
+                let t = winograd::WinogradTiling { rows: 3, ..winograd::WinogradTiling::for_input(input) };
+                crate::lower::ConvAlgo::Winograd(winograd::WinogradPlan::new(&conv_op(&c), input, &t).unwrap())
+            }
+            a => a,
+        };
+        let mut s2 = Session::with_cache(opts(), &cache).unwrap();
+        let (wt, b) = (rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2), rnd(c.cout, 3));
+        let k4 = s2
+            .compile("c", crate::lower::KernelOp::Conv(other).family(), &LayerWeights::kernel(&wt, Some(&b)))
+            .unwrap();
+        assert_ne!(k4.id, ks[0].id, "{c:?}");
         assert_eq!(cache.len(), 3);
         let [s0, s1] = ss;
         let (code0, code1) = (s0.finish().unwrap(), s1.finish().unwrap());
@@ -703,8 +741,8 @@ fn codegen_kept_ir_is_per_kernel() {
     let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
     let wt = rnd(9 * c.cin * c.cout, 2);
     let b = rnd(c.cout, 3);
-    let k1 = s.conv("a", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&b)).unwrap();
-    let k2 = s.conv("b", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&b)).unwrap();
+    let k1 = compile_conv(&mut s, "a", &conv_op(&c), [c.h, c.w, c.cin], &rules(), &wt, Some(&b)).unwrap();
+    let k2 = compile_conv(&mut s, "b", &conv_op(&c), [c.h, c.w, c.cin], &rules(), &wt, Some(&b)).unwrap();
     assert_ne!(k1.id, k2.id);
     assert!(k1.clif.is_some() && k2.clif.is_some());
 }

@@ -18,22 +18,16 @@
 //!
 //! Work buffer: `alpha² * nt * cinp` (V) + `alpha² * nt * 4 * cbp` (M) + `alpha² * cinp` (scratch) floats.
 
+use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
+use super::gemm::*;
+pub use super::transform::WinogradTile;
+use super::transform::{mats, transform2d, Mats};
 use super::util::*;
-use super::{CodegenError, Kernel, Session};
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use resnetc_runtime::abi::align_floats;
 use resnetc_runtime::AlignedBuf;
-
-/// Output tile size of the Winograd algorithm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WinogradTile {
-    /// F(2x2, 3x3): 16 multiplications per 4 outputs (2.25x fewer than direct), transforms with 0/±1 only.
-    F2,
-    /// F(4x4, 3x3): 36 multiplications per 16 outputs (4x fewer), larger transform constants.
-    F4,
-}
 
 /// Blocking parameters of Winograd kernels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +73,7 @@ impl Default for WinogradTiling {
     }
 }
 
-/// Whether [`Session::conv_winograd`] handles this convolution: 3x3 kernel, stride 1, padding 1 on each side
+/// Whether [`WinogradPlan`] can compute this convolution: 3x3 kernel, stride 1, padding 1 on each side
 /// (`same` or explicit), non-empty input.
 pub fn winograd_applies(conv: &Conv, input: [usize; 3]) -> bool {
     let [h, w, c] = input;
@@ -88,12 +82,6 @@ pub fn winograd_applies(conv: &Conv, input: [usize; 3]) -> bool {
     }
     let p = conv.padding.pads(h, w, conv.kernel, conv.strides);
     p.top == 1 && p.bottom == 1 && p.left == 1 && p.right == 1
-}
-
-/// Whether Winograd is expected to beat [`Session::conv`] here (measured single-threaded on this machine, see
-/// `benches/winograd.rs`): it applies and the map is at least 4x4 (on 2x2 maps one tile wastes most of its work).
-pub fn winograd_recommended(conv: &Conv, input: [usize; 3]) -> bool {
-    winograd_applies(conv, input) && input[0] >= 4 && input[1] >= 4
 }
 
 impl WinogradTiling {
@@ -109,54 +97,8 @@ impl WinogradTiling {
     }
 }
 
-// Transform matrices (rows of Bᵀ, G, Aᵀ).
-const BT2: [[f64; 4]; 4] = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0.], [0., 1., 0., -1.]];
-const G2: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
-const AT2: [[f64; 4]; 2] = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
-
-pub(super) const BT4: [[f64; 6]; 6] = [
-    [4., 0., -5., 0., 1., 0.],
-    [0., -4., -4., 1., 1., 0.],
-    [0., 4., -4., -1., 1., 0.],
-    [0., -2., -1., 2., 1., 0.],
-    [0., 2., -1., -2., 1., 0.],
-    [0., 4., 0., -5., 0., 1.],
-];
-const G4: [[f64; 3]; 6] = [
-    [1. / 4., 0., 0.],
-    [-1. / 6., -1. / 6., -1. / 6.],
-    [-1. / 6., 1. / 6., -1. / 6.],
-    [1. / 24., 1. / 12., 1. / 6.],
-    [1. / 24., -1. / 12., 1. / 6.],
-    [0., 0., 1.],
-];
-const AT4: [[f64; 6]; 4] =
-    [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
-
-/// The transform matrices of one tile size as row vectors: (Bᵀ: a x a, G: a x 3, Aᵀ: m x a).
-struct Mats {
-    bt: Vec<Vec<f64>>,
-    g: Vec<Vec<f64>>,
-    at: Vec<Vec<f64>>,
-}
-
-fn mats(tile: WinogradTile) -> Mats {
-    match tile {
-        WinogradTile::F2 => Mats {
-            bt: BT2.iter().map(|r| r.to_vec()).collect(),
-            g: G2.iter().map(|r| r.to_vec()).collect(),
-            at: AT2.iter().map(|r| r.to_vec()).collect(),
-        },
-        WinogradTile::F4 => Mats {
-            bt: BT4.iter().map(|r| r.to_vec()).collect(),
-            g: G4.iter().map(|r| r.to_vec()).collect(),
-            at: AT4.iter().map(|r| r.to_vec()).collect(),
-        },
-    }
-}
-
 /// Everything about one Winograd convolution that the generated code bakes in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WinogradPlan {
     pub tile: WinogradTile,
     /// Output tile size m and transformed tile size a = m + 2.
@@ -185,10 +127,7 @@ pub struct WinogradPlan {
     pub ncb: usize,
     pub cpg: usize,
     pub ng: usize,
-    pub bias: bool,
-    pub relu: bool,
-    pub residual: bool,
-    pub relu_after_add: bool,
+    pub epi: Epilogue,
     /// Weight prefetch distance in bytes, 0 for none.
     pub prefetch: usize,
 }
@@ -299,16 +238,9 @@ impl WinogradPlan {
             ncb,
             cpg,
             ng,
-            bias: conv.bias,
-            relu: conv.relu,
-            residual: conv.residual,
-            relu_after_add: conv.relu_after_add,
+            epi: Epilogue::of(conv),
             prefetch: if ntiles <= t.prefetch_max_tiles { t.prefetch_distance } else { 0 },
         })
-    }
-
-    pub fn ntasks(&self) -> usize {
-        self.ntb * self.ng
     }
 
     fn v_floats(&self) -> usize {
@@ -317,11 +249,6 @@ impl WinogradPlan {
 
     fn m_floats(&self) -> usize {
         align_floats(self.a * self.a * self.nt * self.cbp * 4)
-    }
-
-    /// Per-thread work buffer (floats): V, M and the border-patch scratch.
-    pub fn work_floats(&self) -> usize {
-        self.v_floats() + self.m_floats() + align_floats(self.a * self.a * self.cinp)
     }
 
     /// Float offset of the bias in the packed constants.
@@ -333,7 +260,7 @@ impl WinogradPlan {
     pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
         let g = mats(self.tile).g;
         let (a, cin, cout) = (self.a, self.cin, self.cout);
-        let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * 4);
+        let mut out = AlignedBuf::zeroed(self.packed_floats());
         // Per input channel, transform all output channels at once: the Keras kernel is contiguous in
         // `cout`, so each step below is a loop over n that the compiler vectorizes (this runs for
         // every (cin, cout) pair of every 3x3 layer at compile time). Channels go in groups of 4, so that
@@ -393,64 +320,57 @@ impl WinogradPlan {
     }
 }
 
+impl KernelFamily for WinogradPlan {
+    fn ntasks(&self) -> usize {
+        self.ntb * self.ng
+    }
+
+    /// V, M and the border-patch scratch.
+    fn work_floats(&self) -> usize {
+        self.v_floats() + self.m_floats() + align_floats(self.a * self.a * self.cinp)
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        vec![self.h, self.w, self.cout]
+    }
+
+    fn reads_input2(&self) -> bool {
+        self.epi.residual
+    }
+
+    fn helpers(&self) -> Helpers {
+        Helpers { prefetch: self.prefetch > 0, softmax: false }
+    }
+
+    fn packed_floats(&self) -> usize {
+        self.bias_offset() + self.npan * 4
+    }
+
+    fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
+        let (kernel, bias) = w.checked(9 * self.cin * self.cout, self.epi.bias, self.cout)?;
+        Ok(self.pack_weights(kernel, bias))
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let mm = b.ins().iadd_imm_s(env.work, (self.v_floats() * 4) as i64);
+        let scr = b.ins().iadd_imm_s(env.work, ((self.v_floats() + self.m_floats()) * 4) as i64);
+        let ptrs =
+            Ptrs { inp: env.inp, res: env.res, out: env.out, cst: env.cst, v: env.work, mm, scr, pf: env.prefetch };
+        emit_task(b, self, &mats(self.tile), ptrs, task)
+    }
+}
+
+/// The pointers of one task: `KernelArgs`' and the V, M and scratch areas of the work buffer.
 #[derive(Clone, Copy)]
 struct Ptrs {
     inp: Value,
     res: Value,
     out: Value,
     cst: Value,
-    /// V, M and scratch areas of the work buffer.
     v: Value,
     mm: Value,
     scr: Value,
     pf: Option<cranelift_codegen::ir::FuncRef>,
-}
-
-impl Session {
-    /// Compiles a 3x3, stride-1, pad-1 convolution as a Winograd kernel with [`WinogradTiling::for_input`]; same
-    /// arguments and result as [`Session::conv`] (check [`winograd_applies`] first, or better
-    /// [`winograd_recommended`]).
-    pub fn conv_winograd(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-    ) -> Result<Kernel, CodegenError> {
-        let tiling = WinogradTiling {
-            min_tasks: self.opts.winograd_min_tasks,
-            threads: self.opts.threads,
-            ..WinogradTiling::for_input(input)
-        };
-        self.conv_winograd_with(name, conv, input, kernel, bias, &tiling)
-    }
-
-    /// [`Session::conv_winograd`] with explicit tile size and blocking.
-    pub fn conv_winograd_with(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-        tiling: &WinogradTiling,
-    ) -> Result<Kernel, CodegenError> {
-        let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
-        super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
-        let consts = p.pack_weights(kernel, bias);
-        self.compile_once(format!("winograd {conv:?} {input:?} {tiling:?}"), name, consts, |s, consts| {
-            let (id, pf) = s.begin_with_prefetch(name, p.prefetch > 0)?;
-            let mt = mats(p.tile);
-            s.build_task_loop(|b, [inp, res, out, cst], work, task| {
-                let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
-                let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
-                emit_task(b, &p, &mt, Ptrs { inp, res, out, cst, v: work, mm, scr, pf }, task)
-            });
-            let out_shape = vec![p.h, p.w, p.cout];
-            s.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)
-        })
-    }
 }
 
 fn emit_task(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, task: Value) {
@@ -470,57 +390,6 @@ fn emit_task(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, t
         emit_output_transform(b, p, mt, ptrs, t0, cb);
         vec![]
     });
-}
-
-/// Splat of an f32 constant.
-fn splat(b: &mut FunctionBuilder, c: f64) -> Value {
-    let x = b.ins().f32const(c as f32);
-    b.ins().splat(types::F32X4, x)
-}
-
-/// `sum_k coef[k] * xs[k]` with ±1 as add/sub and zero terms skipped.
-fn lincomb(b: &mut FunctionBuilder, coef: &[f64], xs: &[Value]) -> Value {
-    let mut acc: Option<Value> = None;
-    for (&c, &x) in coef.iter().zip(xs) {
-        if c == 0.0 {
-            continue;
-        }
-        acc = Some(match acc {
-            None if c == 1.0 => x,
-            None if c == -1.0 => b.ins().fneg(x),
-            None => {
-                let s = splat(b, c);
-                b.ins().fmul(s, x)
-            }
-            Some(v) if c == 1.0 => b.ins().fadd(v, x),
-            Some(v) if c == -1.0 => b.ins().fsub(v, x),
-            Some(v) => {
-                let s = splat(b, c);
-                b.ins().fma(s, x, v)
-            }
-        });
-    }
-    acc.unwrap_or_else(|| zero4(b))
-}
-
-/// `L d Lᵀ` for `d` (a x a, row-major) and `L` (rows x a): returns rows x rows, row-major.
-pub(super) fn transform2d(b: &mut FunctionBuilder, l: &[Vec<f64>], d: &[Value], a: usize) -> Vec<Value> {
-    let n = l.len();
-    // t[i][x] = sum_y L[i][y] d[y][x]
-    let mut t = vec![];
-    for li in l {
-        for x in 0..a {
-            let col: Vec<Value> = (0..a).map(|y| d[y * a + x]).collect();
-            t.push(lincomb(b, li, &col));
-        }
-    }
-    let mut o = vec![];
-    for i in 0..n {
-        for lj in l {
-            o.push(lincomb(b, lj, &t[i * a..(i + 1) * a]));
-        }
-    }
-    o
 }
 
 /// Input transform of tiles `t0 .. t0 + nt` into V.
@@ -722,13 +591,13 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
                 let col = b.ins().imul_imm_s(pan, 4);
                 let e = b.ins().iadd(obase, col);
                 let op = addr(b, ptrs.out, e, 4, 0);
-                let rp = p.residual.then(|| addr(b, ptrs.res, e, 4, 0));
+                let rp = p.epi.residual.then(|| addr(b, ptrs.res, e, 4, 0));
                 let mf = mf_rw().with_aligned();
                 let xi_stride = p.nt * p.cbp * 16;
                 let mv: Vec<Value> =
                     (0..p.a * p.a).map(|xi| b.ins().load(types::F32X4, mf, mp, (xi * xi_stride) as i32)).collect();
                 let y = transform2d(b, &mt.at, &mv, p.a);
-                let bias = p.bias.then(|| {
+                let bias = p.epi.bias.then(|| {
                     let bo = addr(b, ptrs.cst, pan, 16, (p.bias_offset() * 4) as i64);
                     b.ins().load(types::F32X4, mf_packed(), bo, 0)
                 });
@@ -736,7 +605,8 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
                     let (dy, dx) = (q / m, q % m);
                     let off = ((dy * p.w + dx) * p.cout * 4) as i32;
                     let store = |b: &mut FunctionBuilder| {
-                        let v = conv_epilogue(b, yv, bias, p.relu, rp.map(|rp| (rp, off, lanes)), p.relu_after_add);
+                        let v =
+                            conv_epilogue(b, yv, bias, p.epi.relu, rp.map(|rp| (rp, off, lanes)), p.epi.relu_after_add);
                         store_lanes(b, mf_rw(), v, op, off, lanes);
                     };
                     match masks {
@@ -778,7 +648,7 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codegen::SessionOptions;
+    use crate::codegen::{Session, SessionOptions};
     use crate::ops::{Padding, Pads};
     use proptest::prelude::*;
 
@@ -901,8 +771,9 @@ mod tests {
         }
         let mut s = Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() })
             .map_err(|e| e.to_string())?;
+        let plan = WinogradPlan::new(&conv, [c.h, c.w, c.cin], t)?;
         let k = s
-            .conv_winograd_with("wino", &conv, [c.h, c.w, c.cin], &wt, c.bias.then_some(&bias[..]), t)
+            .compile("wino", &plan, &LayerWeights::kernel(&wt, c.bias.then_some(&bias[..])))
             .map_err(|e| e.to_string())?;
         if k.out_shape != vec![c.h, c.w, c.cout] {
             return Err(format!("shape {:?}", k.out_shape));
