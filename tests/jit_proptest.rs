@@ -62,12 +62,8 @@ fn spec(c: &Case) -> String {
 }
 
 fn check(c: &Case) -> Result<(), String> {
-    let mut m = match Model::from_str("case.yaml", &spec(c), &Options::default()) {
-        Ok(m) => m,
-        // Kernel larger than the padded input: not a problem for the back end.
-        Err(e) if e.to_string().contains("larger than the padded input") => return Ok(()),
-        Err(e) => return Err(format!("spec rejected: {e}\n{}", spec(c))),
-    };
+    let mut m = Model::from_str("case.yaml", &spec(c), &Options::default())
+        .map_err(|e| format!("spec rejected: {e}\n{}", spec(c)))?;
     randomize(&mut m.weights, 5);
     let x = input(&[c.h, c.w, c.cin], c.batch, 9);
     let want = m.run_reference(x.view()).map_err(|e| e.to_string())?;
@@ -100,6 +96,8 @@ proptest! {
 
     #[test]
     fn random_convolutions_match_the_reference(c in cases()) {
+        // A valid-padded kernel larger than the map is a spec error, not a back-end problem.
+        prop_assume!(c.same || (c.h >= c.k[0] && c.w >= c.k[1]));
         check(&c).map_err(TestCaseError::fail)?;
     }
 }

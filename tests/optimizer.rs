@@ -246,16 +246,15 @@ fn a_pass_that_breaks_the_graph_is_named() {
     assert!(e.to_string().contains("after pass `corrupt_shapes`"), "{e}");
 }
 
-/// With the reference peers present (see README), the optimized notebook model still matches Keras.
+/// The optimized notebook model still matches Keras (needs the reference peers' models: `#[ignore]`d, run
+/// with `--include-ignored` where they are).
 #[test]
+#[ignore]
 fn optimized_notebook_matches_keras_with_peers() {
     let dir = std::env::var("RESNETC_PEERS").map(std::path::PathBuf::from).unwrap_or_else(|_| {
         std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/resnetc-peers/models")
     });
-    if !dir.join("seed.safetensors").exists() {
-        eprintln!("skipped: no reference peers in {}", dir.display());
-        return;
-    }
+    assert!(dir.join("seed.safetensors").exists(), "no reference peers in {}", dir.display());
     let opts = Options { weights: Some(dir.join("seed.safetensors")), ..Default::default() };
     let m = Model::from_file(spec_path("notebook_resnet50"), &opts).unwrap();
     let x: ArrayD<f32> = ndarray_npy::read_npy(dir.join("seed_x.npy")).unwrap();
