@@ -191,3 +191,44 @@ fn dense_softmax_splits_over_threads() {
     let one = m.compile(&opts(1)).unwrap();
     assert_eq!(one.kernels.iter().map(|k| k.op).collect::<Vec<_>>(), ["dense"]);
 }
+
+/// NaN and Inf as Keras treats them (IEEE propagation: relu(NaN) = NaN, a max with NaN is NaN): the JIT is
+/// non-finite exactly where the reference interpreter is, per op on small specs (one bad pixel per item), and
+/// on the notebook model, whose output a single NaN pixel makes NaN everywhere.
+#[test]
+fn nan_and_inf_propagate_as_in_the_reference() {
+    let specs = [
+        ("relu_max_pool", "input: [6, 7, 5]\nlayers:\n  - {op: relu}\n  - {op: max_pool, pool: 3, strides: 2, padding: same}\n"),
+        ("global_max", "input: [5, 4, 6]\nlayers:\n  - {op: relu}\n  - {op: global_max_pool}\n"),
+        ("global_avg_dense", "input: [5, 4, 6]\nlayers:\n  - {op: global_avg_pool}\n  - {op: dense, units: 9, activation: relu}\n"),
+        ("add_bn", "input: [4, 4, 3]\nlayers:\n  - {op: batch_norm, name: bn}\n  - {op: add, inputs: [bn, input, input]}\n  - {op: relu}\n"),
+        ("conv_relu", "input: [9, 9, 4]\nlayers:\n  - {op: conv, filters: 6, kernel: 1}\n  - {op: relu}\n  - {op: avg_pool, pool: 2}\n"),
+    ];
+    for (what, spec) in specs {
+        let mut m = Model::from_str(&format!("{what}.yaml"), spec, &Options::default()).unwrap();
+        randomize(&mut m.weights, 3);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = input(m.input_shape(), 2, 5);
+            x[[0, 1, 2, 0]] = bad;
+            x[[1, 3, 3, 2]] = bad;
+            let want = m.run_reference(x.view()).unwrap();
+            for threads in [1, 2] {
+                let got = m.compile(&opts(threads)).unwrap().run(x.view()).unwrap();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let ok = if w.is_nan() { g.is_nan() } else { g == w || (g - w).abs() <= 1e-5 * w.abs().max(1.0) };
+                    assert!(ok, "{what}, {bad} in the input, {threads} thread(s): output {i} is {g}, reference {w}");
+                }
+                // (-Inf may meet a relu first, which makes it 0.)
+                let reaches = want.iter().any(|v| !v.is_finite());
+                assert!(reaches || bad == f32::NEG_INFINITY, "{what}: {bad} reaches no output");
+            }
+        }
+    }
+    let mut m = Model::from_file(root("specs/notebook_resnet50.yaml"), &Options::default()).unwrap();
+    randomize(&mut m.weights, 4);
+    let mut x = input(m.input_shape(), 1, 6);
+    x[[0, 30, 20, 1]] = f32::NAN;
+    let want = m.run_reference(x.view()).unwrap();
+    let got = m.compile(&opts(2)).unwrap().run(x.view()).unwrap();
+    assert!(want.iter().all(|v| v.is_nan()) && got.iter().all(|v| v.is_nan()), "{want:?} vs {got:?}");
+}

@@ -16,8 +16,8 @@
 use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
 use super::util::*;
 use crate::ops::Pads;
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use resnetc_runtime::AlignedBuf;
 
@@ -93,12 +93,7 @@ impl KernelFamily for FlatPlan {
             let src = addr(b, inp, i, 4, 0);
             let x = load_lanes(b, mf_input(), src, 0, lanes);
             let y = match op {
-                Flat::Relu => {
-                    let z = zero4(b);
-                    let neg = b.ins().fcmp(FloatCC::LessThan, x, z);
-                    let m = b.ins().bitcast(types::F32X4, MemFlagsData::new(), neg);
-                    b.ins().band_not(x, m)
-                }
+                Flat::Relu => relu4(b, x),
                 Flat::Add => {
                     let src2 = addr(b, inp2, i, 4, 0);
                     let x2 = load_lanes(b, mf_input(), src2, 0, lanes);

@@ -8,7 +8,7 @@
 use super::family::{KernelFamily, TaskEnv};
 use super::util::*;
 use crate::ops::Pool;
-use cranelift_codegen::ir::{condcodes::FloatCC, types, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +28,9 @@ pub struct WindowPoolPlan {
     pub pad_left: usize,
     pub oh: usize,
     pub ow: usize,
+    /// Some window lies entirely in padding (explicit pads at least the window size): its max is 0, what
+    /// the zero padding it came from gives (see `reference::pool`).
+    pub empty_windows: bool,
 }
 
 impl WindowPoolPlan {
@@ -53,6 +56,7 @@ impl WindowPoolPlan {
             pad_left: pads.left,
             oh,
             ow,
+            empty_windows: pads.top >= kh || pads.bottom >= kh || pads.left >= kw || pads.right >= kw,
         })
     }
 }
@@ -70,7 +74,7 @@ impl KernelFamily for WindowPoolPlan {
         let [h, w, c] = self.input;
         let ([kh, kw], [sh, sw], (oh, ow)) = (self.size, self.strides, (self.oh, self.ow));
         let _ = oh;
-        let kind = self.kind;
+        let (kind, empty_windows) = (self.kind, self.empty_windows);
         let pads = crate::ops::Pads { top: self.pad_top, left: self.pad_left, bottom: 0, right: 0 };
         let TaskEnv { inp, out, .. } = *env;
         let t = b.ins().imul_imm_s(oy, sh as i64);
@@ -126,23 +130,27 @@ impl KernelFamily for WindowPoolPlan {
                             .map(|(j, &a)| {
                                 let v = load_lanes(b, mf_input(), src, 16 * j as i32, lanes);
                                 match kind {
-                                    // max as compare + select (2-3 instructions; `fmax` lowers to ~7
-                                    // for its NaN rules). A NaN candidate is skipped, as f32::max in
-                                    // the reference interpreter does.
-                                    PoolKind::Max => {
-                                        let gt = b.ins().fcmp(FloatCC::GreaterThan, v, a);
-                                        let m = b.ins().bitcast(types::F32X4, MemFlagsData::new(), gt);
-                                        b.ins().bitselect(m, v, a)
-                                    }
+                                    // `fmax` is NaN if either operand is: IEEE maximum, as Keras
+                                    // propagates NaN through max pooling.
+                                    PoolKind::Max => b.ins().fmax(a, v),
                                     PoolKind::Avg => b.ins().fadd(a, v),
                                 }
                             })
                             .collect()
                     })
                 });
+                let empty = (kind == PoolKind::Max && empty_windows).then(|| {
+                    let ye = b.ins().icmp(IntCC::SignedLessThanOrEqual, y1, y0);
+                    let xe = b.ins().icmp(IntCC::SignedLessThanOrEqual, x1, x0);
+                    b.ins().bor(ye, xe)
+                });
                 for (j, mut v) in r.into_iter().enumerate() {
                     if let Some(inv) = inv {
                         v = b.ins().fmul(v, inv);
+                    }
+                    if let Some(e) = empty {
+                        let z = zero4(b);
+                        v = b.ins().select(e, z, v);
                     }
                     let dst = addr(b, obase, coff, 4, 16 * j as i64);
                     store_lanes(b, mf_rw(), v, dst, 0, lanes);

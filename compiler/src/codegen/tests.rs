@@ -126,20 +126,29 @@ fn naive_conv(c: &ConvCase, x: &[f32], wt: &[f32], bias: &[f32], res: &[f32]) ->
                     acc += bias[n] as f64;
                 }
                 if c.relu {
-                    acc = acc.max(0.0);
+                    acc = relu64(acc);
                 }
                 let o = (oy * ow + ox) * c.cout + n;
                 if c.residual {
                     acc += res[o] as f64;
                 }
                 if c.relu_after_add {
-                    acc = acc.max(0.0);
+                    acc = relu64(acc);
                 }
                 y[o] = acc as f32;
             }
         }
     }
     (vec![oh, ow, c.cout], y)
+}
+
+/// Relu as Keras computes it: NaN passes (`f64::max` would turn it into 0).
+fn relu64(v: f64) -> f64 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 fn conv_op(c: &ConvCase) -> Conv {
@@ -516,7 +525,7 @@ fn codegen_dense_matches_naive() {
                     })
                     .collect();
                 match act {
-                    Activation::Relu => want.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    Activation::Relu => want.iter_mut().for_each(|v| *v = relu64(*v)),
                     Activation::Softmax => {
                         let m = want.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                         let e: Vec<f64> = want.iter().map(|v| (v - m).exp()).collect();
@@ -745,4 +754,182 @@ fn codegen_kept_ir_is_per_kernel() {
     let k2 = compile_conv(&mut s, "b", &conv_op(&c), [c.h, c.w, c.cin], &rules(), &wt, Some(&b)).unwrap();
     assert_ne!(k1.id, k2.id);
     assert!(k1.clif.is_some() && k2.clif.is_some());
+}
+
+// ---- NaN and Inf: IEEE propagation, as Keras does ----
+
+/// Which outputs a non-finite input pixel `(iy, ix)` may reach in a kernel of family `algo`, beyond those whose
+/// window contains it (where every family must be non-finite): fast algorithms mix whole tiles (Winograd: the
+/// transformed input patch of every tile that overlaps the pixel; the stem: its polyphase patches) or, for
+/// Strassen, the same pixel of the other half of the rows.
+fn may_spread(algo: crate::lower::Algorithm, c: &ConvCase, (oy, ox): (usize, usize), (iy, ix): (usize, usize)) -> bool {
+    use crate::lower::Algorithm;
+    let near = |d: usize| oy.abs_diff(iy) <= d && ox.abs_diff(ix) <= d;
+    match algo {
+        Algorithm::Gemm | Algorithm::Plain => false,
+        Algorithm::Winograd(_) => near(6),
+        Algorithm::Stem => oy.abs_diff(iy / 2) <= 6 && ox.abs_diff(ix / 2) <= 6,
+        Algorithm::Strassen => {
+            let ow = (c.w - 1) / c.s[1] + 1;
+            let m = ((c.h - 1) / c.s[0] + 1) * ow;
+            let half = m.div_ceil(2);
+            let (o, p) = (oy * ow + ox, (iy / c.s[0]) * ow + ix / c.s[1]);
+            o % half == p % half
+        }
+    }
+}
+
+/// Runs `c` (selected by `r`) with `x[(iy, ix, ch)] = bad` and checks: every output the naive convolution
+/// makes non-finite is non-finite (NaN where it is NaN), every other output equals it unless the family may
+/// spread the value there (`may_spread`).
+fn check_non_finite(c: &ConvCase, r: &Rules, (iy, ix, ch): (usize, usize, usize), bad: f32) -> Result<(), String> {
+    let mut x = rnd(c.h * c.w * c.cin, 1);
+    x[(iy * c.w + ix) * c.cin + ch] = bad;
+    let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
+    let bias = rnd(c.cout, 3);
+    let p = c.padding.pads(c.h, c.w, c.k, c.s);
+    let (oh, ow) = ((c.h + p.top + p.bottom - c.k[0]) / c.s[0] + 1, (c.w + p.left + p.right - c.k[1]) / c.s[1] + 1);
+    let res = rnd(oh * ow * c.cout, 4);
+    let (_, want) = naive_conv(c, &x, &wt, &bias, &res);
+    let algo = select_conv(&conv_op(c), [c.h, c.w, c.cin], r)?;
+    let kind = crate::lower::KernelOp::Conv(algo.clone()).algorithm();
+    let mut s = Session::with_options(opts()).map_err(|e| e.to_string())?;
+    let k = s
+        .compile(
+            "c",
+            crate::lower::KernelOp::Conv(algo).family(),
+            &LayerWeights::kernel(&wt, c.bias.then_some(&bias[..])),
+        )
+        .map_err(|e| e.to_string())?;
+    let code = s.finish().map_err(|e| e.to_string())?;
+    let got = call(&code, &k, &x, c.residual.then_some(&res[..]));
+    let mut hits = 0;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let (oy, ox) = (i / c.cout / ow, i / c.cout % ow);
+        let at = format!("{kind} {c:?}, bad {bad} at ({iy}, {ix}, {ch}), output ({oy}, {ox}, {})", i % c.cout);
+        if !w.is_finite() {
+            hits += 1;
+            if g.is_finite() || (w.is_nan() && !g.is_nan() && !may_spread(kind, c, (oy, ox), (iy, ix))) {
+                return Err(format!("{at}: got {g}, want {w}"));
+            }
+        } else if !may_spread(kind, c, (oy, ox), (iy, ix)) && (g.is_nan() || (g - w).abs() > 1e-4 * w.abs().max(1.0)) {
+            return Err(format!("{at}: got {g}, want {w}"));
+        }
+    }
+    if hits == 0 {
+        return Err(format!("{kind} {c:?}: the test reaches no output"));
+    }
+    Ok(())
+}
+
+/// A NaN or an infinity in the input reaches the outputs whose window holds it, in every convolution
+/// family, through the fused epilogue's relus (relu(NaN) = NaN, as in Keras); elsewhere results are exact.
+#[test]
+fn codegen_non_finite_inputs_propagate_in_every_conv_family() {
+    let epi = |mut c: ConvCase| {
+        (c.relu, c.residual, c.relu_after_add) = (true, true, true);
+        c
+    };
+    let wino = Rules { winograd: true, ..rules() };
+    let families = [
+        (epi(case(6, 8, 16, 8, 1, 1, Padding::Valid)), rules(), "gemm, direct 1x1"),
+        (epi(case(9, 7, 19, 10, 3, 2, Padding::Same)), small_tiling(), "gemm, packed, K blocks"),
+        (epi(case(3, 4, 40, 12, 3, 1, Padding::Same)), rules(), "gemm, streaming order"),
+        (epi(case(7, 7, 16, 16, 1, 1, Padding::Valid)), strassen_rules(2, 128), "strassen"),
+        (epi(case(12, 11, 9, 6, 3, 1, Padding::Same)), wino.clone(), "winograd F(4x4)"),
+        (epi(case(5, 6, 9, 6, 3, 1, Padding::Same)), wino.clone(), "winograd F(2x2)"),
+        (case(23, 20, 3, 8, 7, 2, Padding::Same), wino, "stem"),
+    ];
+    for (c, r, what) in &families {
+        let c = ConvCase { relu: true, ..c.clone() };
+        for (at, bad) in [((2, 3, 1), f32::NAN), ((0, 0, 0), f32::NAN), ((c.h - 1, 1, 2), f32::INFINITY)] {
+            check_non_finite(&c, r, at, bad).map_err(|e| format!("{what}: {e}")).unwrap();
+        }
+    }
+}
+
+/// A NaN bias or weight makes its output channel NaN everywhere its taps reach real input.
+#[test]
+fn codegen_nan_weights_are_not_hidden_by_relu() {
+    for (c, r) in [
+        (case(6, 5, 8, 6, 3, 1, Padding::Same), rules()),
+        (case(9, 9, 8, 8, 3, 1, Padding::Same), Rules { winograd: true, ..rules() }),
+    ] {
+        let c = ConvCase { relu: true, ..c };
+        let x = rnd(c.h * c.w * c.cin, 1);
+        let mut wt = rnd(9 * c.cin * c.cout, 2);
+        let mut bias = rnd(c.cout, 3);
+        bias[1] = f32::NAN;
+        // Centre tap, channel 0 -> output channel 4: reaches every output.
+        wt[(4 * c.cin) * c.cout + 4] = f32::NAN;
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = compile_conv(&mut s, "c", &conv_op(&c), [c.h, c.w, c.cin], &r, &wt, Some(&bias)).unwrap();
+        let code = s.finish().unwrap();
+        let got = call(&code, &k, &x, None);
+        for (i, g) in got.iter().enumerate() {
+            let n = i % c.cout;
+            assert_eq!(g.is_nan(), n == 1 || n == 4, "output {i} (channel {n}) is {g}");
+        }
+    }
+}
+
+#[test]
+fn codegen_pools_propagate_nan_and_empty_windows_are_zero() {
+    let shape = [6usize, 7, 9];
+    let mut x = rnd(shape.iter().product(), 3);
+    let (iy, ix, ch) = (2, 3, 5);
+    x[(iy * 7 + ix) * 9 + ch] = f32::NAN;
+    let pool = Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same };
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = s.compile("p", &WindowPoolPlan::new(kind, &pool, shape).unwrap(), &LayerWeights::default()).unwrap();
+        let gp = s.compile("g", &GlobalPoolPlan::new(kind, shape).unwrap(), &LayerWeights::default()).unwrap();
+        let code = s.finish().unwrap();
+        let (_, want) = naive_pool(kind, &pool, shape, &x);
+        let got = call(&code, &k, &x, None);
+        let ow = k.out_shape[1];
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (oy, ox, c) = (i / 9 / ow, i / 9 % ow, i % 9);
+            // Same padding: rows pad 0 top / 1 bottom (windows 2oy..2oy+2), columns 1 / 1 (2ox-1..2ox+1).
+            let covers = c == ch && (2 * oy + 1).abs_diff(iy) <= 1 && (2 * ox).abs_diff(ix) <= 1;
+            assert_eq!(g.is_nan(), covers, "{kind:?} output ({oy}, {ox}, {c}) is {g}");
+            assert!(g.is_nan() || (g - w).abs() <= 1e-5, "{kind:?} output {i}: {g} vs {w}");
+        }
+        let g = call(&code, &gp, &x, None);
+        assert!(g.iter().enumerate().all(|(c, v)| v.is_nan() == (c == ch)), "global {kind:?}: {g:?}");
+    }
+    // Explicit pads at least the window (a folded ZeroPadding2D): a window of padding only gives 0.
+    let pool = Pool {
+        size: [2, 2],
+        strides: [2, 2],
+        padding: Padding::Explicit(Pads { top: 2, bottom: 0, left: 0, right: 2 }),
+    };
+    let x: Vec<f32> = rnd(4 * 4 * 3, 4).iter().map(|v| v.abs() + 1.0).collect();
+    let mut s = Session::with_options(opts()).unwrap();
+    let plan = WindowPoolPlan::new(PoolKind::Max, &pool, [4, 4, 3]).unwrap();
+    assert!(plan.empty_windows);
+    let k = s.compile("p", &plan, &LayerWeights::default()).unwrap();
+    let code = s.finish().unwrap();
+    let (_, want) = naive_pool(PoolKind::Max, &pool, [4, 4, 3], &x);
+    let got = call(&code, &k, &x, None);
+    assert_eq!(&got[..9], &[0.0; 9], "the first output row lies in the padding");
+    check_close(&got, &want.iter().map(|&v| if v == f32::NEG_INFINITY { 0.0 } else { v }).collect::<Vec<_>>(), "pads")
+        .unwrap();
+}
+
+#[test]
+fn codegen_dense_propagates_nan_through_relu_and_softmax() {
+    let (cin, units) = (37, 10);
+    let mut x = rnd(cin, 1);
+    x[5] = f32::NAN;
+    let wt = rnd(cin * units, 2);
+    for act in [Activation::Relu, Activation::Softmax, Activation::Linear] {
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = s
+            .compile("fc", &DensePlan::new(cin, units, act, false).unwrap(), &LayerWeights::kernel(&wt, None))
+            .unwrap();
+        let code = s.finish().unwrap();
+        let y = call(&code, &k, &x, None);
+        assert!(y.iter().all(|v| v.is_nan()), "{act}: {y:?}");
+    }
 }

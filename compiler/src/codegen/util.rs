@@ -166,12 +166,13 @@ pub fn zero4(b: &mut FunctionBuilder) -> Value {
     b.ins().splat(types::F32X4, z)
 }
 
-/// `max(v, 0)` for f32x4 (a compare and a mask; NaN becomes 0).
+/// Relu on f32x4 as Keras computes it: `v < 0 ? 0 : v` (a compare and a mask), so NaN passes through
+/// (IEEE: a NaN is not less than 0) and -0.0 stays -0.0.
 pub fn relu4(b: &mut FunctionBuilder, v: Value) -> Value {
     let z = zero4(b);
-    let m = b.ins().fcmp(cranelift_codegen::ir::condcodes::FloatCC::GreaterThan, v, z);
-    let mf = b.ins().bitcast(types::F32X4, MemFlagsData::new(), m);
-    b.ins().band(v, mf)
+    let neg = b.ins().fcmp(cranelift_codegen::ir::condcodes::FloatCC::LessThan, v, z);
+    let m = b.ins().bitcast(types::F32X4, MemFlagsData::new(), neg);
+    b.ins().band_not(v, m)
 }
 
 /// Loads `lanes` (1..=4) consecutive floats into the low lanes of an f32x4 (others zero).
