@@ -32,6 +32,7 @@ pub mod stem;
 pub mod strassen;
 mod util;
 pub mod winograd;
+pub mod x86;
 
 #[cfg(test)]
 mod tests;
