@@ -38,6 +38,7 @@ pub mod strassen;
 pub mod transform;
 mod util;
 pub mod winograd;
+pub mod x86;
 
 #[cfg(test)]
 pub(crate) mod tests;
