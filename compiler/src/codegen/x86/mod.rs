@@ -207,7 +207,7 @@ impl Isa {
             Isa::Avx512 => (14, 32),
             // The classic 6x16 (12 ymm accumulators, 2 B vectors, 1 broadcast).
             Isa::Avx2 => (6, 16),
-            Isa::F32x4 => (super::conv::MR, super::conv::NR),
+            Isa::F32x4 => (super::gemm::MR, super::gemm::NR),
         }
     }
 }
