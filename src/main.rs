@@ -6,6 +6,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, Axis};
 use resnetc_compiler::backend::BackendOptions;
+use resnetc_compiler::codegen::x86::Isa;
 use resnetc_compiler::spec::ProjectionPolicy;
 use resnetc_compiler::{report, Error, Model, Options};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ enum Cmd {
         /// Threads the compiled model's kernels are split over (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// CPU tier of the kernels: avx512, avx2, f32x4 (cranelift's portable kernels) or auto (the widest
+        /// this CPU runs).
+        #[arg(long, default_value = "auto", value_parser = parse_isa)]
+        isa: Isa,
     },
     /// Time the JIT-compiled model: compile time, latency median/min, GFLOP/s and share of the f32x4 FMA peak.
     Bench {
@@ -82,6 +87,10 @@ enum Cmd {
         /// that interleave runs of two engines one by one, see compiler/benches/compare_ort_paired.py).
         #[arg(long, conflicts_with_all = ["profile", "json"])]
         paced: bool,
+        /// CPU tier of the kernels: avx512, avx2, f32x4 (cranelift's portable kernels) or auto (the widest
+        /// this CPU runs).
+        #[arg(long, default_value = "auto", value_parser = parse_isa)]
+        isa: Isa,
     },
     /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
     Summary {
@@ -124,6 +133,10 @@ enum Cmd {
         /// Threads each kernel is split over (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// CPU tier of the kernels: avx512, avx2, f32x4 (cranelift's portable kernels) or auto (the widest
+        /// this CPU runs).
+        #[arg(long, default_value = "auto", value_parser = parse_isa)]
+        isa: Isa,
     },
 }
 
@@ -260,7 +273,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Compile { spec, common, weights, json, dump_after, emit, threads } => {
+        Cmd::Compile { spec, common, weights, json, dump_after, emit, threads, isa } => {
             check_pass(dump_after.as_deref())?;
             let mut m = load(&spec, &common.options(weights))?;
             // The report needs the model's graph only: its weights move into the optimizer.
@@ -270,7 +283,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 print!("{d}");
                 return Ok(());
             }
-            let bo = BackendOptions { threads, keep_ir: emit.is_some(), ..Default::default() };
+            let bo = BackendOptions { threads, keep_ir: emit.is_some(), isa, ..Default::default() };
             let planned = o.lower(&bo)?;
             if dump_after.as_deref() == Some(resnetc_compiler::lower::STAGE) {
                 print!("{}", planned.lowered.dump());
@@ -365,7 +378,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile, paced } => {
+        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile, paced, isa } => {
             if batch == 0 || iters == 0 {
                 return Err(Fail("error: --batch and --iters must be at least 1".into()));
             }
@@ -373,7 +386,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let mut m = load(&spec, &common.options(weights))?;
             // Only the JIT runs: the model's weights move into the compiler.
             let w = std::mem::take(&mut m.weights);
-            let c = m.compile_weights(w, &BackendOptions { threads, ..Default::default() })?;
+            let c = m.compile_weights(w, &BackendOptions { threads, isa, ..Default::default() })?;
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
             let shape: Vec<usize> = std::iter::once(batch).chain(m.input_shape().iter().copied()).collect();
             let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&shape), |i| {
@@ -414,13 +427,18 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             if json {
                 let v = serde_json::json!({
-                    "model": m.graph.model, "batch": batch, "threads": c.threads(), "iters": iters,
+                    "model": m.graph.model, "batch": batch, "threads": c.threads(), "isa": c.isa().name(), "iters": iters,
                     "compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gflops": gflops,
                     "peak_gflops": peak, "peak_fraction": gflops / peak,
                 });
                 println!("{v}");
             } else {
-                println!("model {} batch {batch}, {} thread(s), {iters} iterations", m.graph.model, c.threads());
+                println!(
+                    "model {} batch {batch}, {} thread(s), {} kernels, {iters} iterations",
+                    m.graph.model,
+                    c.threads(),
+                    c.isa()
+                );
                 let st: Vec<String> = c.stages_ms.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
                 println!("  compile   {compile_ms:.1} ms ({} ms)", st.join(", "));
                 println!("  latency   median {median:.2} ms, min {min:.2} ms");
@@ -458,7 +476,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 }
             }
         }
-        Cmd::Run { spec, common, weights, input, output, backend, threads } => {
+        Cmd::Run { spec, common, weights, input, output, backend, threads, isa } => {
             let m = load(&spec, &common.options(weights))?;
             let x: ArrayD<f32> = ndarray_npy::read_npy(&input).map_err(|e| {
                 let e = e.to_string();
@@ -472,7 +490,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let y = match backend {
                 Backend::Reference => m.run_reference(x.view())?,
                 Backend::Jit => {
-                    let c = m.compile(&BackendOptions { threads, ..Default::default() })?;
+                    let c = m.compile(&BackendOptions { threads, isa, ..Default::default() })?;
                     eprintln!("compiled {} kernels in {:.1} ms", c.kernels.len(), t0.elapsed().as_secs_f64() * 1e3);
                     c.run(x.view())?
                 }
@@ -537,6 +555,10 @@ fn check_pass(p: Option<&str>) -> Result<(), Fail> {
         }
         _ => Ok(()),
     }
+}
+
+fn parse_isa(s: &str) -> Result<Isa, String> {
+    s.parse::<Isa>().map_err(|e| e.to_string())
 }
 
 fn fmt(s: &[usize]) -> String {

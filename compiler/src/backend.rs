@@ -13,6 +13,7 @@
 //! What leaves: a [`Compiled`] model: the runtime program (which keeps the machine code alive), plus a
 //! description of every kernel for reports and `--emit clif`.
 
+use crate::codegen::x86::Isa;
 use crate::codegen::{self, JitCode, LayerWeights, Session, SessionOptions};
 use crate::lower::{Algorithm, KernelNode, KernelOp, Lowered};
 use crate::plan::{Place, Plan};
@@ -34,12 +35,20 @@ pub struct BackendOptions {
     /// Use Winograd kernels for the 3x3 stride-1 convolutions where they are faster (maps of 4x4 and up), and
     /// for 7x7 stride-2 convolutions of 1-4 channels (the stem, `codegen::stem`).
     pub winograd: bool,
+    /// The CPU tier (`--isa`): AVX-512 or AVX2 micro-kernels, or cranelift's portable f32x4 kernels. The
+    /// default is the widest this CPU runs ([`Isa::detect`]); asking for one it lacks is an error.
+    pub isa: Isa,
 }
 
-#[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
 impl Default for BackendOptions {
     fn default() -> Self {
-        BackendOptions { threads: 0, keep_ir: false, verify: cfg!(debug_assertions), winograd: true }
+        BackendOptions {
+            threads: 0,
+            keep_ir: false,
+            verify: cfg!(debug_assertions),
+            winograd: true,
+            isa: Isa::detect(),
+        }
     }
 }
 
@@ -89,6 +98,7 @@ pub struct Compiled {
     /// Bytes of packed constants (weights in the kernels' layouts: Winograd and Strassen ones are larger
     /// than the model's weights) that every inference reads.
     pub consts_bytes: usize,
+    isa: Isa,
 }
 
 impl Compiled {
@@ -108,6 +118,11 @@ impl Compiled {
     /// Threads each kernel is split over.
     pub fn threads(&self) -> usize {
         self.program.threads()
+    }
+
+    /// The CPU tier the kernels were generated for.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 }
 
@@ -138,7 +153,16 @@ pub fn compile(l: &Lowered, plan: &Plan, weights: &Weights, o: &BackendOptions) 
     let functions = kernels.iter().map(|k| k.id).collect::<std::collections::HashSet<_>>().len();
     let program = assemble(l, plan, kernels, codes)?;
     let stages_ms = vec![("codegen", (t1 - t0).as_secs_f64() * 1e3), ("assemble", t1.elapsed().as_secs_f64() * 1e3)];
-    Ok(Compiled { program, kernels: infos, plan: plan.clone(), macs: l.macs(), stages_ms, functions, consts_bytes })
+    Ok(Compiled {
+        program,
+        kernels: infos,
+        plan: plan.clone(),
+        macs: l.macs(),
+        stages_ms,
+        functions,
+        consts_bytes,
+        isa: l.rules.isa,
+    })
 }
 
 /// The layer weights a kernel packs, from the optimizer's weights.

@@ -140,7 +140,8 @@ impl Optimized {
     /// the memory plan, both verified.
     pub fn lower(&self, o: &backend::BackendOptions) -> Result<Planned, Error> {
         let t0 = std::time::Instant::now();
-        let rules = lower::Rules { winograd: o.winograd, ..lower::Rules::for_threads(o.resolved_threads()) };
+        o.isa.check_supported().map_err(|e| Error::Option(format!("error: --isa {}: {e}", o.isa)))?;
+        let rules = lower::Rules { winograd: o.winograd, ..lower::Rules::for_target(o.isa, o.resolved_threads()) };
         let lowered = lower::lower(&self.graph, &rules)?;
         let t1 = std::time::Instant::now();
         let plan = plan::plan(&lowered);

@@ -23,11 +23,12 @@
 use crate::codegen::conv::{ConvPlan, GemmTiling};
 use crate::codegen::dense::DensePlan;
 use crate::codegen::elementwise::{BatchNormPlan, Flat, FlatPlan, SoftmaxPlan, ZeroPadPlan};
-use crate::codegen::gemm::Epilogue;
+use crate::codegen::gemm::{Epilogue, Tile};
 use crate::codegen::pool::{GlobalPoolPlan, PoolKind, WindowPoolPlan};
 use crate::codegen::stem::{stem_applies, StemPlan};
 use crate::codegen::strassen::{strassen_applies, StrassenPlan, StrassenTiling};
 use crate::codegen::winograd::{winograd_applies, WinogradPlan, WinogradTile, WinogradTiling};
+use crate::codegen::x86::Isa;
 use crate::codegen::KernelFamily;
 use crate::graph::Graph;
 use crate::ops::{fmt_shape, Activation, Conv, Op};
@@ -40,6 +41,8 @@ pub const STAGE: &str = "lower";
 /// The selection rules: which convolution algorithms may run where, and the tilings of every family.
 #[derive(Clone, Debug)]
 pub struct Rules {
+    /// The CPU tier the kernels are generated for.
+    pub isa: Isa,
     /// Threads the kernels run on (task counts and balancing).
     pub threads: usize,
     /// Winograd for 3x3 stride-1 convolutions on maps of at least `winograd_min_map` (4: on 2x2 maps one
@@ -72,8 +75,14 @@ impl Rules {
     ///   the input transform) balanced better but cost more: 2 per thread measured 1.4 % slower on ResNet-50
     ///   and 2 % on the notebook model at 2 threads (min of 30 runs, 3 alternations).
     pub fn for_threads(threads: usize) -> Rules {
+        Rules::for_target(Isa::F32x4, threads)
+    }
+
+    /// The measured defaults for the tier `isa` on `threads` threads (see [`Rules::for_threads`]).
+    pub fn for_target(isa: Isa, threads: usize) -> Rules {
         let threads = threads.max(1);
         Rules {
+            isa,
             threads,
             winograd: true,
             winograd_min_map: 4,
@@ -81,7 +90,7 @@ impl Rules {
             strassen_max_m: 784,
             strassen_min_k: 256,
             strassen_min_n: 256,
-            gemm: GemmTiling { min_tasks: 4 * threads, ..GemmTiling::default() },
+            gemm: GemmTiling { min_tasks: 4 * threads, ..GemmTiling::for_tile(Tile::of(isa)) },
             strassen: StrassenTiling { min_tasks: threads, ..StrassenTiling::default() },
             winograd_min_tasks: threads,
         }
@@ -302,8 +311,10 @@ pub fn select_conv(conv: &Conv, input: [usize; 3], r: &Rules) -> Result<ConvAlgo
         return StemPlan::new(conv, input).map(ConvAlgo::Stem);
     }
     if r.winograd && winograd_applies(conv, input) && h.min(w) >= r.winograd_min_map {
-        let t =
-            WinogradTiling { min_tasks: r.winograd_min_tasks, threads: r.threads, ..WinogradTiling::for_input(input) };
+        let gemm_tile = Tile::of(r.isa);
+        let default = WinogradTiling::for_input(input);
+        let rows = if gemm_tile.is_wide() { gemm_tile.mr } else { default.rows };
+        let t = WinogradTiling { min_tasks: r.winograd_min_tasks, threads: r.threads, gemm_tile, rows, ..default };
         return WinogradPlan::new(conv, input, &t).map(ConvAlgo::Winograd);
     }
     if strassen_applies(conv, input) {

@@ -25,6 +25,7 @@
 use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
 use super::gemm::*;
 use super::util::*;
+use super::x86::GemmUkernel;
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -33,6 +34,8 @@ use resnetc_runtime::AlignedBuf;
 /// Blocking parameters of GEMM convolutions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GemmTiling {
+    /// The micro-kernel tile of the CPU tier (the width weights are packed in).
+    pub tile: Tile,
     /// Target K block length.
     pub kc: usize,
     /// Row tiles per task, at most.
@@ -44,7 +47,7 @@ pub struct GemmTiling {
     /// K steps per iteration of the micro-kernel loop (2, the notes' best on Zen 4; on the Intel Xeon this
     /// machine turned out to be, 1 and 2 measured the same within the (large) noise).
     pub unroll: usize,
-    /// Rows of the micro-kernel at most (<= `MR`).
+    /// Rows of the micro-kernel at most (<= the tile's rows).
     pub mr_max: usize,
     /// Emit `fma(b, a, acc)` instead of `fma(a, b, acc)` (operand order affects register allocation).
     pub fma_b_first: bool,
@@ -61,13 +64,21 @@ pub struct GemmTiling {
 
 impl Default for GemmTiling {
     fn default() -> Self {
+        GemmTiling::for_tile(Tile::default())
+    }
+}
+
+impl GemmTiling {
+    /// The measured defaults with the tier's tile.
+    pub fn for_tile(tile: Tile) -> GemmTiling {
         GemmTiling {
+            tile,
             kc: 256,
             mc_tiles: 16,
             nc_panels: 64,
             min_tasks: 16,
             unroll: 2,
-            mr_max: MR,
+            mr_max: tile.mr,
             fma_b_first: false,
             prefetch_max_m: 24,
             prefetch_distance: 8192,
@@ -180,6 +191,7 @@ pub struct NBlocking {
 /// Everything about one GEMM convolution that the generated code bakes in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConvPlan {
+    pub tile: Tile,
     pub geo: ConvGeometry,
     pub k: KBlocking,
     pub m: MBlocking,
@@ -236,9 +248,10 @@ impl ConvPlan {
             packed: taps * cin_padded,
         };
         let direct = geo.is_pointwise() && cin_padded == cin;
-        let npan = cout.div_ceil(NR);
+        let nr = t.tile.nr;
+        let npan = cout.div_ceil(nr);
         // Balanced row tiles: e.g. M = 49 gives 5 tiles of 10 (+9) rows instead of 4 x 12 + 1.
-        let mr = m.div_ceil(m.div_ceil(t.mr_max.clamp(1, MR)));
+        let mr = m.div_ceil(m.div_ceil(t.mr_max.clamp(1, t.tile.mr)));
         let mtiles = m.div_ceil(mr);
         // Tasks: blocks of row tiles x blocks of column panels. Below `min_tasks`, split rows first (down to
         // 2 tiles per task: packing is repeated per column block), then columns (down to 4 panels).
@@ -268,12 +281,13 @@ impl ConvPlan {
         };
         let n = NBlocking {
             panels: npan,
-            full_panels: cout / NR,
-            tail: cout % NR,
+            full_panels: cout / nr,
+            tail: cout % nr,
             panels_per_task: npan.div_ceil(nnb),
             blocks: nnb,
         };
         Ok(ConvPlan {
+            tile: t.tile,
             geo,
             k,
             m: m_blocking,
@@ -289,20 +303,20 @@ impl ConvPlan {
 
     /// Float offset of the bias in the packed constants.
     pub fn bias_offset(&self) -> usize {
-        self.n.panels * self.k.packed * NR
+        self.n.panels * self.k.packed * self.tile.nr
     }
 
-    /// Packs the Keras kernel `[kh, kw, cin, cout]` (and bias) into `B[panel][k][NR]` + bias.
+    /// Packs the Keras kernel `[kh, kw, cin, cout]` (and bias) into `B[panel][k][nr]` + bias.
     pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
-        let (cin, cout) = (self.geo.cin, self.geo.cout);
+        let (cin, cout, nr) = (self.geo.cin, self.geo.cout, self.tile.nr);
         let mut out = AlignedBuf::zeroed(self.packed_floats());
         for p in 0..self.n.panels {
             for tap in 0..self.k.taps {
                 for c in 0..cin {
                     let src = (tap * cin + c) * cout;
-                    let dst = (p * self.k.packed + tap * self.k.cin_padded + c) * NR;
-                    for j in 0..NR {
-                        let n = p * NR + j;
+                    let dst = (p * self.k.packed + tap * self.k.cin_padded + c) * nr;
+                    for j in 0..nr {
+                        let n = p * nr + j;
                         if n < cout {
                             out[dst + j] = kernel[src + n];
                         }
@@ -341,11 +355,15 @@ impl KernelFamily for ConvPlan {
     }
 
     fn helpers(&self) -> Helpers {
-        Helpers { prefetch: self.prefetch > 0 || self.prefetch_first_tile, softmax: false }
+        Helpers {
+            prefetch: self.prefetch > 0 || self.prefetch_first_tile,
+            ukernels: self.tile.is_wide(),
+            ..Default::default()
+        }
     }
 
     fn packed_floats(&self) -> usize {
-        self.bias_offset() + self.n.panels * NR
+        self.bias_offset() + self.n.panels * self.tile.nr
     }
 
     fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
@@ -433,13 +451,17 @@ fn emit_block(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: TaskEnv, tt: TaskTile
         return emit_stream(b, p, ptrs, tt, kind);
     }
     // B for panel `pan` of this block: cst + (pan*kp + kb*kc_full)*16 bytes.
-    let kb_off = b.ins().imul_imm_s(kb, (p.k.block_len * NR * 4) as i64);
+    let kb_off = b.ins().imul_imm_s(kb, (p.k.block_len * p.tile.nr * 4) as i64);
     let bbase = b.ins().iadd(ptrs.cst, kb_off);
     let panels = |b: &mut FunctionBuilder, a: (Value, usize, usize), m0: Value, rows: usize, pf: bool| {
-        for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
-            micro(b, p, ptrs, a, bbase, pan, m0, rows, NR, kind, pf);
-            vec![]
-        });
+        // (No code for full panels when there are none: it would be dead, and a micro-kernel wider than
+        // the output rows is not even valid.)
+        if p.n.full_panels > 0 {
+            for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
+                micro(b, p, ptrs, a, bbase, pan, m0, rows, p.tile.nr, kind, pf);
+                vec![]
+            });
+        }
         if p.n.tail > 0 {
             if_then(b, tt.last_nb, |b| {
                 let pan = iconst(b, p.n.full_panels);
@@ -547,10 +569,12 @@ fn emit_stream(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: TaskEnv, tt: TaskTil
             });
         }
     };
-    for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
-        one_panel(b, pan, NR);
-        vec![]
-    });
+    if p.n.full_panels > 0 {
+        for_range(b, tt.p0, tt.p_end, &[], |b, pan, _| {
+            one_panel(b, pan, p.tile.nr);
+            vec![]
+        });
+    }
     if p.n.tail > 0 {
         if_then(b, tt.last_nb, |b| {
             let pan = iconst(b, p.n.full_panels);
@@ -714,13 +738,37 @@ fn micro(
     pf: bool,
 ) {
     let (ap0, rs, ks) = a;
+    let nr = p.tile.nr;
     let aflags = if p.direct && rs != 4 { mf_input_scalar() } else { mf_packed() };
-    let bp0 = addr(b, bbase, pan, p.k.packed * NR * 4, 0);
-    // Output tile base: out + (m0*cout + pan*4)*4.
+    let bp0 = addr(b, bbase, pan, p.k.packed * nr * 4, 0);
+    // Output tile base: out + (m0*cout + pan*nr)*4.
     let mrow = b.ins().imul_imm_s(m0, p.geo.cout as i64);
-    let pcol = b.ins().imul_imm_s(pan, NR as i64);
+    let pcol = b.ins().imul_imm_s(pan, nr as i64);
     let e = b.ins().iadd(mrow, pcol);
     let cbase = addr(b, ptrs.out, e, 4, 0);
+    // Streaming order: straight ahead; first row tile (row-outer order): the next panel, same K.
+    let pf_distance = if p.prefetch > 0 { p.prefetch } else { p.k.packed * nr * 4 };
+    if p.tile.is_wide() {
+        debug_assert_eq!(ks, 4, "micro-kernels read A rows with k contiguous");
+        let epi = kind.epi.then_some(p.epi).unwrap_or_default();
+        let uk = GemmUkernel {
+            isa: p.tile.isa,
+            rows,
+            nr,
+            lanes,
+            k: kind.kc,
+            a_row_stride: rs,
+            b_k_stride: nr * 4,
+            c_row_stride: p.geo.cout * 4,
+            accumulate: !kind.init_zero,
+            epilogue: epi.wide(),
+            prefetch_b: pf.then_some(pf_distance),
+        };
+        let bias = epi.bias.then(|| addr(b, ptrs.cst, pan, nr * 4, (p.bias_offset() * 4) as i64));
+        let residual = epi.residual.then(|| addr(b, ptrs.res, e, 4, 0));
+        call_wide(b, &ptrs, &WideCall { uk, a: ap0, b: bp0, c: cbase, bias, residual });
+        return;
+    }
     let rstride = (p.geo.cout * 4) as i32;
     let accs: Vec<Value> = (0..rows)
         .map(|i| if kind.init_zero { zero4(b) } else { load_lanes(b, mf_rw(), cbase, i as i32 * rstride, lanes) })
@@ -738,13 +786,12 @@ fn micro(
         unroll,
         sets,
         fma_b_first: p.fma_b_first,
-        // Streaming order: straight ahead; first row tile (row-outer order): the next panel, same K.
-        prefetch: pf.map(|f| (f, if p.prefetch > 0 { p.prefetch } else { p.k.packed * NR * 4 })),
+        prefetch: pf.map(|f| (f, pf_distance)),
     };
     let accs = emit_k_loop(b, &kl, accs);
     // Store (and the epilogue on the last K block).
     let bias = (kind.epi && p.epi.bias).then(|| {
-        let bo = addr(b, ptrs.cst, pan, NR * 4, (p.bias_offset() * 4) as i64);
+        let bo = addr(b, ptrs.cst, pan, nr * 4, (p.bias_offset() * 4) as i64);
         b.ins().load(types::F32X4, mf_packed(), bo, 0)
     });
     let rbase = (kind.epi && p.epi.residual).then(|| addr(b, ptrs.res, e, 4, 0));

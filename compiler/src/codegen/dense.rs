@@ -57,7 +57,7 @@ impl KernelFamily for DensePlan {
     }
 
     fn helpers(&self) -> Helpers {
-        Helpers { prefetch: true, softmax: self.activation == Activation::Softmax }
+        Helpers { prefetch: true, softmax: self.activation == Activation::Softmax, ..Default::default() }
     }
 
     fn packed_floats(&self) -> usize {

@@ -318,7 +318,7 @@ impl KernelFamily for SoftmaxPlan {
     }
 
     fn helpers(&self) -> Helpers {
-        Helpers { prefetch: false, softmax: true }
+        Helpers { softmax: true, ..Default::default() }
     }
 
     fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {

@@ -13,15 +13,18 @@
 //!
 //! Adding a kernel family is adding one file with a plan type that implements [`KernelFamily`].
 
+use super::x86::CodeRegion;
 use super::{CodegenError, Kernel, Session};
-use cranelift_codegen::ir::{FuncRef, Value};
+use cranelift_codegen::ir::{FuncRef, SigRef, Value};
 use cranelift_frontend::FunctionBuilder;
+use cranelift_module::Module;
 use resnetc_runtime::AlignedBuf;
+use std::cell::RefCell;
 
 /// The pointers a task's code works with: `KernelArgs`' four, the per-thread work buffer, and the
 /// session's helper functions the family asked for ([`KernelFamily::helpers`]).
 #[derive(Clone, Copy)]
-pub struct TaskEnv {
+pub struct TaskEnv<'a> {
     pub inp: Value,
     /// `KernelArgs::input2`: the residual of a convolution, the second operand of an add.
     pub res: Value,
@@ -30,8 +33,26 @@ pub struct TaskEnv {
     pub work: Value,
     /// The `prefetcht0` stub (`Session::prefetch_import`), if asked for.
     pub prefetch: Option<FuncRef>,
-    /// The in-place softmax helper (`dense::softmax_in_place`), if asked for.
+    /// The in-place softmax helper (`codegen::softmax_in_place`), if asked for.
     pub softmax: Option<FuncRef>,
+    /// The wide micro-kernels' code region and call signature, if asked for (`gemm::call_wide`).
+    pub wide: Option<&'a WideEnv>,
+    /// Where emission records an error it cannot return through the builder's closures.
+    pub error: &'a RefCell<Option<String>>,
+}
+
+impl TaskEnv<'_> {
+    /// Records that the kernel cannot be compiled (the first reason wins); the driver returns it as an error.
+    pub fn fail(&self, reason: String) {
+        self.error.borrow_mut().get_or_insert(reason);
+    }
+}
+
+/// What calls of wide micro-kernels need: the region their code goes into and their signature, imported
+/// into the function being built.
+pub struct WideEnv {
+    pub region: std::sync::Arc<CodeRegion>,
+    pub sig: SigRef,
 }
 
 /// Session helpers a family's code calls.
@@ -39,6 +60,8 @@ pub struct TaskEnv {
 pub struct Helpers {
     pub prefetch: bool,
     pub softmax: bool,
+    /// Wide micro-kernels (`gemm::call_wide`).
+    pub ukernels: bool,
 }
 
 /// The per-channel weights of an inference-mode batch normalization (each `[C]`).
@@ -109,7 +132,7 @@ pub trait KernelFamily: std::fmt::Debug + Sync {
     fn pack(&self, _w: &LayerWeights) -> Result<AlignedBuf, String> {
         Ok(AlignedBuf::default())
     }
-    /// Emits the code of task `task` (an i64 in `0..ntasks`).
+    /// Emits the code of task `task` (an i64 in `0..ntasks`); a failure is recorded with [`TaskEnv::fail`].
     fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value);
 }
 
@@ -128,12 +151,23 @@ impl Session {
             // The helpers are declared in the module first, then referenced from the new function.
             let prefetch = if helpers.prefetch { Some(s.prefetch_import()?) } else { None };
             let softmax = if helpers.softmax { Some(s.softmax_import()?) } else { None };
+            let region = if helpers.ukernels { Some(s.code_region()?) } else { None };
             let id = s.begin(name)?;
             let prefetch = prefetch.map(|f| s.import_in_func(f));
             let softmax = softmax.map(|f| s.import_in_func(f));
-            s.build_task_loop(|b, [inp, res, out, cst], work, task| {
-                plan.emit_task(b, &TaskEnv { inp, res, out, cst, work, prefetch, softmax }, task)
+            let wide = region.map(|region| {
+                let sig = s.ukernel_signature();
+                WideEnv { region, sig: s.ctx.func.import_signature(sig) }
             });
+            let error = RefCell::new(None);
+            s.build_task_loop(|b, [inp, res, out, cst], work, task| {
+                let env = TaskEnv { inp, res, out, cst, work, prefetch, softmax, wide: wide.as_ref(), error: &error };
+                plan.emit_task(b, &env, task)
+            });
+            if let Some(e) = error.into_inner() {
+                s.module.clear_context(&mut s.ctx);
+                return Err(CodegenError::invalid(name, e));
+            }
             s.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.reads_input2(), plan.out_shape())
         })
     }

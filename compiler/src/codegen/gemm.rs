@@ -2,12 +2,18 @@
 //! stem): the tile shape ([`MR`] x [`NR`]), the K-loop emitter ([`emit_k_loop`]) and the fused epilogue
 //! ([`Epilogue`], [`conv_epilogue`]).
 //!
-//! What enters: pointers to A (rows of the left operand, any stride), to a B panel (packed weights, one
-//! f32x4 per K step, consecutive) and the initial accumulators. What leaves: the accumulated f32x4 rows,
-//! which the family stores where its layout wants them (output, scratch, quadrant tiles), through the
-//! epilogue when it is the last K block.
+//! What enters: pointers to A (rows of the left operand, any stride), to a B panel (packed weights, `nr`
+//! floats per K step, consecutive) and the initial accumulators. What leaves: the accumulated rows, which
+//! the family stores where its layout wants them (output, scratch, quadrant tiles), through the epilogue
+//! when it is the last K block.
+//!
+//! The tile depends on the CPU tier ([`Tile`]): the portable `f32x4` tier emits the K loop as cranelift
+//! IR here ([`emit_k_loop`], MR x 4), the wide tiers (AVX-512, AVX2) call a micro-kernel assembled for the
+//! exact call site ([`call_wide`], `codegen::x86`), which also applies the epilogue and stores.
 
+use super::family::TaskEnv;
 use super::util::*;
+use super::x86::{GemmUkernel, Isa};
 use crate::ops::Conv;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -30,6 +36,82 @@ pub struct Epilogue {
 impl Epilogue {
     pub fn of(conv: &Conv) -> Epilogue {
         Epilogue { bias: conv.bias, relu: conv.relu, residual: conv.residual, relu_after_add: conv.relu_after_add }
+    }
+
+    fn to_x86(self) -> super::x86::Epilogue {
+        super::x86::Epilogue {
+            bias: self.bias,
+            relu: self.relu,
+            residual: self.residual,
+            relu_after_add: self.relu_after_add,
+        }
+    }
+}
+
+/// The register tile of a tier's GEMM micro-kernel: at most `mr` rows by `nr` columns, the width in which
+/// the weights are packed (`B[panel][k][nr]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tile {
+    pub isa: Isa,
+    pub mr: usize,
+    pub nr: usize,
+}
+
+impl Tile {
+    /// The tile the tier's micro-kernels run best with (`Isa::preferred_tile`, measured).
+    pub fn of(isa: Isa) -> Tile {
+        let (mr, nr) = isa.preferred_tile();
+        Tile { isa, mr, nr }
+    }
+
+    /// Whether the tile is a wide micro-kernel call (else the f32x4 cranelift K loop).
+    pub fn is_wide(&self) -> bool {
+        self.isa.is_wide()
+    }
+}
+
+impl Default for Tile {
+    fn default() -> Self {
+        Tile::of(Isa::F32x4)
+    }
+}
+
+/// One call of a wide micro-kernel: `C[rows][lanes] (+)= A * B (+ epilogue)` at these pointers.
+pub struct WideCall {
+    pub uk: GemmUkernel,
+    pub a: Value,
+    pub b: Value,
+    pub c: Value,
+    /// The bias of the panel's first column, when the epilogue adds one.
+    pub bias: Option<Value>,
+    /// The residual tile (laid out as C), when the epilogue adds one.
+    pub residual: Option<Value>,
+}
+
+/// Emits a call of the micro-kernel `call.uk` (assembled into the session's code region on first use) at
+/// its absolute address. An assembly error is recorded in `env` and fails the kernel's compilation.
+pub fn call_wide(b: &mut FunctionBuilder, env: &TaskEnv, call: &WideCall) {
+    let Some(w) = env.wide else {
+        env.fail("a wide micro-kernel call in a kernel compiled without a code region".into());
+        return;
+    };
+    let addr = match w.region.gemm(&call.uk) {
+        Ok(r) => r.addr(),
+        Err(e) => {
+            env.fail(format!("micro-kernel {:?}: {e}", call.uk));
+            0
+        }
+    };
+    let f = b.ins().iconst(types::I64, addr as i64);
+    let null = b.ins().iconst(types::I64, 0);
+    let args = [call.a, call.b, call.c, call.bias.unwrap_or(null), call.residual.unwrap_or(null)];
+    b.ins().call_indirect(w.sig, f, &args);
+}
+
+impl Epilogue {
+    /// The micro-kernel form of this epilogue.
+    pub fn wide(self) -> super::x86::Epilogue {
+        self.to_x86()
     }
 }
 

@@ -125,16 +125,19 @@ pub struct KernelId {
 /// Session numbers, so that a kernel id names the module its code lives in.
 static NEXT_SESSION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Kernels compiled so far, by what their code depends on (see [`Session::compile_once`]); shared by the
-/// sessions that compile one model in parallel ([`Session::with_cache`]), so that a layer shape is compiled
-/// once per model rather than once per worker.
+/// What the sessions compiling one model share ([`Session::with_cache`]): the kernels compiled so far, by what
+/// their code depends on (see [`Session::compile_once`]), so that a layer shape is compiled once per model
+/// rather than once per worker; and the code region of the wide micro-kernels those kernels call.
 #[derive(Clone, Default)]
-pub struct CodeCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Kernel>>>);
+pub struct CodeCache {
+    kernels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Kernel>>>,
+    region: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<x86::CodeRegion>>>,
+}
 
 impl CodeCache {
     /// Distinct functions compiled under a key so far.
     pub fn len(&self) -> usize {
-        self.0.lock().map_or(0, |m| m.len())
+        self.kernels.lock().map_or(0, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -216,11 +219,13 @@ impl Kernel {
     }
 }
 
-/// Owns the finalized JIT code; drop it only after every program using its kernels is gone.
+/// Owns the finalized JIT code (and the micro-kernels' code region its kernels call); drop it only after every
+/// program using its kernels is gone.
 pub struct JitCode {
     session: u32,
     module: Option<JITModule>,
     funcs: Vec<(FuncId, KernelFn)>,
+    _region: Option<std::sync::Arc<x86::CodeRegion>>,
 }
 
 // SAFETY: after finalization the module is never touched again except to free its memory on drop (which
@@ -335,7 +340,7 @@ impl Session {
     ) -> Result<Kernel, CodegenError> {
         let sharing = !self.opts.keep_ir && !self.opts.keep_asm;
         let code = self.code.clone();
-        let cache = || code.0.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = || code.kernels.lock().unwrap_or_else(|e| e.into_inner());
         if sharing {
             if let Some(k) = cache().get(&key) {
                 return Ok(k.same_code(name, consts));
@@ -385,6 +390,25 @@ impl Session {
         b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(fcfg);
+    }
+
+    /// The code region of the wide micro-kernels, shared with the sessions sharing this one's cache (created on
+    /// first use).
+    pub(crate) fn code_region(&mut self) -> Result<std::sync::Arc<x86::CodeRegion>, CodegenError> {
+        if let Some(r) = self.code.region.get() {
+            return Ok(r.clone());
+        }
+        let r = std::sync::Arc::new(x86::CodeRegion::new().map_err(|e| CodegenError::Cranelift(e.to_string()))?);
+        Ok(self.code.region.get_or_init(|| r).clone())
+    }
+
+    /// The signature of a wide micro-kernel: `(a, b, c, bias, residual)`, SystemV (`x86::GemmFn`).
+    pub(crate) fn ukernel_signature(&self) -> Signature {
+        let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+        for _ in 0..5 {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        sig
     }
 
     /// The imported `resnetc_softmax(ptr, n)` helper, declared once per session.
@@ -464,9 +488,13 @@ impl Session {
         })
     }
 
-    /// Finalizes all kernels and returns the code owner.
+    /// Finalizes all kernels (and makes the micro-kernels they call executable) and returns the code owner.
     pub fn finish(mut self) -> Result<JitCode, CodegenError> {
         self.module.finalize_definitions().map_err(cl)?;
+        let region = self.code.region.get().cloned();
+        if let Some(r) = &region {
+            r.seal().map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+        }
         let funcs = self
             .funcs
             .iter()
@@ -476,7 +504,7 @@ impl Session {
                 (f, unsafe { std::mem::transmute::<*const u8, KernelFn>(p) })
             })
             .collect();
-        Ok(JitCode { session: self.number, module: Some(self.module), funcs })
+        Ok(JitCode { session: self.number, module: Some(self.module), funcs, _region: region })
     }
 }
 

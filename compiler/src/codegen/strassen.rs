@@ -252,7 +252,7 @@ impl KernelFamily for StrassenPlan {
     }
 
     fn helpers(&self) -> Helpers {
-        Helpers { prefetch: true, softmax: false }
+        Helpers { prefetch: true, ..Default::default() }
     }
 
     fn packed_floats(&self) -> usize {

@@ -933,3 +933,62 @@ fn codegen_dense_propagates_nan_through_relu_and_softmax() {
         assert!(y.iter().all(|v| v.is_nan()), "{act}: {y:?}");
     }
 }
+
+// ---- every CPU tier ----
+
+/// The tiers this machine runs; the others are named on stderr (never silently passed).
+pub(crate) fn tiers() -> Vec<x86::Isa> {
+    let have = x86::Isa::available();
+    for isa in x86::Isa::ALL.into_iter().filter(|i| !have.contains(i)) {
+        eprintln!("tier {isa} skipped: {}", isa.check_supported().unwrap_err());
+    }
+    have
+}
+
+/// Rules of tier `isa` on one thread, Winograd off (the GEMM family), with `f` applied to its GEMM tiling.
+fn tier_rules(isa: x86::Isa, f: impl Fn(&mut GemmTiling)) -> Rules {
+    let mut r = Rules { winograd: false, ..Rules::for_target(isa, 1) };
+    f(&mut r.gemm);
+    r
+}
+
+/// The GEMM convolution on every tier: edge cases (K blocking, channel chunks, partial row tiles, column
+/// tails, streaming order, every epilogue), against the naive convolution.
+#[test]
+fn codegen_conv_every_tier_matches_naive() {
+    let mut cases = vec![
+        case(6, 8, 16, 8, 1, 1, Padding::Valid),
+        case(7, 7, 64, 36, 1, 1, Padding::Same),
+        case(5, 4, 300, 9, 1, 1, Padding::Valid),
+        case(6, 5, 19, 5, 3, 2, Padding::Same),
+        case(9, 11, 13, 70, 3, 1, Padding::Same),
+        case(1, 1, 4, 4, 1, 1, Padding::Valid),
+        case(7, 7, 512, 6, 1, 1, Padding::Valid),
+        case(2, 2, 512, 70, 3, 1, Padding::Same),
+        case(20, 18, 3, 64, 7, 2, Padding::Same),
+        case(14, 14, 33, 100, 1, 2, Padding::Valid),
+    ];
+    for (i, c) in cases.iter_mut().enumerate() {
+        (c.relu, c.residual, c.relu_after_add) = (i % 2 == 0, i % 3 == 0, i % 4 == 0);
+    }
+    for isa in tiers() {
+        for c in &cases {
+            run_conv_case(c, Some(tier_rules(isa, |_| {}))).map_err(|e| format!("{isa}: {e}")).unwrap();
+            let small = tier_rules(isa, |t| (t.kc, t.mc_tiles, t.nc_panels, t.min_tasks) = (8, 1, 1, 1));
+            run_conv_case(c, Some(small)).map_err(|e| format!("{isa}, small blocks: {e}")).unwrap();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random convolutions on every wide tier (the f32x4 tier has its own proptests above).
+    #[test]
+    fn codegen_conv_wide_tiers_match_naive(c in conv_case_strategy(), small in any::<bool>()) {
+        for isa in x86::Isa::available().into_iter().filter(|i| i.is_wide()) {
+            let r = tier_rules(isa, |t| if small { (t.kc, t.mc_tiles, t.nc_panels, t.min_tasks) = (8, 1, 1, 1) });
+            run_conv_case(&c, Some(r)).map_err(|e| TestCaseError::fail(format!("{isa}: {e}")))?;
+        }
+    }
+}
