@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{input, randomize, root, worst};
+use common::{input, randomize, root, tiers, worst};
 use ndarray::ArrayD;
 use resnetc_compiler::backend::BackendOptions;
 use resnetc_compiler::lower::Algorithm;
@@ -33,13 +33,16 @@ fn jit_matches_reference_on_every_shipped_spec() {
         randomize(&mut m.weights, 11);
         let x = input(&[hw, hw, 3], 2, 3);
         let want = m.run_reference(x.view()).unwrap();
-        let c = m.compile(&opts()).unwrap();
-        assert_eq!(c.functions, functions, "{name}: distinct functions compiled for {} kernels", c.kernels.len());
-        let stems = c.kernels.iter().filter(|k| k.algorithm == Algorithm::Stem).count();
-        assert_eq!(stems, 1, "{name}: the 7x7 stride-2 stem runs as the polyphase Winograd kernel");
-        let got = c.run(x.view()).unwrap();
-        let (d, s) = worst(&got, &want);
-        assert!(d <= 1e-4 * s + 1e-6, "{name}: JIT differs from the reference by {d} (scale {s})");
+        for isa in tiers() {
+            let c = m.compile(&BackendOptions { isa, ..opts() }).unwrap();
+            let n = c.kernels.len();
+            assert_eq!(c.functions, functions, "{name} on {isa}: distinct functions compiled for {n} kernels");
+            let stems = c.kernels.iter().filter(|k| k.algorithm == Algorithm::Stem).count();
+            assert_eq!(stems, 1, "{name}: the 7x7 stride-2 stem runs as the polyphase Winograd kernel");
+            let got = c.run(x.view()).unwrap();
+            let (d, s) = worst(&got, &want);
+            assert!(d <= 1e-4 * s + 1e-6, "{name} on {isa}: JIT differs from the reference by {d} (scale {s})");
+        }
     }
 }
 
@@ -70,9 +73,11 @@ fn jit_matches_keras_on_fixtures() {
         let m = Model::from_file(root(&format!("tests/fixtures/{name}.yaml")), &o).unwrap();
         let x: ArrayD<f32> = ndarray_npy::read_npy(root(&format!("tests/fixtures/{name}_x.npy"))).unwrap();
         let y: ArrayD<f32> = ndarray_npy::read_npy(root(&format!("tests/fixtures/{name}_y.npy"))).unwrap();
-        let c = m.compile(&opts()).unwrap();
-        let (d, s) = worst(&c.run(x.view()).unwrap(), &y);
-        assert!(d <= 1e-5 * s + 1e-6, "{name}: JIT differs from Keras by {d} (scale {s})");
+        for isa in tiers() {
+            let c = m.compile(&BackendOptions { isa, ..opts() }).unwrap();
+            let (d, s) = worst(&c.run(x.view()).unwrap(), &y);
+            assert!(d <= 1e-5 * s + 1e-6, "{name} on {isa}: JIT differs from Keras by {d} (scale {s})");
+        }
     }
 }
 
@@ -98,4 +103,23 @@ fn compiled_model_is_shared_across_threads() {
             assert_eq!(h.join().unwrap(), want);
         }
     });
+}
+
+/// Asking for a tier the CPU lacks is an error that names the tier and what is missing; every tier it has
+/// compiles and reports itself.
+#[test]
+fn isa_tiers_are_checked_and_reported() {
+    use resnetc_compiler::codegen::x86::Isa;
+    let m = Model::from_file(root("tests/fixtures/tiny_resnet.yaml"), &Options::default()).unwrap();
+    for isa in Isa::ALL {
+        match m.compile(&BackendOptions { isa, ..opts() }) {
+            Ok(c) => assert_eq!(c.isa(), isa),
+            Err(e) => {
+                assert!(isa.check_supported().is_err(), "{isa}: {e}");
+                let e = e.to_string();
+                assert!(e.contains(isa.name()) && e.contains("needs"), "{e}");
+            }
+        }
+    }
+    assert!(m.compile(&BackendOptions { isa: Isa::F32x4, ..opts() }).is_ok());
 }

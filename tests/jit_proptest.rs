@@ -9,6 +9,7 @@ mod common;
 use common::{input, randomize, worst};
 use proptest::prelude::*;
 use resnetc_compiler::backend::BackendOptions;
+use resnetc_compiler::codegen::x86::Isa;
 use resnetc_compiler::{Model, Options};
 
 #[derive(Clone, Debug)]
@@ -67,14 +68,16 @@ fn check(c: &Case) -> Result<(), String> {
     randomize(&mut m.weights, 5);
     let x = input(&[c.h, c.w, c.cin], c.batch, 9);
     let want = m.run_reference(x.view()).map_err(|e| e.to_string())?;
-    for threads in [1, 2] {
-        let compiled = m
-            .compile(&BackendOptions { threads, verify: true, ..Default::default() })
-            .map_err(|e| format!("compile: {e}"))?;
-        let got = compiled.run(x.view()).map_err(|e| e.to_string())?;
-        let (d, s) = worst(&got, &want);
-        if d > 1e-4 * s + 1e-6 {
-            return Err(format!("{threads} thread(s): JIT differs by {d} (scale {s}) on\n{}", spec(c)));
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let compiled = m
+                .compile(&BackendOptions { threads, verify: true, isa, ..Default::default() })
+                .map_err(|e| format!("compile: {e}"))?;
+            let got = compiled.run(x.view()).map_err(|e| e.to_string())?;
+            let (d, s) = worst(&got, &want);
+            if d > 1e-4 * s + 1e-6 {
+                return Err(format!("{isa}, {threads} thread(s): JIT differs by {d} (scale {s}) on\n{}", spec(c)));
+            }
         }
     }
     Ok(())

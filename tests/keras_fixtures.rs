@@ -137,12 +137,13 @@ fn check_peer(spec: &str, name: &str) {
     assert_close(&format!("{spec} on {}", files[0].display()), &got, &want);
     let opt = model.optimize(None).unwrap_or_else(|e| panic!("{spec}: the optimizer failed: {e}"));
     assert_close(&format!("{spec} (optimized)"), &opt.run_reference(x.view()), &want);
-    for threads in [1, 2] {
-        let o = resnetc_compiler::backend::BackendOptions { threads, ..Default::default() };
-        let c = model.compile(&o).unwrap_or_else(|e| panic!("{spec}: does not compile: {e}"));
-        let got = c.run(x.view()).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        let d = assert_close(&format!("{spec} (JIT, {threads} thread(s))"), &got, &want);
-        eprintln!("{spec}: JIT on {threads} thread(s) within {d:e} of Keras");
+    for isa in resnetc_compiler::codegen::x86::Isa::available() {
+        for threads in [1, 2] {
+            let o = resnetc_compiler::backend::BackendOptions { threads, isa, ..Default::default() };
+            let c = model.compile(&o).unwrap_or_else(|e| panic!("{spec}: does not compile: {e}"));
+            let got = c.run(x.view()).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_close(&format!("{spec} (JIT, {isa}, {threads} thread(s))"), &got, &want);
+        }
     }
 }
 

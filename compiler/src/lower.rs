@@ -308,7 +308,7 @@ pub struct Lowered {
 pub fn select_conv(conv: &Conv, input: [usize; 3], r: &Rules) -> Result<ConvAlgo, String> {
     let [h, w, cin] = input;
     if r.winograd && stem_applies(conv, input) {
-        return StemPlan::new(conv, input).map(ConvAlgo::Stem);
+        return StemPlan::new(conv, input, Tile::of(r.isa)).map(ConvAlgo::Stem);
     }
     if r.winograd && winograd_applies(conv, input) && h.min(w) >= r.winograd_min_map {
         let gemm_tile = Tile::of(r.isa);

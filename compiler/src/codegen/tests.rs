@@ -840,10 +840,12 @@ fn codegen_non_finite_inputs_propagate_in_every_conv_family() {
         (epi(case(5, 6, 9, 6, 3, 1, Padding::Same)), wino.clone(), "winograd F(2x2)"),
         (case(23, 20, 3, 8, 7, 2, Padding::Same), wino, "stem"),
     ];
-    for (c, r, what) in &families {
-        let c = ConvCase { relu: true, ..c.clone() };
-        for (at, bad) in [((2, 3, 1), f32::NAN), ((0, 0, 0), f32::NAN), ((c.h - 1, 1, 2), f32::INFINITY)] {
-            check_non_finite(&c, r, at, bad).map_err(|e| format!("{what}: {e}")).unwrap();
+    for isa in tiers() {
+        for (c, r, what) in &families {
+            let c = ConvCase { relu: true, ..c.clone() };
+            for (at, bad) in [((2, 3, 1), f32::NAN), ((0, 0, 0), f32::NAN), ((c.h - 1, 1, 2), f32::INFINITY)] {
+                check_non_finite(&c, &on_tier(isa, r), at, bad).map_err(|e| format!("{isa} {what}: {e}")).unwrap();
+            }
         }
     }
 }
@@ -935,6 +937,12 @@ fn codegen_dense_propagates_nan_through_relu_and_softmax() {
 }
 
 // ---- every CPU tier ----
+
+/// `r` with the tile of tier `isa`.
+fn on_tier(isa: x86::Isa, r: &Rules) -> Rules {
+    let tile = gemm::Tile::of(isa);
+    Rules { isa, gemm: GemmTiling { tile, mr_max: tile.mr, ..r.gemm.clone() }, ..r.clone() }
+}
 
 /// The tiers this machine runs; the others are named on stderr (never silently passed).
 pub(crate) fn tiers() -> Vec<x86::Isa> {
