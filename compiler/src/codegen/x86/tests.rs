@@ -667,3 +667,92 @@ fn golden_disassembly_of_a_small_kernel() {
     let golden = include_str!("golden_avx512_2x16_k2.asm");
     assert_eq!(text, golden, "got:\n{text}");
 }
+
+/// The integration path the conv kernels will take: cranelift code calls a kernel through `call_indirect` on
+/// its absolute address (SystemV), and the prefetch stub the same way with the `preserve_all` convention;
+/// an f32x4 value live across both calls survives (the stub clobbers nothing, cranelift saves it around the
+/// kernel), and the results are the kernel's.
+#[test]
+fn cranelift_code_calls_kernels_by_address() {
+    use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature};
+    use cranelift_codegen::isa::CallConv;
+    use cranelift_codegen::settings::{self, Configurable};
+    use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+    use cranelift_jit::{JITBuilder, JITModule};
+    use cranelift_module::{default_libcall_names, Linkage, Module};
+
+    for isa in wide_tiers("cranelift_call") {
+        let vw = isa.vector_floats();
+        let region = CodeRegion::new().unwrap();
+        let uk = GemmUkernel { epilogue: FULL_EPILOGUE, ..GemmUkernel::dense(isa, 3, 2 * vw, vw + 3, 20) };
+        let k = region.gemm(&uk).unwrap();
+        let pf = region.prefetch().unwrap();
+        region.seal().unwrap();
+
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").unwrap();
+        let target = cranelift_native::builder().unwrap().finish(settings::Flags::new(flags)).unwrap();
+        let mut module = JITModule::new(JITBuilder::with_isa(target, default_libcall_names()));
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut kernel_sig = Signature::new(CallConv::SystemV);
+        kernel_sig.params.extend([AbiParam::new(types::I64); 5]);
+        let mut pf_sig = Signature::new(CallConv::PreserveAll);
+        pf_sig.params.push(AbiParam::new(types::I64));
+
+        // f(x, a, b, c, bias, res): v = x[0..4]; prefetch(b); kernel(a, b, c, bias, res); x[0..4] = v + v.
+        let mut sig = Signature::new(CallConv::SystemV);
+        sig.params.extend([AbiParam::new(types::I64); 6]);
+        let id = module.declare_function("calls_kernel", Linkage::Local, &sig).unwrap();
+        ctx.func.signature = sig;
+        let fcfg = module.target_config();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let blk = b.create_block();
+            b.append_block_params_for_function_params(blk);
+            b.switch_to_block(blk);
+            b.seal_block(blk);
+            let p = b.block_params(blk).to_vec();
+            let v = b.ins().load(types::F32X4, MemFlagsData::trusted(), p[0], 0);
+            let pf_ref = b.import_signature(pf_sig);
+            let pf_addr = b.ins().iconst(types::I64, pf.addr() as i64);
+            b.ins().call_indirect(pf_ref, pf_addr, &[p[2]]);
+            let k_ref = b.import_signature(kernel_sig);
+            let k_addr = b.ins().iconst(types::I64, k.addr() as i64);
+            b.ins().call_indirect(k_ref, k_addr, &p[1..]);
+            let w = b.ins().fadd(v, v);
+            b.ins().store(MemFlagsData::trusted(), w, p[0], 0);
+            b.ins().return_(&[]);
+            b.finalize(fcfg);
+        }
+        module.define_function(id, &mut ctx).unwrap();
+        module.clear_context(&mut ctx);
+        module.finalize_definitions().unwrap();
+        type Outer = unsafe extern "sysv64" fn(*mut f32, *const f32, *const f32, *mut f32, *const f32, *const f32);
+        // SAFETY: the function just defined, with this signature.
+        let outer = unsafe { std::mem::transmute::<*const u8, Outer>(module.get_finalized_function(id)) };
+
+        // Through the outer function, the kernel's results match the reference (a GemmFn-shaped closure is
+        // not possible, so `check` gets a trampoline reading the outer function from a thread-local).
+        thread_local! {
+            static OUTER: std::cell::Cell<Option<Outer>> = const { std::cell::Cell::new(None) };
+            static X: std::cell::RefCell<[f32; 4]> = const { std::cell::RefCell::new([0.0; 4]) };
+        }
+        unsafe extern "sysv64" fn trampoline(
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            bias: *const f32,
+            r: *const f32,
+        ) {
+            let outer = OUTER.with(|o| o.get()).unwrap();
+            X.with(|x| unsafe { outer(x.borrow_mut().as_mut_ptr(), a, b, c, bias, r) });
+        }
+        OUTER.with(|o| o.set(Some(outer)));
+        X.with(|x| *x.borrow_mut() = [1.5, -2.0, f32::INFINITY, 0.25]);
+        check(&Case::new(uk, 5), trampoline).unwrap_or_else(|e| panic!("{isa}: {e}"));
+        assert_eq!(X.with(|x| *x.borrow()), [3.0, -4.0, f32::INFINITY, 0.5], "{isa}: the live f32x4 was clobbered");
+        // SAFETY: no code of the module runs any more.
+        unsafe { module.free_memory() };
+    }
+}
