@@ -17,7 +17,7 @@
 //! 14x14 layers it runs as one level of Strassen, 7/8 of the multiplications, and is credited the nominal
 //! FLOPs).
 
-use resnetc_compiler::codegen::x86::{fma_peak_gflops, CodeRegion, Epilogue, GemmFn, GemmUkernel, Isa};
+use resnetc_compiler::codegen::x86::{assemble_gemm, fma_peak_gflops, CodeRegion, Epilogue, GemmFn, GemmUkernel, Isa};
 use resnetc_compiler::codegen::{Session, SessionOptions};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs};
@@ -361,6 +361,30 @@ fn call_overhead(isa: Isa, region: &CodeRegion) {
     );
 }
 
+/// Microseconds to assemble the preferred tile's kernel (K = 256, bias + relu): the compile-time cost per
+/// distinct kernel.
+fn assembly_time(isa: Isa) {
+    let (mr, nr) = isa.preferred_tile();
+    let uk = GemmUkernel {
+        epilogue: Epilogue { bias: true, relu: true, ..Epilogue::NONE },
+        ..GemmUkernel::dense(isa, mr, nr, nr, 256)
+    };
+    let mut times: Vec<f64> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let bytes = assemble_gemm(&uk, 0).unwrap();
+            std::hint::black_box(bytes);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let len = assemble_gemm(&uk, 0).unwrap().len();
+    println!(
+        "{isa} assembling a {mr}x{nr} K=256 kernel ({len} bytes): {:.0} us median, {:.0} us min",
+        times[25], times[0]
+    );
+}
+
 /// The tier's FMA peak: min / median / max over `UKERNEL_REPS` runs of `fma_peak_gflops`; the median.
 fn peak(isa: Isa) -> Option<f64> {
     let mut v: Vec<f64> = (0..env_usize("UKERNEL_REPS", 7)).filter_map(|_| fma_peak_gflops(isa).ok()).collect();
@@ -395,6 +419,9 @@ fn main() {
     println!();
     for &(isa, _) in &tiers {
         call_overhead(isa, &region);
+    }
+    for &(isa, _) in &tiers {
+        assembly_time(isa);
     }
     println!("code region: {} kernels, {} bytes", region.gemm_count(), region.used_bytes());
 }
