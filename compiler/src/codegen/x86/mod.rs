@@ -57,10 +57,10 @@
 //! | AVX2 6x16 (preferred) | 93 % | 87-91 %, 1.8-2.3x the cranelift f32x4 convolution |
 //! | AVX2 4x24 / 12x8 | 93 % / 91 % | 84-90 % / 82-85 % |
 //!
-//! Remainder tiles in L1 (K = 256): AVX-512 7x32 97 %, 4x32 83 %, 1x32 64 %, 1x64 32 % (a one-row tile
-//! reuses no B: its 64 KB panel streams from L2); AVX2 4x16 78 %, 1x16 62 %. Stage 5 (7x7 maps, M = 49,
-//! 4 MB of weights from L3): 14x32 reaches 87-89 % with `prefetch_b` 2048 or 8192 bytes and 55-84 % without;
-//! 6x64 66-80 %; AVX2 6x16 77-86 % with 2048 (8192 is worse there).
+//! Remainder tiles in L1 (K = 256, two runs): AVX-512 7x32 83-97 %, 4x32 83 %, 4x64 82-98 %, 1x32 64 %,
+//! 1x64 32-35 % (a one-row tile reuses no B: its 64 KB panel streams from L2); AVX2 4x16 78-84 %, 1x16
+//! 62-77 %. Stage 5 (7x7 maps, M = 49, 4 MB of weights from L3): 14x32 reaches 87-89 % with `prefetch_b`
+//! 2048 or 8192 bytes and 55-87 % without; 6x64 66-80 %; AVX2 6x16 77-86 % with 2048 (8192 is worse there).
 //!
 //! AVX-512 prefers 14x32 over 6x64 (marginally faster in the stage 2-4 GEMMs, within the noise) because
 //! ResNet's maps are 56, 28, 14 and 7 wide: M splits into full 14-row tiles (a 7-row remainder at 7x7) where
