@@ -6,7 +6,8 @@
 //! min / median / max GFLOP/s by the thread's CPU time (the machine is shared: see `sample`); read medians
 //! and repeat the whole run.
 //! `UKERNEL_FILTER=substr` keeps the lines whose label contains it; `UKERNEL_KC` / `UKERNEL_MC` set the GEMM
-//! driver's K block (floats, default 256) and M block (in row tiles, default 4: best of 4, 7, 16 here).
+//! driver's K block (floats, default 256) and M block (in row tiles, default 4: best of 4, 7, 16 here),
+//! `UKERNEL_PREFETCH=bytes` makes its kernels prefetch B that far ahead.
 //!
 //! The GEMM driver is the simplest blocked loop over the kernels: B packed once into 64-byte aligned panels
 //! `nr` wide (`b_k_stride = 4*nr`), A read in place (`a_row_stride = 4*K`, as a 1x1 convolution reads its
@@ -16,7 +17,7 @@
 //! 14x14 layers it runs as one level of Strassen, 7/8 of the multiplications, and is credited the nominal
 //! FLOPs).
 
-use resnetc_compiler::codegen::x86::{fma_peak_gflops, CodeRegion, Epilogue, GemmFn, GemmUkernel, Isa};
+use resnetc_compiler::codegen::x86::{assemble_gemm, fma_peak_gflops, CodeRegion, Epilogue, GemmFn, GemmUkernel, Isa};
 use resnetc_compiler::codegen::{Session, SessionOptions};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs};
@@ -145,6 +146,33 @@ fn l1(isa: Isa, region: &CodeRegion, peak: f64) {
     }
 }
 
+/// Remainder tiles (fewer rows, split into interleaved partial sums when short), data in L1, K = 256.
+fn partial_tiles(isa: Isa, region: &CodeRegion, peak: f64) {
+    let tiles: &[(usize, usize, usize)] = match isa {
+        Isa::Avx512 => &[(7, 32, 32), (4, 32, 32), (1, 32, 32), (4, 64, 64), (1, 64, 64), (14, 32, 17)],
+        _ => &[(4, 16, 16), (1, 16, 16), (6, 16, 9)],
+    };
+    for &(rows, nr, lanes) in tiles {
+        let label = format!("{isa} L1 {rows}x{nr} lanes={lanes} K=256");
+        if !wanted(&label) {
+            continue;
+        }
+        let uk = GemmUkernel::dense(isa, rows, nr, lanes, 256);
+        let f = get(region, &uk);
+        let (a, b, c) = (filled(rows * 256, 1), filled(256 * nr, 2), AlignedBuf::zeroed(rows * nr));
+        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_ptr() as *mut f32);
+        let st = sample(
+            || {
+                for _ in 0..100 {
+                    unsafe { f(ap, bp, cp, std::ptr::null(), std::ptr::null()) };
+                }
+            },
+            100.0 * uk.flops() as f64,
+        );
+        println!("{label:<40} {}", st.show(peak));
+    }
+}
+
 /// A 1x1 layer: M pixels, K input channels, N output channels.
 #[derive(Clone, Copy)]
 struct Layer {
@@ -161,6 +189,9 @@ const LAYERS: &[Layer] = &[
     Layer { name: "s3 28x28 512->128", hw: 28, k: 512, n: 128 },
     Layer { name: "s4 14x14 256->1024", hw: 14, k: 256, n: 1024 },
     Layer { name: "s4 14x14 1024->256", hw: 14, k: 1024, n: 256 },
+    // Stage 5 (not in the target): 49 rows, weights of 4 MB streamed from L3 (UKERNEL_PREFETCH).
+    Layer { name: "s5 7x7 512->2048", hw: 7, k: 512, n: 2048 },
+    Layer { name: "s5 7x7 2048->512", hw: 7, k: 2048, n: 512 },
 ];
 
 /// One kernel call of the GEMM driver.
@@ -186,6 +217,8 @@ impl Gemm {
         // UKERNEL_A_OUTER=1: within an M block, row tiles outside and panels inside (the A tile stays in L1,
         // B panels come from L2) instead of panels outside (the B panel stays in L1).
         let a_outer = env_usize("UKERNEL_A_OUTER", 0) != 0;
+        // UKERNEL_PREFETCH=bytes: the kernels prefetch B that far ahead.
+        let prefetch = Some(env_usize("UKERNEL_PREFETCH", 0)).filter(|&d| d > 0);
         let panels = n.div_ceil(nr);
         let a = filled(m * k, 3);
         let w = filled(k * n, 4);
@@ -222,6 +255,7 @@ impl Gemm {
                         } else {
                             Epilogue::NONE
                         },
+                        prefetch_b: prefetch,
                         ..GemmUkernel::dense(isa, mr, nr, nr, kl)
                     };
                     calls.push(Call {
@@ -327,6 +361,30 @@ fn call_overhead(isa: Isa, region: &CodeRegion) {
     );
 }
 
+/// Microseconds to assemble the preferred tile's kernel (K = 256, bias + relu): the compile-time cost per
+/// distinct kernel.
+fn assembly_time(isa: Isa) {
+    let (mr, nr) = isa.preferred_tile();
+    let uk = GemmUkernel {
+        epilogue: Epilogue { bias: true, relu: true, ..Epilogue::NONE },
+        ..GemmUkernel::dense(isa, mr, nr, nr, 256)
+    };
+    let mut times: Vec<f64> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let bytes = assemble_gemm(&uk, 0).unwrap();
+            std::hint::black_box(bytes);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let len = assemble_gemm(&uk, 0).unwrap().len();
+    println!(
+        "{isa} assembling a {mr}x{nr} K=256 kernel ({len} bytes): {:.0} us median, {:.0} us min",
+        times[25], times[0]
+    );
+}
+
 /// The tier's FMA peak: min / median / max over `UKERNEL_REPS` runs of `fma_peak_gflops`; the median.
 fn peak(isa: Isa) -> Option<f64> {
     let mut v: Vec<f64> = (0..env_usize("UKERNEL_REPS", 7)).filter_map(|_| fma_peak_gflops(isa).ok()).collect();
@@ -354,12 +412,16 @@ fn main() {
     println!("\n{:<40} {HEADER}", "micro-kernel alone");
     for &(isa, p) in &tiers {
         l1(isa, &region, p);
+        partial_tiles(isa, &region, p);
     }
     println!("\n{:<40} {HEADER}", "1x1 layers as GEMMs (M = H*W)");
     gemms(&tiers, f32x4_peak, &region);
     println!();
     for &(isa, _) in &tiers {
         call_overhead(isa, &region);
+    }
+    for &(isa, _) in &tiers {
+        assembly_time(isa);
     }
     println!("code region: {} kernels, {} bytes", region.gemm_count(), region.used_bytes());
 }

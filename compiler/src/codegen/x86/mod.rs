@@ -29,8 +29,9 @@
 //!   aligned (a 4-byte misaligned B cost ~5 % in the prototype). A is only broadcast from, C rows are touched
 //!   once per call: their alignment does not matter (NHWC rows of odd channel counts are fine).
 //! - Limits (checked by [`GemmUkernel::validate`]): strides are multiples of 4 bytes; every displacement the
-//!   code uses (`(rows-1)*a_row_stride + 4*unroll`, `unroll*b_k_stride + prefetch`, `(rows-1)*c_row_stride +
-//!   4*nr`) must fit in 31 bits; `k <= MAX_K` (16M steps).
+//!   code uses must fit in 31 bits: `(rows-1)*a_row_stride + 4*s`, `s*b_k_stride + prefetch_b + 4*nr` and
+//!   `(rows-1)*c_row_stride + 4*nr`, where `s` (at most 15) is the K steps addressed from one pointer value;
+//!   `k <= MAX_K` (16M steps).
 //! - Semantics: `y = acc (+ bias[j])`, `relu`, `(+ R[i][j])`, `relu_after_add`, in that order, exactly as
 //!   `ops::Conv` documents the fused epilogue; relu is `max(0, x)` with x as the second source of `vmaxps`, so
 //!   relu(NaN) = NaN and ±Inf flow through as IEEE arithmetic says (Keras semantics). With `accumulate` the
@@ -56,11 +57,29 @@
 //! | AVX2 6x16 (preferred) | 93 % | 87-91 %, 1.8-2.3x the cranelift f32x4 convolution |
 //! | AVX2 4x24 / 12x8 | 93 % / 91 % | 84-90 % / 82-85 % |
 //!
-//! AVX-512 prefers 14x32 over the (marginally faster in these GEMMs) 6x64 because ResNet's maps are 56, 28,
-//! 14 and 7 wide: M splits into full 14-row tiles where 6-row tiles leave a remainder tile in every layer (a
-//! 1-row one of 49 at 7x7), the 32-wide panel halves the N granularity (threads, tails), and its K x 32 B
-//! panel stays in L1 up to K = 256 (blocking: K blocks of 256, M blocks of 4 row tiles, the B panel reused
-//! across the row tiles of a block). Calling a kernel through its pointer costs ~2 ns (a 1x16, K = 1 kernel).
+//! Remainder tiles in L1 (K = 256, two runs): AVX-512 7x32 83-97 %, 4x32 83 %, 4x64 82-98 %, 1x32 64 %,
+//! 1x64 32-35 % (a one-row tile reuses no B: its 64 KB panel streams from L2); AVX2 4x16 78-84 %, 1x16
+//! 62-77 %. Stage 5 (7x7 maps, M = 49, 4 MB of weights from L3): 14x32 reaches 87-89 % with `prefetch_b`
+//! 2048 or 8192 bytes and 55-87 % without; 6x64 66-80 %; AVX2 6x16 77-86 % with 2048 (8192 is worse there).
+//!
+//! AVX-512 prefers 14x32 over 6x64 (marginally faster in the stage 2-4 GEMMs, within the noise) because
+//! ResNet's maps are 56, 28, 14 and 7 wide: M splits into full 14-row tiles (a 7-row remainder at 7x7) where
+//! 6-row tiles leave a remainder in every layer (a 1-row one at 7x7); the 32-wide panel halves the N
+//! granularity (threads, tails); its K x 32 B panel stays in L1 up to K = 256 (blocking used: K blocks of
+//! 256, M blocks of 4 row tiles, the B panel reused across the row tiles of a block); and it streams weights
+//! better (stage 5, above). Calling a kernel through its pointer costs ~2 ns (a 1x16, K = 1 kernel);
+//! assembling one ~40 us (14x32, K = 256: 2 KB of code; AVX2 6x16 ~18 us).
+//!
+//! # Use from cranelift code
+//! ```text
+//! let region = Arc::new(CodeRegion::new()?);              // one per compiled model; keep it alive with the code
+//! let k = region.gemm(&GemmUkernel { .. })?;              // assembled once per description; address final now
+//! // in the task loop: sig = SystemV (a, b, c, bias, residual: i64) -> ()
+//! let f = builder.ins().iconst(types::I64, k.addr() as i64);
+//! builder.ins().call_indirect(sig_ref, f, &[a, b, c, bias, residual]);
+//! let pf = region.prefetch()?;                            // likewise, with a PreserveAll (p: i64) signature
+//! region.seal()?;                                         // before anything runs: the pages become executable
+//! ```
 
 #[cfg(target_arch = "x86_64")]
 mod asm;
@@ -68,7 +87,7 @@ mod region;
 #[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
 mod tests;
 
-pub use region::{CodeRegion, GemmRef, PrefetchRef};
+pub use region::{CodeRegion, GemmRef, PrefetchRef, DEFAULT_REGION_BYTES};
 
 use std::fmt;
 use std::str::FromStr;

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 /// Address range reserved by [`CodeRegion::new`] (address space only: pages are committed as code is
 /// written). ResNet-50's kernels need well under 1 MiB.
-pub const DEFAULT_CAPACITY: usize = 64 << 20;
+pub const DEFAULT_REGION_BYTES: usize = 64 << 20;
 
 /// Alignment of every function in the region (a cache line: the loop tops of short kernels stay within it).
 const FUNC_ALIGN: usize = 64;
@@ -89,9 +89,9 @@ struct State {
 }
 
 impl CodeRegion {
-    /// A region reserving [`DEFAULT_CAPACITY`] bytes of address space.
+    /// A region reserving [`DEFAULT_REGION_BYTES`] bytes of address space.
     pub fn new() -> Result<CodeRegion, UkernelError> {
-        CodeRegion::with_capacity(DEFAULT_CAPACITY)
+        CodeRegion::with_capacity(DEFAULT_REGION_BYTES)
     }
 
     /// A region reserving `capacity` bytes (rounded up to pages) of address space; adding code past it is an

@@ -214,6 +214,8 @@ fn check(case: &Case, f: GemmFn) -> Result<(), String> {
     };
 
     let (av, bv, cv, rv, biasv) = (a.slice(), b.slice(), c.slice(), res.slice(), bias.slice());
+    // 1e-6 of sum |a*b| (plus the |C0|, |bias|, |R| added) up to K = 64; beyond, the f32 rounding of a K-term
+    // sum grows like sqrt(K) for these random operands: 2.2e-6 at K = 300.
     let tol = 1e-6 * (k as f64).sqrt().max(8.0) / 8.0;
     for idx in 0..c_len {
         let (i, j) = (idx / crs.max(1), idx % crs.max(1));
@@ -474,48 +476,54 @@ fn prefetch_does_not_change_results() {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
-
-    /// Random kernels of every kind against the f64 reference: tile, tails, K, strides, placement,
-    /// accumulation, epilogue, prefetch, special values.
-    #[test]
-    fn random_kernels_match_the_f64_reference(
-        tier in 0usize..2,
-        nv in 1usize..=4,
-        rows_frac in 0.0f64..1.0,
-        lanes_frac in 0.0f64..1.0,
-        k in 1usize..300,
-        pads in (0usize..20, 0usize..20, 0usize..20),
-        places in (0usize..3, 0usize..3),
-        accumulate: bool,
-        ep in 0usize..16,
-        prefetch in prop::option::of(1usize..4096),
-        specials: bool,
-        seed: u64,
-    ) {
-        let isa = [Isa::Avx512, Isa::Avx2][tier];
-        prop_assume!(isa.check_supported().is_ok());
-        let vw = isa.vector_floats();
-        let nr = nv * vw;
-        prop_assume!(isa.max_rows(nr) > 0);
-        let rows = 1 + (rows_frac * isa.max_rows(nr) as f64) as usize;
-        let lanes = 1 + (lanes_frac * nr as f64) as usize;
-        let place = |p| [Place::AtGuard, Place::Offset(4), Place::Offset(0)][p];
-        let uk = GemmUkernel {
-            a_row_stride: 4 * (k + pads.0),
-            b_k_stride: 4 * (nr + pads.1),
-            c_row_stride: 4 * (lanes + pads.2),
-            accumulate,
-            epilogue: all_epilogues().nth(ep).unwrap(),
-            prefetch_b: prefetch.map(|p| p * 4),
-            ..GemmUkernel::dense(isa, rows, nr, lanes, k)
-        };
-        let case = Case { uk, a_place: place(places.0), c_place: place(places.1), specials, seed };
-        let region = CodeRegion::new().unwrap();
-        let r = region.gemm(&uk).unwrap();
-        region.seal().unwrap();
-        check(&case, region.gemm_fn(r).unwrap()).map_err(TestCaseError::fail)?;
+/// Random kernels of every kind against the f64 reference: tile, tails, K, strides, placement,
+/// accumulation, epilogue, prefetch, special values; the cases spread over the wide tiers this CPU has.
+#[test]
+fn random_kernels_match_the_f64_reference() {
+    let tiers = wide_tiers("proptest");
+    if tiers.is_empty() {
+        return; // reported by wide_tiers; `tiers_run_or_are_reported_skipped` fails where AVX2 exists
+    }
+    let config = ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() };
+    let strategy = (
+        0..tiers.len(),
+        1usize..=4,
+        (0.0f64..1.0, 0.0f64..1.0),
+        1usize..300,
+        (0usize..20, 0usize..20, 0usize..20),
+        (0usize..3, 0usize..3),
+        any::<bool>(),
+        0usize..16,
+        prop::option::of(1usize..4096),
+        any::<bool>(),
+        any::<u64>(),
+    );
+    let result = proptest::test_runner::TestRunner::new(config).run(
+        &strategy,
+        |(tier, nv, (rows_frac, lanes_frac), k, pads, places, accumulate, ep, prefetch, specials, seed)| {
+            let isa = tiers[tier];
+            let nr = nv * isa.vector_floats();
+            let rows = 1 + (rows_frac * isa.max_rows(nr) as f64) as usize;
+            let lanes = 1 + (lanes_frac * nr as f64) as usize;
+            let place = |p| [Place::AtGuard, Place::Offset(4), Place::Offset(0)][p];
+            let uk = GemmUkernel {
+                a_row_stride: 4 * (k + pads.0),
+                b_k_stride: 4 * (nr + pads.1),
+                c_row_stride: 4 * (lanes + pads.2),
+                accumulate,
+                epilogue: all_epilogues().nth(ep).unwrap(),
+                prefetch_b: prefetch.map(|p| p * 4),
+                ..GemmUkernel::dense(isa, rows, nr, lanes, k)
+            };
+            let case = Case { uk, a_place: place(places.0), c_place: place(places.1), specials, seed };
+            let region = CodeRegion::new().unwrap();
+            let r = region.gemm(&uk).unwrap();
+            region.seal().unwrap();
+            check(&case, region.gemm_fn(r).unwrap()).map_err(TestCaseError::fail)
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
@@ -664,4 +672,93 @@ fn golden_disassembly_of_a_small_kernel() {
     let text = disassemble(&assemble_gemm(&uk, 0x2000).unwrap(), 0x2000);
     let golden = include_str!("golden_avx512_2x16_k2.asm");
     assert_eq!(text, golden, "got:\n{text}");
+}
+
+/// The integration path the conv kernels will take: cranelift code calls a kernel through `call_indirect` on
+/// its absolute address (SystemV), and the prefetch stub the same way with the `preserve_all` convention;
+/// an f32x4 value live across both calls survives (the stub clobbers nothing, cranelift saves it around the
+/// kernel), and the results are the kernel's.
+#[test]
+fn cranelift_code_calls_kernels_by_address() {
+    use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature};
+    use cranelift_codegen::isa::CallConv;
+    use cranelift_codegen::settings::{self, Configurable};
+    use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+    use cranelift_jit::{JITBuilder, JITModule};
+    use cranelift_module::{default_libcall_names, Linkage, Module};
+
+    for isa in wide_tiers("cranelift_call") {
+        let vw = isa.vector_floats();
+        let region = CodeRegion::new().unwrap();
+        let uk = GemmUkernel { epilogue: FULL_EPILOGUE, ..GemmUkernel::dense(isa, 3, 2 * vw, vw + 3, 20) };
+        let k = region.gemm(&uk).unwrap();
+        let pf = region.prefetch().unwrap();
+        region.seal().unwrap();
+
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").unwrap();
+        let target = cranelift_native::builder().unwrap().finish(settings::Flags::new(flags)).unwrap();
+        let mut module = JITModule::new(JITBuilder::with_isa(target, default_libcall_names()));
+        let mut ctx = module.make_context();
+        let mut fctx = FunctionBuilderContext::new();
+        let mut kernel_sig = Signature::new(CallConv::SystemV);
+        kernel_sig.params.extend([AbiParam::new(types::I64); 5]);
+        let mut pf_sig = Signature::new(CallConv::PreserveAll);
+        pf_sig.params.push(AbiParam::new(types::I64));
+
+        // f(x, a, b, c, bias, res): v = x[0..4]; prefetch(b); kernel(a, b, c, bias, res); x[0..4] = v + v.
+        let mut sig = Signature::new(CallConv::SystemV);
+        sig.params.extend([AbiParam::new(types::I64); 6]);
+        let id = module.declare_function("calls_kernel", Linkage::Local, &sig).unwrap();
+        ctx.func.signature = sig;
+        let fcfg = module.target_config();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let blk = b.create_block();
+            b.append_block_params_for_function_params(blk);
+            b.switch_to_block(blk);
+            b.seal_block(blk);
+            let p = b.block_params(blk).to_vec();
+            let v = b.ins().load(types::F32X4, MemFlagsData::trusted(), p[0], 0);
+            let pf_ref = b.import_signature(pf_sig);
+            let pf_addr = b.ins().iconst(types::I64, pf.addr() as i64);
+            b.ins().call_indirect(pf_ref, pf_addr, &[p[2]]);
+            let k_ref = b.import_signature(kernel_sig);
+            let k_addr = b.ins().iconst(types::I64, k.addr() as i64);
+            b.ins().call_indirect(k_ref, k_addr, &p[1..]);
+            let w = b.ins().fadd(v, v);
+            b.ins().store(MemFlagsData::trusted(), w, p[0], 0);
+            b.ins().return_(&[]);
+            b.finalize(fcfg);
+        }
+        module.define_function(id, &mut ctx).unwrap();
+        module.clear_context(&mut ctx);
+        module.finalize_definitions().unwrap();
+        type Outer = unsafe extern "sysv64" fn(*mut f32, *const f32, *const f32, *mut f32, *const f32, *const f32);
+        // SAFETY: the function just defined, with this signature.
+        let outer = unsafe { std::mem::transmute::<*const u8, Outer>(module.get_finalized_function(id)) };
+
+        // Through the outer function, the kernel's results match the reference (a GemmFn-shaped closure is
+        // not possible, so `check` gets a trampoline reading the outer function from a thread-local).
+        thread_local! {
+            static OUTER: std::cell::Cell<Option<Outer>> = const { std::cell::Cell::new(None) };
+            static X: std::cell::RefCell<[f32; 4]> = const { std::cell::RefCell::new([0.0; 4]) };
+        }
+        unsafe extern "sysv64" fn trampoline(
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            bias: *const f32,
+            r: *const f32,
+        ) {
+            let outer = OUTER.with(|o| o.get()).unwrap();
+            X.with(|x| unsafe { outer(x.borrow_mut().as_mut_ptr(), a, b, c, bias, r) });
+        }
+        OUTER.with(|o| o.set(Some(outer)));
+        X.with(|x| *x.borrow_mut() = [1.5, -2.0, f32::INFINITY, 0.25]);
+        check(&Case::new(uk, 5), trampoline).unwrap_or_else(|e| panic!("{isa}: {e}"));
+        assert_eq!(X.with(|x| *x.borrow()), [3.0, -4.0, f32::INFINITY, 0.5], "{isa}: the live f32x4 was clobbered");
+        // SAFETY: no code of the module runs any more.
+        unsafe { module.free_memory() };
+    }
 }
