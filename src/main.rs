@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-mod peak;
-
 #[derive(Parser)]
 #[command(name = "resnetc", version, about = "A declarative ResNet graph compiler: YAML specs to fast CPU kernels")]
 struct Cli {
@@ -58,7 +56,8 @@ enum Cmd {
         #[arg(long, default_value = "auto", value_parser = parse_isa)]
         isa: Isa,
     },
-    /// Time the JIT-compiled model: compile time, latency median/min, GFLOP/s and share of the f32x4 FMA peak.
+    /// Time the JIT-compiled model: compile time, latency median/min, images/s, GFLOP/s and share of the
+    /// measured FMA peak of the CPU tier.
     Bench {
         /// The model spec (YAML).
         spec: PathBuf,
@@ -386,7 +385,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let mut m = load(&spec, &common.options(weights))?;
             // Only the JIT runs: the model's weights move into the compiler.
             let w = std::mem::take(&mut m.weights);
-            let c = m.compile_weights(w, &BackendOptions { threads, isa, ..Default::default() })?;
+            // The kernels fold the batch (up to the largest group; larger batches run in several groups).
+            let group = batch.min(resnetc_compiler::backend::MAX_BATCH_GROUP);
+            let c = m.compile_weights(w, &BackendOptions { threads, isa, batch: group, ..Default::default() })?;
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
             let shape: Vec<usize> = std::iter::once(batch).chain(m.input_shape().iter().copied()).collect();
             let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&shape), |i| {
@@ -419,8 +420,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             ts.sort_by(f64::total_cmp);
             let (median, min) = (ts[ts.len() / 2], ts[0]);
             let gflops = 2.0 * c.macs as f64 * batch as f64 / (median * 1e-3) / 1e9;
-            // What 128-bit FMAs can do on the cores used: measured here, not assumed.
-            let per_core = peak::f32x4_fma_gflops_per_core().unwrap_or(f64::NAN);
+            let images_per_s = batch as f64 / (median * 1e-3);
+            // What the tier's FMAs can do on the cores used: measured here, not assumed.
+            let per_core = resnetc_compiler::codegen::x86::fma_peak_gflops(c.isa()).unwrap_or(f64::NAN);
             let peak = c.threads() as f64 * per_core;
             if profile {
                 print_profile(&m, &c, iters, per_core)?;
@@ -429,7 +431,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 let v = serde_json::json!({
                     "model": m.graph.model, "batch": batch, "threads": c.threads(), "isa": c.isa().name(), "iters": iters,
                     "compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gflops": gflops,
-                    "peak_gflops": peak, "peak_fraction": gflops / peak,
+                    "peak_gflops": peak, "peak_fraction": gflops / peak, "images_per_s": images_per_s,
                 });
                 println!("{v}");
             } else {
@@ -441,10 +443,13 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 );
                 let st: Vec<String> = c.stages_ms.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
                 println!("  compile   {compile_ms:.1} ms ({} ms)", st.join(", "));
-                println!("  latency   median {median:.2} ms, min {min:.2} ms");
                 println!(
-                    "  speed     {gflops:.1} GFLOP/s = {:.1} % of the f32x4 FMA peak ({peak:.1} GFLOP/s on {} core(s), measured)",
+                    "  latency   median {median:.2} ms, min {min:.2} ms (batch of {batch}: {images_per_s:.1} images/s)"
+                );
+                println!(
+                    "  speed     {gflops:.1} GFLOP/s = {:.1} % of the {} FMA peak ({peak:.1} GFLOP/s on {} core(s), measured)",
                     100.0 * gflops / peak,
+                    c.isa(),
                     c.threads()
                 );
             }

@@ -123,3 +123,30 @@ fn isa_tiers_are_checked_and_reported() {
     }
     assert!(m.compile(&BackendOptions { isa: Isa::F32x4, ..opts() }).is_ok());
 }
+
+/// Batch groups (`BackendOptions::batch`): the convolution and dense kernels compute a group of items per
+/// call; batches that do not fill their last group run it padded. Every tier, 1 and 2 threads, batches
+/// smaller than, equal to and larger than the group, against the reference interpreter item by item.
+#[test]
+fn batch_groups_match_the_reference() {
+    for (name, hw) in [("notebook_resnet50", 48), ("resnet18", 32)] {
+        let o = Options { input_shape: Some(vec![hw, hw, 3]), ..Default::default() };
+        let mut m = Model::from_file(root(&format!("specs/{name}.yaml")), &o).unwrap();
+        randomize(&mut m.weights, 13);
+        let x = input(&[hw, hw, 3], 7, 5);
+        let want = m.run_reference(x.view()).unwrap();
+        for isa in tiers() {
+            for (group, threads) in [(4, 2), (3, 1)] {
+                let c = m.compile(&BackendOptions { isa, threads, batch: group, ..opts() }).unwrap();
+                assert_eq!(c.program.group(), group);
+                for n in [1, group, 7] {
+                    let got = c.run(x.slice(ndarray::s![..n, .., .., ..]).into_dyn()).unwrap();
+                    let want = want.slice(ndarray::s![..n, ..]).to_owned().into_dyn();
+                    let (d, s) = worst(&got, &want);
+                    let what = format!("{name} on {isa}, group {group}, {threads} thread(s), batch {n}");
+                    assert!(d <= 1e-4 * s + 1e-6, "{what}: JIT differs from the reference by {d} (scale {s})");
+                }
+            }
+        }
+    }
+}

@@ -7,6 +7,8 @@ mod common;
 use common::{input, randomize, root, worst};
 use ndarray::ArrayD;
 use resnetc_compiler::backend::{BackendOptions, Compiled};
+use resnetc_compiler::codegen::x86::Isa;
+use resnetc_compiler::lower::Algorithm;
 use resnetc_compiler::{Model, Options};
 
 fn opts(threads: usize) -> BackendOptions {
@@ -180,7 +182,8 @@ fn a_model_whose_output_is_its_input_reshaped() {
 fn dense_softmax_splits_over_threads() {
     // 100 units: several tasks of 8 panels. On two threads the lowering splits the layer: the dense part runs
     // in parallel into an intermediate value and the softmax follows as a kernel of its own; on one thread
-    // it is one kernel.
+    // of the f32x4 tier it is one kernel. The wide tiers run dense layers as GEMMs (a 1x1 convolution, whose
+    // epilogue has no softmax): split on any thread count.
     let spec = "input: [3, 5, 8]\nlayers:\n  - {op: flatten}\n  - {op: dense, units: 100, activation: softmax}\n";
     let c = check("dense_softmax", spec, &["dense"]);
     assert_eq!(c.kernels.iter().map(|k| k.op).collect::<Vec<_>>(), ["dense", "softmax"]);
@@ -188,8 +191,17 @@ fn dense_softmax_splits_over_threads() {
     assert_eq!(c.kernels[0].node, c.kernels[1].node);
     assert_eq!(c.program.steps().len(), c.kernels.len());
     let m = Model::from_str("dense_softmax.yaml", spec, &Options::default()).unwrap();
-    let one = m.compile(&opts(1)).unwrap();
+    let f32x4 = BackendOptions { isa: Isa::F32x4, ..opts(1) };
+    let one = m.compile(&f32x4).unwrap();
     assert_eq!(one.kernels.iter().map(|k| k.op).collect::<Vec<_>>(), ["dense"]);
+    assert_eq!(one.kernels[0].algorithm, Algorithm::Plain);
+    for isa in Isa::available().into_iter().filter(|i| i.is_wide()) {
+        let c = m.compile(&BackendOptions { isa, ..opts(1) }).unwrap();
+        assert_eq!(
+            c.kernels.iter().map(|k| (k.op, k.algorithm)).collect::<Vec<_>>(),
+            [("dense", Algorithm::Gemm), ("softmax", Algorithm::Plain)]
+        );
+    }
 }
 
 /// NaN and Inf as Keras treats them (IEEE propagation: relu(NaN) = NaN, a max with NaN is NaN): the JIT is

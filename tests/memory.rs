@@ -38,3 +38,14 @@ fn runtime_allocates_exactly_the_planned_arena() {
         }
     }
 }
+
+/// With a batch group, the arena holds whole groups: a batch of 3 in groups of 4 runs one padded group.
+#[test]
+fn a_batch_group_allocates_whole_groups() {
+    let o = Options { input_shape: Some(vec![32, 32, 3]), ..Default::default() };
+    let m = Model::from_file(root("specs/resnet50.yaml"), &o).unwrap();
+    let c = m.compile(&BackendOptions { threads: 2, batch: 4, ..Default::default() }).unwrap();
+    c.run(input(&[32, 32, 3], 3, 1).view()).unwrap();
+    assert_eq!(c.program.allocated_arena_bytes(), c.plan.arena_with_work_bytes(4));
+    assert_eq!(c.program.arena_bytes(3), c.plan.arena_with_work_bytes(4));
+}

@@ -38,7 +38,15 @@ pub struct BackendOptions {
     /// The CPU tier (`--isa`): AVX-512 or AVX2 micro-kernels, or cranelift's portable f32x4 kernels. The
     /// default is the widest this CPU runs ([`Isa::detect`]); asking for one it lacks is an error.
     pub isa: Isa,
+    /// The batch group: convolution and dense kernels compute this many items per call, so that a batch
+    /// streams each weight once per group; a batch runs in whole groups (the last one padded). 1 (the
+    /// default) for latency; the batch size you run for throughput. At most [`MAX_BATCH_GROUP`].
+    pub batch: usize,
 }
+
+/// The largest batch group (`BackendOptions::batch`): larger ones gain nothing (16 items already reuse
+/// every weight 16 times) and cost memory.
+pub const MAX_BATCH_GROUP: usize = 64;
 
 impl Default for BackendOptions {
     fn default() -> Self {
@@ -48,6 +56,7 @@ impl Default for BackendOptions {
             verify: cfg!(debug_assertions),
             winograd: true,
             isa: Isa::detect(),
+            batch: 1,
         }
     }
 }
@@ -175,7 +184,8 @@ fn layer_weights<'a>(k: &KernelNode, w: &'a Weights) -> Result<LayerWeights<'a>,
     };
     let has_bias = match &k.op {
         KernelOp::Conv(a) => a.epilogue().bias,
-        KernelOp::Dense(d) => d.bias,
+        KernelOp::Dense(crate::lower::DenseAlgo::Gemv(d)) => d.bias,
+        KernelOp::Dense(crate::lower::DenseAlgo::Gemm(p)) => p.epi.bias,
         _ => false,
     };
     Ok(match &k.op {
@@ -265,7 +275,7 @@ pub fn assemble(
 ) -> Result<Program, Error> {
     let pool = Arc::new(ThreadPool::new(l.rules.threads));
     let mut pb = ProgramBuilder::new(&l.values[l.input].shape, &l.values[l.output].shape);
-    pb.arena_floats(plan.arena_bytes / 4);
+    pb.arena_floats(plan.arena_bytes / 4).group(l.rules.items);
     let buf = |v: usize| {
         let len = l.values[v].len();
         match plan.places[v] {

@@ -141,7 +141,18 @@ impl Optimized {
     pub fn lower(&self, o: &backend::BackendOptions) -> Result<Planned, Error> {
         let t0 = std::time::Instant::now();
         o.isa.check_supported().map_err(|e| Error::Option(format!("error: --isa {}: {e}", o.isa)))?;
-        let rules = lower::Rules { winograd: o.winograd, ..lower::Rules::for_target(o.isa, o.resolved_threads()) };
+        if o.batch == 0 || o.batch > backend::MAX_BATCH_GROUP {
+            return Err(Error::Option(format!(
+                "error: the batch group must be 1 to {} items, found {}",
+                backend::MAX_BATCH_GROUP,
+                o.batch
+            )));
+        }
+        let rules = lower::Rules {
+            winograd: o.winograd,
+            items: o.batch,
+            ..lower::Rules::for_target(o.isa, o.resolved_threads())
+        };
         let lowered = lower::lower(&self.graph, &rules)?;
         let t1 = std::time::Instant::now();
         let plan = plan::plan(&lowered);

@@ -45,6 +45,9 @@ pub struct Rules {
     pub isa: Isa,
     /// Threads the kernels run on (task counts and balancing).
     pub threads: usize,
+    /// Batch items the convolution and dense kernels compute per call (the batch group): their pixels
+    /// are the rows of one GEMM, so each weight is read once per group (`runtime::program`).
+    pub items: usize,
     /// Winograd for 3x3 stride-1 convolutions on maps of at least `winograd_min_map` (4: on 2x2 maps one
     /// tile wastes most of its work; measured with `benches/winograd.rs`), and the polyphase Winograd stem
     /// for 7x7 stride-2 convolutions of 1-4 channels.
@@ -84,6 +87,7 @@ impl Rules {
         Rules {
             isa,
             threads,
+            items: 1,
             winograd: true,
             winograd_min_map: 4,
             strassen_min_m: 100,
@@ -122,13 +126,23 @@ impl ConvAlgo {
     }
 }
 
+/// The algorithm of a dense layer, with its plan.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DenseAlgo {
+    /// A matrix-vector product per item (`codegen::dense`, the f32x4 tier at batch group 1).
+    Gemv(DensePlan),
+    /// A 1x1 convolution on a 1x1 map: the items of the batch group are the GEMM's rows (`codegen::conv`),
+    /// with the wide tiers' micro-kernels.
+    Gemm(ConvPlan),
+}
+
 /// What a kernel computes and how: the plan of its family.
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelOp {
     Conv(ConvAlgo),
     WindowPool(WindowPoolPlan),
     GlobalPool(GlobalPoolPlan),
-    Dense(DensePlan),
+    Dense(DenseAlgo),
     Softmax(SoftmaxPlan),
     /// Relu, binary add (one link of an add chain) or copy.
     Flat(FlatPlan),
@@ -170,7 +184,8 @@ impl KernelOp {
             KernelOp::Conv(ConvAlgo::Stem(p)) => p,
             KernelOp::WindowPool(p) => p,
             KernelOp::GlobalPool(p) => p,
-            KernelOp::Dense(p) => p,
+            KernelOp::Dense(DenseAlgo::Gemv(p)) => p,
+            KernelOp::Dense(DenseAlgo::Gemm(p)) => p,
             KernelOp::Softmax(p) => p,
             KernelOp::Flat(p) => p,
             KernelOp::BatchNorm(p) => p,
@@ -184,6 +199,7 @@ impl KernelOp {
             KernelOp::Conv(ConvAlgo::Strassen(_)) => Algorithm::Strassen,
             KernelOp::Conv(ConvAlgo::Winograd(p)) => Algorithm::Winograd(p.tile),
             KernelOp::Conv(ConvAlgo::Stem(_)) => Algorithm::Stem,
+            KernelOp::Dense(DenseAlgo::Gemm(_)) => Algorithm::Gemm,
             _ => Algorithm::Plain,
         }
     }
@@ -211,7 +227,7 @@ impl KernelOp {
     /// The algorithm's tiling in a few words (for dumps and reports).
     pub fn tiling(&self) -> String {
         match self {
-            KernelOp::Conv(ConvAlgo::Gemm(p)) => format!(
+            KernelOp::Conv(ConvAlgo::Gemm(p)) | KernelOp::Dense(DenseAlgo::Gemm(p)) => format!(
                 "{}x4 tiles, K {} block(s) of {}, {} row x {} column blocks{}{}",
                 p.m.rows,
                 p.k.blocks,
@@ -308,14 +324,14 @@ pub struct Lowered {
 pub fn select_conv(conv: &Conv, input: [usize; 3], r: &Rules) -> Result<ConvAlgo, String> {
     let [h, w, cin] = input;
     if r.winograd && stem_applies(conv, input) {
-        return StemPlan::new(conv, input, Tile::of(r.isa)).map(ConvAlgo::Stem);
+        return StemPlan::new(conv, input, r.items, Tile::of(r.isa)).map(ConvAlgo::Stem);
     }
     if r.winograd && winograd_applies(conv, input) && h.min(w) >= r.winograd_min_map {
         let gemm_tile = Tile::of(r.isa);
         let default = WinogradTiling::for_input(input);
         let rows = if gemm_tile.is_wide() { gemm_tile.mr } else { default.rows };
         let t = WinogradTiling { min_tasks: r.winograd_min_tasks, threads: r.threads, gemm_tile, rows, ..default };
-        return WinogradPlan::new(conv, input, &t).map(ConvAlgo::Winograd);
+        return WinogradPlan::batched(conv, input, r.items, &t).map(ConvAlgo::Winograd);
     }
     if strassen_applies(conv, input) {
         let m = h.div_ceil(conv.strides[0]) * w.div_ceil(conv.strides[1]);
@@ -326,7 +342,7 @@ pub fn select_conv(conv: &Conv, input: [usize; 3], r: &Rules) -> Result<ConvAlgo
             return StrassenPlan::new(conv, input, &r.strassen).map(ConvAlgo::Strassen);
         }
     }
-    ConvPlan::new(conv, input, &r.gemm).map(ConvAlgo::Gemm)
+    ConvPlan::batched(conv, input, r.items, &r.gemm).map(ConvAlgo::Gemm)
 }
 
 /// Why a graph cannot be lowered.
@@ -368,8 +384,8 @@ pub fn lower(g: &Graph, r: &Rules) -> Result<Lowered, LowerError> {
         let in_shape = g.inputs(n).first().map(|&i| g.node(i).shape.clone()).unwrap_or_default();
         let macs = g.node_macs(n);
         let push = |l: &mut Lowered, name: String, op: KernelOp, inputs: Vec<ValueId>, macs: u64| {
-            let shape = op.family().out_shape();
-            l.values.push(Value { name: name.clone(), shape });
+            // The node's shape (a dense layer run as a 1x1 convolution writes [1, 1, units] floats: the same).
+            l.values.push(Value { name: name.clone(), shape: node.shape.clone() });
             let output = l.values.len() - 1;
             l.kernels.push(KernelNode { name, node: node.name.clone(), op, inputs, output, macs });
             output
@@ -389,9 +405,19 @@ pub fn lower(g: &Graph, r: &Rules) -> Result<Lowered, LowerError> {
             }
             Op::Dense { units, activation, bias } => {
                 let cin = in_shape.iter().product();
-                let split = r.threads > 1 && *activation == Activation::Softmax;
+                // The wide tiers and batch groups run it as a 1x1 convolution on a 1x1 map (the items are
+                // the GEMM's rows), which cannot apply softmax: split then as on several threads.
+                let as_gemm = r.isa.is_wide() || r.items > 1;
+                let split = (r.threads > 1 || as_gemm) && *activation == Activation::Softmax;
                 let act = if split { Activation::Linear } else { *activation };
-                let op = one(DensePlan::new(cin, *units, act, *bias).map(KernelOp::Dense))?;
+                let algo = if as_gemm {
+                    let mut c = Conv::new(*units, [1, 1], [1, 1], crate::ops::Padding::Valid, *bias);
+                    c.relu = act == Activation::Relu;
+                    ConvPlan::batched(&c, [1, 1, cin], r.items, &r.gemm).map(DenseAlgo::Gemm)
+                } else {
+                    DensePlan::new(cin, *units, act, *bias).map(DenseAlgo::Gemv)
+                };
+                let op = one(algo.map(KernelOp::Dense))?;
                 if split {
                     let logits = push(&mut l, node.name.clone(), op, ins, macs);
                     let sm = one(SoftmaxPlan::new(&[*units]).map(KernelOp::Softmax))?;

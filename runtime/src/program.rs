@@ -8,15 +8,22 @@
 //!
 //! Data enters through [`Program::run`] (an `ndarray` with a leading batch dimension) or [`Program::run_slice`];
 //! the batch runs in chunks of up to [`Program::max_chunk`] items, and within a chunk the steps run in order,
-//! each step once for all the chunk's items, its `items x ntasks` tasks split over the thread pool. Results
+//! each step once for all the chunk's items, its `calls x ntasks` tasks split over the thread pool. Results
 //! leave as a new array (or in the caller's slice). Kernels read the input in place and write the output in
 //! place: only the steps' intermediate results live in the arena.
 //!
-//! Memory: [`Buf`] offsets are per batch item, as the memory planner computed them. In the arena, a buffer
-//! at offset `o` of `len` floats holds item `i` of a chunk of `n` at `o * n + i * align_floats(len)` (64-byte
-//! aligned items; scaling the planned offsets by `n` keeps buffers that never overlap apart); the per-thread
-//! work buffers follow the activations. So a chunk of `n` items allocates exactly
-//! [`Program::arena_bytes`]`(n)`: `n` times the planned activation bytes plus `threads` work buffers.
+//! Batch groups: a program is built for groups of [`ProgramBuilder::group`] items (1 by default). A step
+//! whose kernel folds a group into one call (`Step::items` = the group: e.g. a convolution whose GEMM has
+//! `group x pixels` rows, so each weight is read once per group) is called once per group, the others once
+//! per item. Chunks are whole groups; a batch that does not fill its last group runs it padded with zero
+//! items, whose results are dropped.
+//!
+//! Memory: [`Buf`] offsets are per batch item, as the memory planner computed them. Every buffer holds its
+//! items back to back, `len` floats apart (the model input and output as the caller's arrays do): in the
+//! arena, a buffer at offset `o` holds item `i` of a chunk of `n` at `o * n + i * len` (scaling the planned
+//! offsets by `n` keeps buffers that never overlap apart); the per-thread work buffers follow the
+//! activations. So a chunk of `n` items allocates exactly [`Program::arena_bytes`]`(n)`: `n` times the
+//! planned activation bytes plus `threads` work buffers.
 //!
 //! A `Program` is `Send + Sync`; `run` may be called from several threads at once. Each call takes an
 //! [`Arena`] from a free list behind a mutex, allocating a new one only when none is free and large enough,
@@ -254,6 +261,9 @@ pub struct Step {
     pub consts: Option<ConstRef>,
     /// The kernel's task count: it is called with ranges covering `0..ntasks`.
     pub ntasks: usize,
+    /// Batch items one call computes: 1, or the program's group (see the module docs); the kernel finds
+    /// them back to back in every buffer, `len` floats apart.
+    pub items: usize,
     /// Floats of per-thread scratch the kernel needs.
     pub work_floats: usize,
 }
@@ -270,6 +280,7 @@ pub struct ProgramBuilder {
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
     arena_floats: usize,
+    group: usize,
     code: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -284,8 +295,15 @@ impl ProgramBuilder {
             input_shape: input_shape.to_vec(),
             output_shape: output_shape.to_vec(),
             arena_floats: 0,
+            group: 1,
             code: None,
         }
+    }
+
+    /// Sets the batch group: the items a folding step computes per call (see the module docs).
+    pub fn group(&mut self, items: usize) -> &mut Self {
+        self.group = items.max(1);
+        self
     }
 
     /// Appends packed constants (64-byte aligned in the final program) and returns where they are.
@@ -352,13 +370,12 @@ impl ProgramBuilder {
         let mut work_floats = 0;
         for s in &self.steps {
             let check = |b: &Buf, what: &str| -> Result<(), RuntimeError> {
-                // Arena items are 64-byte aligned: a buffer takes `align_floats(len)` per item there.
-                let (off, len, cap) = match b.loc {
-                    Loc::Input(o) => (o, b.len, in_len),
-                    Loc::Output(o) => (o, b.len, out_len),
-                    Loc::Arena(o) => (o, align_floats(b.len), self.arena_floats),
+                let (off, cap) = match b.loc {
+                    Loc::Input(o) => (o, in_len),
+                    Loc::Output(o) => (o, out_len),
+                    Loc::Arena(o) => (o, self.arena_floats),
                 };
-                match off.checked_add(len) {
+                match off.checked_add(b.len) {
                     Some(end) if end <= cap => Ok(()),
                     _ => Err(RuntimeError::BadStep(format!(
                         "step `{}`: {what} {:?} of {} floats does not fit in its region of {cap} floats",
@@ -390,6 +407,12 @@ impl ProgramBuilder {
                     return Err(RuntimeError::BadStep(format!("step `{}`: constants out of range", s.name)));
                 }
             }
+            if s.items != 1 && s.items != self.group {
+                return Err(RuntimeError::BadStep(format!(
+                    "step `{}` computes {} items per call; the program's group is {}",
+                    s.name, s.items, self.group
+                )));
+            }
             work_floats = work_floats.max(align_floats(s.work_floats));
         }
         let threads = pool.threads();
@@ -400,6 +423,7 @@ impl ProgramBuilder {
             input_shape: self.input_shape,
             output_shape: self.output_shape,
             arena_floats: align_floats(self.arena_floats),
+            group: self.group,
             work_floats,
             threads,
             arenas: Mutex::new(Vec::new()),
@@ -410,12 +434,12 @@ impl ProgramBuilder {
     }
 }
 
-/// Whether two buffers overlap in a chunk of any size (arena items take `align_floats(len)`).
+/// Whether two buffers overlap (in one item, hence in a chunk of any size: see the module docs).
 fn overlaps(a: Buf, b: Buf) -> bool {
     let range = |x: Buf| match x.loc {
         Loc::Input(o) => (0, o, o + x.len),
         Loc::Output(o) => (1, o, o + x.len),
-        Loc::Arena(o) => (2, o, o + align_floats(x.len)),
+        Loc::Arena(o) => (2, o, o + x.len),
     };
     let (ra, a0, a1) = range(a);
     let (rb, b0, b1) = range(b);
@@ -441,6 +465,8 @@ pub struct Program {
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
     arena_floats: usize,
+    /// Items per group (see the module docs).
+    group: usize,
     work_floats: usize,
     threads: usize,
     arenas: Mutex<Vec<Arena>>,
@@ -477,7 +503,7 @@ impl Chunk {
         match b.loc {
             Loc::Input(o) => self.input.add(i * self.in_len + o) as *mut f32,
             Loc::Output(o) => self.output.add(i * self.out_len + o),
-            Loc::Arena(o) => self.arena.add(o * self.items + i * align_floats(b.len)),
+            Loc::Arena(o) => self.arena.add(o * self.items + i * b.len),
         }
     }
 }
@@ -496,15 +522,28 @@ impl Program {
         self.threads
     }
 
-    /// Batch items run together: as many as fit in [`CHUNK_BYTES`] of activations, at least one.
-    pub fn max_chunk(&self) -> usize {
-        (CHUNK_BYTES / (self.arena_floats * 4).max(1)).max(1)
+    /// Items per group (see the module docs).
+    pub fn group(&self) -> usize {
+        self.group
     }
 
-    /// Bytes of the arena a run of `batch` items allocates: the activations of one chunk of
-    /// `min(batch, max_chunk)` items and the work buffers of all threads.
+    /// Batch items run together: whole groups, as many as fit in [`CHUNK_BYTES`] of activations, at least one
+    /// group.
+    pub fn max_chunk(&self) -> usize {
+        let groups = CHUNK_BYTES / (self.arena_floats * 4 * self.group).max(1);
+        groups.max(1) * self.group
+    }
+
+    /// Items in the chunks of a run of `batch` items: `batch` rounded up to whole groups, at most
+    /// [`Program::max_chunk`].
+    pub fn chunk_items(&self, batch: usize) -> usize {
+        batch.max(1).next_multiple_of(self.group).min(self.max_chunk())
+    }
+
+    /// Bytes of the arena a run of `batch` items allocates: the activations of one chunk
+    /// ([`Program::chunk_items`]) and the work buffers of all threads.
     pub fn arena_bytes(&self, batch: usize) -> usize {
-        (self.arena_floats * batch.clamp(1, self.max_chunk()) + self.threads * self.work_floats) * 4
+        (self.arena_floats * self.chunk_items(batch) + self.threads * self.work_floats) * 4
     }
 
     /// Bytes of the largest arena (activations and work buffers) this program has allocated so far: what the
@@ -541,21 +580,41 @@ impl Program {
                 found: format!("{} and {}", input.len(), output.len()),
             });
         }
-        let chunk = batch.clamp(1, self.max_chunk());
+        let chunk = self.chunk_items(batch);
         let mut arena = self.take_arena(chunk);
         for first in (0..batch).step_by(chunk) {
             let items = chunk.min(batch - first);
-            let c = Chunk {
-                input: input[first * in_len..].as_ptr(),
-                output: output[first * out_len..].as_mut_ptr(),
-                arena: arena.buf.as_mut_ptr(),
-                items,
-                in_len,
-                out_len,
-            };
-            // SAFETY: the build step checked every buffer against its region's size; the slices hold `items`
-            // items from `first` on, the arena `chunk >= items`.
-            unsafe { self.run_chunk(c, None) };
+            let (inp, out) = (&input[first * in_len..(first + items) * in_len], &mut output[first * out_len..]);
+            if items.is_multiple_of(self.group) {
+                let c = Chunk {
+                    input: inp.as_ptr(),
+                    output: out.as_mut_ptr(),
+                    arena: arena.buf.as_mut_ptr(),
+                    items,
+                    in_len,
+                    out_len,
+                };
+                // SAFETY: the build step checked every buffer against its region's size; the slices hold
+                // `items` items, the arena `chunk >= items`.
+                unsafe { self.run_chunk(c, None) };
+            } else {
+                // The last group, padded with zero items.
+                let padded = items.next_multiple_of(self.group);
+                let mut pin = vec![0f32; padded * in_len];
+                pin[..inp.len()].copy_from_slice(inp);
+                let mut pout = vec![0f32; padded * out_len];
+                let c = Chunk {
+                    input: pin.as_ptr(),
+                    output: pout.as_mut_ptr(),
+                    arena: arena.buf.as_mut_ptr(),
+                    items: padded,
+                    in_len,
+                    out_len,
+                };
+                // SAFETY: as above, with the padded copies (`padded <= chunk`).
+                unsafe { self.run_chunk(c, None) };
+                out[..items * out_len].copy_from_slice(&pout[..items * out_len]);
+            }
         }
         self.give_arena(arena);
         Ok(())
@@ -575,15 +634,20 @@ impl Program {
             return Err(RuntimeError::BadStep(format!("profile needs {} slots", self.steps.len())));
         }
         let input = input.as_standard_layout();
-        let mut out = vec![0f32; self.output_shape.iter().product()];
-        let mut arena = self.take_arena(1);
+        let out = vec![0f32; self.output_shape.iter().product()];
+        // One group: the item, then zero items.
+        let (in_len, out_len) = (self.input_shape.iter().product::<usize>(), out.len());
+        let mut pin = vec![0f32; self.group * in_len];
+        pin[..in_len].copy_from_slice(input.as_slice().expect("standard layout"));
+        let mut pout = vec![0f32; self.group * out_len];
+        let mut arena = self.take_arena(self.group);
         let c = Chunk {
-            input: input.as_slice().expect("standard layout").as_ptr(),
-            output: out.as_mut_ptr(),
+            input: pin.as_ptr(),
+            output: pout.as_mut_ptr(),
             arena: arena.buf.as_mut_ptr(),
-            items: 1,
-            in_len: self.input_shape.iter().product(),
-            out_len: out.len(),
+            items: self.group,
+            in_len,
+            out_len,
         };
         // SAFETY: as in run_slice; the shapes were checked above.
         unsafe { self.run_chunk(c, Some(seconds)) };
@@ -622,24 +686,26 @@ impl Program {
             let t0 = times.as_ref().map(|_| std::time::Instant::now());
             // An address, so that the closures below are `Sync`.
             let cst = consts(s) as usize;
-            let args = |item: usize| KernelArgs {
-                input: s.input.map_or(std::ptr::null(), |b| c.at(b, item) as *const f32),
-                input2: s.input2.map_or(std::ptr::null(), |b| c.at(b, item) as *const f32),
-                output: c.at(s.output, item),
+            // Call `k` computes items `k * s.items ..`.
+            let args = |k: usize| KernelArgs {
+                input: s.input.map_or(std::ptr::null(), |b| c.at(b, k * s.items) as *const f32),
+                input2: s.input2.map_or(std::ptr::null(), |b| c.at(b, k * s.items) as *const f32),
+                output: c.at(s.output, k * s.items),
                 consts: cst as *const f32,
             };
             let (kernel, ntasks, wf) = (s.kernel, s.ntasks, self.work_floats);
-            let total = ntasks * c.items;
+            let calls = c.items / s.items;
+            let total = ntasks * calls;
             if total <= 1 || self.threads <= 1 {
-                for item in 0..c.items {
-                    kernel(&args(item), work_base as *mut f32, 0, ntasks);
+                for k in 0..calls {
+                    kernel(&args(k), work_base as *mut f32, 0, ntasks);
                 }
             } else {
                 self.pool.parallel_for_indexed(total, &|t, thread| {
                     let work = (work_base + thread * wf * 4) as *mut f32;
-                    let (item, task) = (t / ntasks, t % ntasks);
+                    let (k, task) = (t / ntasks, t % ntasks);
                     // SAFETY: each thread has its own work buffer; tasks write disjoint outputs.
-                    unsafe { kernel(&args(item), work, task, task + 1) };
+                    unsafe { kernel(&args(k), work, task, task + 1) };
                 });
             }
             if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
@@ -685,6 +751,7 @@ mod tests {
             output: Buf::arena(0, n),
             consts: Some(two),
             ntasks: n,
+            items: 1,
             work_floats: 0,
         });
         b.push(Step {
@@ -695,6 +762,7 @@ mod tests {
             output: Buf::output(n),
             consts: Some(three),
             ntasks: n,
+            items: 1,
             work_floats: 8,
         });
         assert_eq!((two.block, three.block, three.offset), (0, 1, 0));
@@ -728,6 +796,7 @@ mod tests {
             output: Buf::output(4),
             consts: Some(c),
             ntasks: 4,
+            items: 1,
             work_floats: 0,
         });
         let e = b.build(Arc::new(ThreadPool::new(1))).err().unwrap();
@@ -778,6 +847,7 @@ mod tests {
             output: Buf::output(4),
             consts: None,
             ntasks: 4,
+            items: 1,
             work_floats: 0,
         });
         let e = b.build(Arc::new(ThreadPool::new(1))).err().unwrap();

@@ -162,9 +162,10 @@ pub struct KBlocking {
     pub packed: usize,
 }
 
-/// How the M output pixels are cut into row tiles and tasks.
+/// How the M rows (output pixels of all the call's items) are cut into row tiles and tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MBlocking {
+    /// Rows: output pixels times items.
     pub pixels: usize,
     /// Rows per tile (<= MR), tiles, full tiles and the rows of the last partial one (0 if none).
     pub rows: usize,
@@ -192,6 +193,8 @@ pub struct NBlocking {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConvPlan {
     pub tile: Tile,
+    /// Batch items one call computes: their pixels are the GEMM's rows (each weight is read once for all).
+    pub items: usize,
     pub geo: ConvGeometry,
     pub k: KBlocking,
     pub m: MBlocking,
@@ -211,9 +214,16 @@ pub struct ConvPlan {
 }
 
 impl ConvPlan {
+    /// The plan for one batch item per call.
     pub fn new(conv: &Conv, input: [usize; 3], t: &GemmTiling) -> Result<ConvPlan, String> {
+        ConvPlan::batched(conv, input, 1, t)
+    }
+
+    /// The plan for `items` batch items per call (back to back in every buffer).
+    pub fn batched(conv: &Conv, input: [usize; 3], items: usize, t: &GemmTiling) -> Result<ConvPlan, String> {
         let geo = ConvGeometry::new(conv, input)?;
-        let (m, taps, cin, cout) = (geo.pixels(), geo.taps(), geo.cin, geo.cout);
+        let items = items.max(1);
+        let (m, taps, cin, cout) = (geo.pixels() * items, geo.taps(), geo.cin, geo.cout);
         // Weight-streaming layers (see `prefetch_max_m`) take K in one block when their A fits in L2: each
         // task then reads its weight panels front to back once (the prefetch runs straight ahead) and packs
         // A once instead of once per K block (measured: stride-2 1x1 on a 4x4 map 1.1 -> 0.7 ms).
@@ -288,6 +298,7 @@ impl ConvPlan {
         };
         Ok(ConvPlan {
             tile: t.tile,
+            items,
             geo,
             k,
             m: m_blocking,
@@ -332,6 +343,10 @@ impl ConvPlan {
 impl KernelFamily for ConvPlan {
     fn ntasks(&self) -> usize {
         self.m.blocks * self.n.blocks
+    }
+
+    fn items(&self) -> usize {
+        self.items
     }
 
     /// One packed `rows x block_len` tile of A, when any tile is packed (all the task's tiles in the
@@ -613,6 +628,14 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: TaskEnv, m0: Value, kb
             b,
             row_ok,
             |b| {
+                // Row `m` is pixel `m % pixels` of item `m / pixels` (the batch items back to back).
+                let (inp, m) = if p.items > 1 {
+                    let it = b.ins().udiv_imm_u(m, p.geo.pixels() as i64);
+                    let inp = addr(b, ptrs.inp, it, p.geo.h * p.geo.w * p.geo.cin * 4, 0);
+                    (inp, b.ins().urem_imm_u(m, p.geo.pixels() as i64))
+                } else {
+                    (ptrs.inp, m)
+                };
                 let (oy, ox) = if p.geo.ow == 1 {
                     (m, iconst(b, 0))
                 } else {
@@ -628,7 +651,7 @@ fn emit_pack(b: &mut FunctionBuilder, p: &ConvPlan, ptrs: TaskEnv, m0: Value, kb
                     let pix = b.ins().iadd(yw, ix);
                     let e = b.ins().imul_imm_s(pix, p.geo.cin as i64);
                     let e = b.ins().iadd(e, c0);
-                    addr(b, ptrs.inp, e, 4, 0)
+                    addr(b, inp, e, 4, 0)
                 };
                 // One tap `t` of the block (tap index tap0 + t): copy its channels or zeros.
                 let one_tap = |b: &mut FunctionBuilder, t: Value| {

@@ -110,6 +110,11 @@ impl<'a> LayerWeights<'a> {
 pub trait KernelFamily: std::fmt::Debug + Sync {
     /// Tasks of one call (`Step::ntasks`); each writes its own part of the output.
     fn ntasks(&self) -> usize;
+    /// Batch items one call computes (`Step::items`): 1, or the program's group for kernels that fold it
+    /// (they find the items back to back in every buffer).
+    fn items(&self) -> usize {
+        1
+    }
     /// Per-thread work buffer in floats (0 for none).
     fn work_floats(&self) -> usize {
         0
@@ -168,7 +173,8 @@ impl Session {
                 s.module.clear_context(&mut s.ctx);
                 return Err(CodegenError::invalid(name, e));
             }
-            s.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.reads_input2(), plan.out_shape())
+            let (ntasks, items, work) = (plan.ntasks(), plan.items(), plan.work_floats());
+            s.end(id, name, consts, ntasks, items, work, plan.reads_input2(), plan.out_shape())
         })
     }
 }

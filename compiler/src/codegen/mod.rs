@@ -155,6 +155,8 @@ pub struct Kernel {
     pub consts: AlignedBuf,
     /// The kernel's task count (`Step::ntasks`).
     pub ntasks: usize,
+    /// Batch items one call computes (`Step::items`).
+    pub items: usize,
     /// Per-thread work buffer size in floats (`Step::work_floats`); 0 if none.
     pub work_floats: usize,
     /// Whether the kernel reads `KernelArgs::input2` (a convolution's residual input).
@@ -176,6 +178,7 @@ impl Kernel {
             id: self.id,
             consts,
             ntasks: self.ntasks,
+            items: self.items,
             work_floats: self.work_floats,
             uses_input2: self.uses_input2,
             out_shape: self.out_shape.clone(),
@@ -214,6 +217,7 @@ impl Kernel {
             output,
             consts,
             ntasks: self.ntasks,
+            items: self.items,
             work_floats: self.work_floats,
         })
     }
@@ -457,6 +461,7 @@ impl Session {
         name: &str,
         consts: AlignedBuf,
         ntasks: usize,
+        items: usize,
         work_floats: usize,
         uses_input2: bool,
         out_shape: Vec<usize>,
@@ -480,6 +485,7 @@ impl Session {
             id: KernelId { session: self.number, func: id },
             consts,
             ntasks: ntasks.max(1),
+            items: items.max(1),
             work_floats,
             uses_input2,
             out_shape,

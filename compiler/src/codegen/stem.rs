@@ -63,6 +63,9 @@ pub struct StemPlan {
     pub ntail: usize,
     pub tiles_h: usize,
     pub tiles_w: usize,
+    /// Batch items one call computes, and the tiles of all of them (tile `t` is tile `t % (tiles_h *
+    /// tiles_w)` of item `t / (tiles_h * tiles_w)`).
+    pub items: usize,
     pub ntiles: usize,
     /// Tiles per task (= micro-kernel rows), tasks.
     pub nt: usize,
@@ -71,7 +74,8 @@ pub struct StemPlan {
 }
 
 impl StemPlan {
-    pub fn new(conv: &Conv, input: [usize; 3], gemm_tile: Tile) -> Result<StemPlan, String> {
+    /// The plan for `items` batch items per call (their tiles are the GEMMs' rows).
+    pub fn new(conv: &Conv, input: [usize; 3], items: usize, gemm_tile: Tile) -> Result<StemPlan, String> {
         if !stem_applies(conv, input) {
             return Err("the stem kernel needs a 7x7, stride-2 convolution of 1-4 channels without residual".into());
         }
@@ -79,7 +83,8 @@ impl StemPlan {
         let p = conv.padding.pads(h, w, conv.kernel, conv.strides);
         let (oh, ow) = ((h + p.top + p.bottom - 7) / 2 + 1, (w + p.left + p.right - 7) / 2 + 1);
         let (tiles_h, tiles_w) = (oh.div_ceil(M), ow.div_ceil(M));
-        let ntiles = tiles_h * tiles_w;
+        let items = items.max(1);
+        let ntiles = tiles_h * tiles_w * items;
         let nt = ntiles.div_ceil(ntiles.div_ceil(gemm_tile.mr));
         let nr = gemm_tile.nr;
         let cout = conv.filters;
@@ -99,6 +104,7 @@ impl StemPlan {
             ntail: cout % nr,
             tiles_h,
             tiles_w,
+            items,
             ntiles,
             nt,
             ntb: ntiles.div_ceil(nt),
@@ -153,6 +159,20 @@ impl StemPlan {
     }
 }
 
+impl StemPlan {
+    /// Tile `t` of the call as (its tile in its item, the pointers moved to that item's input and output).
+    fn item_of<'a>(&self, b: &mut FunctionBuilder, t: Value, ptrs: Ptrs<'a>) -> (Value, Ptrs<'a>) {
+        if self.items == 1 {
+            return (t, ptrs);
+        }
+        let per_item = self.tiles_h * self.tiles_w;
+        let (item, t) = (b.ins().udiv_imm_u(t, per_item as i64), b.ins().urem_imm_u(t, per_item as i64));
+        let inp = addr(b, ptrs.inp, item, self.h * self.w * self.cin * 4, 0);
+        let out = addr(b, ptrs.out, item, self.oh * self.ow * self.cout * 4, 0);
+        (t, Ptrs { inp, out, ..ptrs })
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Ptrs<'a> {
     env: &'a TaskEnv<'a>,
@@ -167,6 +187,10 @@ struct Ptrs<'a> {
 impl KernelFamily for StemPlan {
     fn ntasks(&self) -> usize {
         self.ntb
+    }
+
+    fn items(&self) -> usize {
+        self.items
     }
 
     /// V, M and the patch scratch.
@@ -223,6 +247,7 @@ fn emit_task(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, task: Value) {
 
 /// Gathers tile `t`'s polyphase patch into scratch and transforms it into row `i` of V.
 fn emit_input_transform(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, t: Value, i: Value) {
+    let (t, ptrs) = p.item_of(b, t, ptrs);
     let (ty, tx) = (b.ins().udiv_imm_u(t, p.tiles_w as i64), b.ins().urem_imm_u(t, p.tiles_w as i64));
     // Top-left input pixel of the 12x12 patch (may be negative).
     let iy0 = b.ins().imul_imm_s(ty, 2 * M as i64);
@@ -352,6 +377,7 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
     let lo = iconst(b, 0);
     for_range(b, lo, count, &[], |b, i, _| {
         let t = b.ins().iadd(t0, i);
+        let (t, ptrs) = p.item_of(b, t, ptrs);
         let (ty, tx) = (b.ins().udiv_imm_u(t, p.tiles_w as i64), b.ins().urem_imm_u(t, p.tiles_w as i64));
         let oy0 = b.ins().imul_imm_s(ty, M as i64);
         let ox0 = b.ins().imul_imm_s(tx, M as i64);
@@ -431,7 +457,7 @@ mod tests {
         let mut conv = Conv::new(cout, [7, 7], [2, 2], padding, true);
         conv.relu = relu;
         let input = [h, w, cin];
-        let p = StemPlan::new(&conv, input, tile).unwrap();
+        let p = StemPlan::new(&conv, input, 1, tile).unwrap();
         let (x, k, bias) = (rnd(h * w * cin, 1, 2.0), rnd(49 * cin * cout, 2, 0.3), rnd(cout, 3, 0.5));
         let mut s = Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() }).unwrap();
         let kern = s.compile("stem", &p, &LayerWeights::kernel(&k, Some(&bias))).unwrap();

@@ -1000,3 +1000,72 @@ proptest! {
         }
     }
 }
+
+// ---- batch groups: several items per call ----
+
+/// Runs `c` on `items` items per call (as the rules with that group select: GEMM, Winograd or the stem),
+/// all items in one call, against the naive convolution of each item.
+fn run_conv_case_items(c: &ConvCase, r: &Rules, items: usize) -> Result<(), String> {
+    let r = Rules { items, ..r.clone() };
+    let in_len = c.h * c.w * c.cin;
+    let x = rnd(items * in_len, 1);
+    let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
+    let bias = rnd(c.cout, 3);
+    let algo = select_conv(&conv_op(c), [c.h, c.w, c.cin], &r)?;
+    let plan = crate::lower::KernelOp::Conv(algo);
+    let out_len: usize = plan.family().out_shape().iter().product();
+    let res = rnd(items * out_len, 4);
+    let mut s = Session::with_options(opts()).map_err(|e| e.to_string())?;
+    let k = s
+        .compile("c", plan.family(), &LayerWeights::kernel(&wt, c.bias.then_some(&bias[..])))
+        .map_err(|e| e.to_string())?;
+    let code = s.finish().map_err(|e| e.to_string())?;
+    let folds = plan.family().items();
+    let mut got = Vec::new();
+    // A kernel that does not fold the group (Strassen) is called once per item.
+    for first in (0..items).step_by(folds) {
+        let (xs, rs) = (&x[first * in_len..(first + folds) * in_len], &res[first * out_len..(first + folds) * out_len]);
+        let mut k1 = k.clone();
+        k1.out_shape = vec![folds * out_len];
+        got.extend(call(&code, &k1, xs, c.residual.then_some(rs)));
+    }
+    for i in 0..items {
+        let (_, want) =
+            naive_conv(c, &x[i * in_len..(i + 1) * in_len], &wt, &bias, &res[i * out_len..(i + 1) * out_len]);
+        check_close(
+            &got[i * out_len..(i + 1) * out_len],
+            &want,
+            &format!("{} item {i} of {items}: {c:?}", plan.algorithm()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Every convolution family with a batch group (GEMM direct and packed, streaming and K blocks, Winograd
+/// F(2x2) and F(4x4), the stem) on every tier: tiles and rows that straddle items.
+#[test]
+fn codegen_batch_groups_match_naive_per_item() {
+    let mut cases = vec![
+        (case(6, 8, 16, 8, 1, 1, Padding::Valid), false),
+        (case(7, 7, 40, 36, 3, 2, Padding::Same), false),
+        (case(2, 2, 64, 20, 3, 1, Padding::Same), false),
+        (case(5, 4, 300, 9, 1, 1, Padding::Valid), false),
+        (case(9, 11, 13, 10, 3, 1, Padding::Same), true),
+        (case(4, 5, 8, 12, 3, 1, Padding::Same), true),
+        (case(23, 20, 3, 8, 7, 2, Padding::Same), true),
+    ];
+    for (i, (c, _)) in cases.iter_mut().enumerate() {
+        (c.relu, c.residual, c.relu_after_add) = (i % 2 == 0, i % 3 != 1, i % 4 == 0);
+        if c.k == [7, 7] {
+            c.residual = false;
+        }
+    }
+    for isa in tiers() {
+        for (c, wino) in &cases {
+            let r = Rules { winograd: *wino, ..on_tier(isa, &rules()) };
+            for items in [2, 3, 5] {
+                run_conv_case_items(c, &r, items).map_err(|e| format!("{isa}: {e}")).unwrap();
+            }
+        }
+    }
+}

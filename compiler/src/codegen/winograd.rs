@@ -122,6 +122,9 @@ pub struct WinogradPlan {
     pub ntail: usize,
     pub tiles_h: usize,
     pub tiles_w: usize,
+    /// Batch items one call computes, and the tiles of all of them (`items * tiles_h * tiles_w`; tile `t` is
+    /// tile `t % (tiles_h * tiles_w)` of item `t / (tiles_h * tiles_w)`).
+    pub items: usize,
     pub ntiles: usize,
     /// Micro-kernel rows, row blocks per task, tiles per task (= r * nrb).
     pub r: usize,
@@ -166,7 +169,13 @@ fn makespan(
 }
 
 impl WinogradPlan {
+    /// The plan for one batch item per call.
     pub fn new(conv: &Conv, input: [usize; 3], t: &WinogradTiling) -> Result<WinogradPlan, String> {
+        WinogradPlan::batched(conv, input, 1, t)
+    }
+
+    /// The plan for `items` batch items per call (their tiles are the GEMMs' rows).
+    pub fn batched(conv: &Conv, input: [usize; 3], items: usize, t: &WinogradTiling) -> Result<WinogradPlan, String> {
         if !winograd_applies(conv, input) {
             return Err("winograd needs a 3x3, stride-1 convolution padded by 1 on each side".into());
         }
@@ -181,7 +190,8 @@ impl WinogradPlan {
         let nr = t.gemm_tile.nr;
         let npan = cout.div_ceil(nr);
         let (tiles_h, tiles_w) = (h.div_ceil(m), w.div_ceil(m));
-        let ntiles = tiles_h * tiles_w;
+        let items = items.max(1);
+        let ntiles = tiles_h * tiles_w * items;
         let rmax = t.rows.clamp(1, t.gemm_tile.mr);
         let r = ntiles.div_ceil(ntiles.div_ceil(rmax));
         let rb_budget = (t.v_budget / (a * a * r * cinp)).max(1);
@@ -240,6 +250,7 @@ impl WinogradPlan {
             ntail: cout % nr,
             tiles_h,
             tiles_w,
+            items,
             ntiles,
             r,
             nrb,
@@ -337,6 +348,10 @@ impl KernelFamily for WinogradPlan {
         self.ntb * self.ng
     }
 
+    fn items(&self) -> usize {
+        self.items
+    }
+
     /// V, M and the border-patch scratch.
     fn work_floats(&self) -> usize {
         self.v_floats() + self.m_floats() + align_floats(self.a * self.a * self.cinp)
@@ -381,6 +396,23 @@ impl KernelFamily for WinogradPlan {
     }
 }
 
+impl WinogradPlan {
+    /// Tile `t` of the call as (its tile in its item, the pointers moved to that item's input, residual
+    /// and output).
+    fn item_of<'a>(&self, b: &mut FunctionBuilder, t: Value, ptrs: Ptrs<'a>) -> (Value, Ptrs<'a>) {
+        if self.items == 1 {
+            return (t, ptrs);
+        }
+        let per_item = self.tiles_h * self.tiles_w;
+        let (item, t) = (b.ins().udiv_imm_u(t, per_item as i64), b.ins().urem_imm_u(t, per_item as i64));
+        let (hw, cin, cout) = (self.h * self.w, self.cin, self.cout);
+        let inp = addr(b, ptrs.inp, item, hw * cin * 4, 0);
+        let res = addr(b, ptrs.res, item, hw * cout * 4, 0);
+        let out = addr(b, ptrs.out, item, hw * cout * 4, 0);
+        (t, Ptrs { inp, res, out, ..ptrs })
+    }
+}
+
 /// The pointers of one task: `KernelArgs`' and the V, M and scratch areas of the work buffer.
 #[derive(Clone, Copy)]
 struct Ptrs<'a> {
@@ -421,6 +453,7 @@ fn emit_input_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, pt
     let hi = iconst(b, p.nt);
     for_range(b, lo, hi, &[], |b, i, _| {
         let t = b.ins().iadd(t0, i);
+        let (t, ptrs) = p.item_of(b, t, ptrs);
         let (ty, tx) = (b.ins().udiv_imm_u(t, p.tiles_w as i64), b.ins().urem_imm_u(t, p.tiles_w as i64));
         let iy0 = b.ins().imul_imm_s(ty, m);
         let iy0 = b.ins().iadd_imm_s(iy0, -1);
@@ -618,6 +651,7 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
     // A signed range: t0 may exceed ntiles only if the plan is wrong; hi >= 1 otherwise.
     for_range(b, lo, hi, &[], |b, i, _| {
         let t = b.ins().iadd(t0, i);
+        let (t, ptrs) = p.item_of(b, t, ptrs);
         let (ty, tx) = (b.ins().udiv_imm_u(t, p.tiles_w as i64), b.ins().urem_imm_u(t, p.tiles_w as i64));
         let oy0 = b.ins().imul_imm_s(ty, m as i64);
         let ox0 = b.ins().imul_imm_s(tx, m as i64);
