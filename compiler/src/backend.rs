@@ -74,6 +74,9 @@ pub struct Compiled {
     /// Bytes of packed constants (weights in the kernels' layouts: Winograd and Strassen ones are larger
     /// than the model's weights) that every inference reads.
     pub consts_bytes: usize,
+    /// The spec's image fields (preprocessing, resizing, labels), for [`Compiled::predict_images`]; set by
+    /// [`crate::Model::compile`].
+    pub io: crate::spec::io::ImageIo,
     threads: usize,
 }
 
@@ -351,6 +354,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
         step_kernel,
         functions,
         consts_bytes,
+        io: Default::default(),
         threads,
     })
 }

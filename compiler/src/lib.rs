@@ -19,6 +19,7 @@ pub mod backend;
 pub mod codegen;
 pub mod diag;
 pub mod graph;
+pub mod images;
 pub mod interp;
 pub mod ops;
 pub mod passes;
@@ -28,6 +29,10 @@ pub mod report;
 pub mod spec;
 pub mod weights;
 pub mod yaml;
+
+/// The `image` crate, whose [`image::DynamicImage`] [`Model::preprocess`] and
+/// [`backend::Compiled::predict_images`] take (decode with [`images::read_image`] or `image::open`).
+pub use image;
 
 use diag::Diagnostics;
 use graph::{Graph, Projection};
@@ -51,6 +56,9 @@ pub enum Error {
     /// A bad option value (e.g. an input shape override that is not H,W,C).
     #[error("{0}")]
     Option(String),
+    /// An image that cannot be read or decoded, or cannot feed this model (the message says why, not which file).
+    #[error("{0}")]
+    Image(String),
     /// A compiler bug caught by a consistency check.
     #[error(transparent)]
     Internal(#[from] passes::PassError),
@@ -120,6 +128,9 @@ pub fn check(file: &str, text: &[u8], opts: &Options) -> (Option<(Spec, Graph, V
     };
     let (g, rep) = graph::build(&spec, opts.projection);
     diags.extend(rep.diagnostics);
+    if let Some(g) = &g {
+        spec.io.check(&g.node(g.input).shape, &g.node(g.output).shape, &mut diags);
+    }
     diags.sort();
     match g {
         Some(g) if !diags.has_errors() => (Some((spec, g, rep.projections)), diags),
@@ -172,6 +183,7 @@ impl Model {
     pub fn compile_weights(&self, weights: Weights, o: &backend::BackendOptions) -> Result<backend::Compiled, Error> {
         let opt = self.optimize_weights(weights, None)?;
         let mut c = backend::compile(&opt, o)?;
+        c.io = self.spec.io.clone();
         let mut stages = self.stages_ms.clone();
         stages.extend(opt.stages_ms.iter().copied());
         stages.extend(c.stages_ms.iter().copied());

@@ -1,0 +1,122 @@
+//! Images become the same input arrays as in Keras: every case of tests/fixtures/images/cases.json (made by
+//! make_image_fixtures.py with Keras's `load_img`, `img_to_array` and `preprocess_input`) is decoded,
+//! resized and preprocessed here and compared with Keras's array. PNG, BMP and WebP must match to 1e-6 (they
+//! match exactly); JPEG, whose decoders differ, within the measured tolerance.
+
+use ndarray::ArrayD;
+use resnetc_compiler::images::{read_image, resize_bilinear, resize_nearest};
+use resnetc_compiler::spec::io::{ImageIo, Preprocess, Resize};
+use serde_json::Value;
+
+mod common;
+
+fn fixtures() -> String {
+    common::root("tests/fixtures/images")
+}
+
+fn io_of(case: &Value) -> ImageIo {
+    let preprocess = match &case["preprocess"] {
+        Value::Null => Preprocess::default(),
+        Value::String(s) => Preprocess::named(s).unwrap(),
+        Value::Object(m) => Preprocess { scale: m["scale"].as_f64().unwrap(), ..Preprocess::default() },
+        v => panic!("preprocess {v}"),
+    };
+    let resize = match case["resize"].as_str().unwrap() {
+        "nearest" => Resize::Nearest,
+        "bilinear" => Resize::Bilinear,
+        "center_crop" => Resize::CenterCrop { shorter: None },
+        r => panic!("resize {r}"),
+    };
+    ImageIo { preprocess, resize, ..Default::default() }
+}
+
+/// (largest |difference|, mean |difference|, share of elements that differ) between our array and Keras's
+/// for one case.
+fn compare(case: &Value) -> (f32, f64, f64) {
+    let dir = fixtures();
+    let name = case["name"].as_str().unwrap();
+    let image = read_image(format!("{dir}/{}", case["image"].as_str().unwrap()).as_ref()).unwrap();
+    let t: Vec<usize> = case["target"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let c = if case["color"] == "grayscale" { 1 } else { 3 };
+    let got = io_of(case).preprocess(&image, &[t[0], t[1], c]).unwrap().into_dyn();
+    let want: ArrayD<f32> = ndarray_npy::read_npy(format!("{dir}/{name}.npy")).unwrap();
+    assert_eq!(got.shape(), want.shape(), "{name}");
+    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let mean = got.iter().zip(&want).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / got.len() as f64;
+    let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count() as f64 / got.len() as f64;
+    (d, mean, differing)
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{}/cases.json", fixtures())).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+#[test]
+fn png_bmp_and_webp_match_keras_exactly() {
+    let mut n = 0;
+    for case in cases().iter().filter(|c| c["exact"] == true) {
+        let (d, _, _) = compare(case);
+        assert!(d <= 1e-6, "{}: largest difference from Keras {d}", case["name"]);
+        n += 1;
+    }
+    assert!(n >= 40, "only {n} exact cases");
+}
+
+/// zune-jpeg (the `image` crate's decoder) and libjpeg-turbo (PIL's) round some pixels differently, most
+/// where chroma is subsampled (4:2:0, Pillow's default; libjpeg-turbo's "fancy" upsampling): measured on
+/// these files, decoded whole, at most 3 levels of 255 and 0.36 on average, 25 % of the values (4:2:0); 2 and
+/// 0.013, 1.1 % (4:4:4); 1 and 0.012, 1.2 % (grayscale). `cargo test --release --test predict_images -- --nocapture` prints each case.
+#[test]
+fn jpeg_is_within_a_few_levels_of_keras() {
+    let mut n = 0;
+    for case in cases().iter().filter(|c| c["exact"] == false) {
+        let (d, mean, share) = compare(case);
+        println!(
+            "{}: largest difference {d}, mean {mean:.3}, {:.1} % of the values differ",
+            case["name"],
+            100.0 * share
+        );
+        // Raw 0-255 values: no preprocessing in these cases.
+        assert_eq!(case["preprocess"], Value::Null);
+        assert!(d <= 3.0 && mean <= 0.5, "{}: largest difference {d}, mean {mean}", case["name"]);
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} JPEG cases");
+}
+
+/// The fixtures cover every preprocessing mode on every 8-bit value; this checks the scale step's rounding
+/// on its own: the f64 product rounded once equals numpy's float32 division for the named modes.
+#[test]
+fn scale_equals_float32_division() {
+    for (mode, div) in [("torch", 255f32), ("tf", 127.5f32)] {
+        let p = Preprocess { mean: vec![], std: vec![], ..Preprocess::named(mode).unwrap() };
+        for v in 0..=255u8 {
+            assert_eq!((v as f64 * p.scale) as f32, v as f32 / div, "{mode} {v}");
+        }
+    }
+    let notebook = 0.00392156862745098f64;
+    for v in 0..=255u8 {
+        assert_eq!((v as f64 * notebook) as f32, v as f32 / 255.0, "x/255 {v}");
+    }
+}
+
+#[test]
+fn resizing_to_the_same_size_is_the_identity() {
+    let src: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 7 % 256) as u8).collect();
+    assert_eq!(resize_nearest(&src, (5, 4), 3, (5, 4)), src);
+    assert_eq!(resize_bilinear(&src, (5, 4), 3, (5, 4)), src);
+}
+
+#[test]
+fn bilinear_averages_when_shrinking() {
+    // 4 -> 1 pixel: PIL's antialiasing filter (the triangle widened 4x) covers all four input pixels, where
+    // a 2-tap bilinear interpolation would read only the middle two (and give 128 for the second case too).
+    let src = [0u8, 0, 255, 255];
+    let out = resize_bilinear(&src, (4, 1), 1, (1, 1));
+    assert_eq!(out, vec![128]);
+    // Weights (0.625, 0.875, 0.875, 0.625) / 3: PIL gives 53 for this one (checked with Pillow 13).
+    let src = [255u8, 0, 0, 0];
+    assert_eq!(resize_bilinear(&src, (4, 1), 1, (1, 1)), vec![53]);
+}
