@@ -4,7 +4,7 @@
 //! match exactly); JPEG, whose decoders differ, within the measured tolerance.
 
 use ndarray::ArrayD;
-use resnetc_compiler::images::{read_image, resize_bilinear, resize_nearest};
+use resnetc_compiler::images::{decode_image, read_image, resize_bilinear, resize_nearest};
 use resnetc_compiler::spec::io::{ImageIo, Preprocess, Resize};
 use serde_json::Value;
 
@@ -119,4 +119,61 @@ fn bilinear_averages_when_shrinking() {
     // Weights (0.625, 0.875, 0.875, 0.625) / 3: PIL gives 53 for this one (checked with Pillow 13).
     let src = [255u8, 0, 0, 0];
     assert_eq!(resize_bilinear(&src, (4, 1), 1, (1, 1)), vec![53]);
+}
+
+/// A JPEG cut short is refused, as PIL refuses it ("image file is truncated"), instead of being classified
+/// with its missing rows filled in; bytes after the end marker are ignored, as PIL ignores them.
+#[test]
+fn truncated_jpeg_is_an_error() {
+    let full = std::fs::read(format!("{}/q90.jpg", fixtures())).unwrap();
+    let e = decode_image(&full[..full.len() - 10]).unwrap_err();
+    assert_eq!(e, "this JPEG file ends before its end-of-image marker (truncated?)");
+    assert!(decode_image(&full[..full.len() / 3]).is_err());
+    let mut trailing = full.clone();
+    trailing.extend_from_slice(b"trailing bytes");
+    assert_eq!(decode_image(&trailing).unwrap(), decode_image(&full).unwrap());
+    assert_eq!(decode_image(b"").unwrap_err(), "the file is empty");
+    assert!(decode_image(b"GIF89a\x01\x00\x01\x00").unwrap_err().contains("resnetc reads JPEG, PNG, BMP and WebP"));
+}
+
+/// CRC-32 (PNG's) of `bytes`, to write a PNG header by hand.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// Hostile images get a named limit, not an allocation of their declared size: a 60000x60000 PNG (10 GB of
+/// pixels) declared in a 60-byte file, and a 1x3000 image center-cropped after resizing its shorter side to
+/// 10000 (a 10000x30000000 intermediate image PIL would make; only the crop is computed).
+#[test]
+fn size_bombs_are_refused_or_never_materialized() {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+        c.extend_from_slice(&body);
+        c.extend_from_slice(&crc32(&body).to_be_bytes());
+        c
+    };
+    let mut ihdr = 60000u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&60000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(chunk(b"IEND", &[]));
+    let e = decode_image(&png).unwrap_err();
+    assert!(e.contains("would take more than 536870912 bytes (the limit)"), "{e}");
+
+    let tall = resnetc_compiler::image::RgbImage::from_fn(1, 3000, |_, y| {
+        resnetc_compiler::image::Rgb([(y % 256) as u8, 7, 9])
+    });
+    let io = ImageIo { resize: Resize::CenterCrop { shorter: Some(10000) }, ..Default::default() };
+    let x = io.preprocess(&tall.into(), &[8, 8, 3]).unwrap();
+    assert_eq!(x.shape(), [8, 8, 3]);
 }

@@ -13,7 +13,7 @@
 //! - resizing: PIL's NEAREST ([`resize_nearest`], `load_img`'s default) and BILINEAR ([`resize_bilinear`]:
 //!   a triangle filter widened by the scale factor when shrinking, so it antialiases, with PIL's 22-bit
 //!   fixed-point coefficients and rounding after each pass), and torchvision's `Resize(shorter)` +
-//!   `CenterCrop` ([`center_crop`]), all on 8-bit pixels as PIL does;
+//!   `CenterCrop` (PIL BILINEAR, then the crop), all on 8-bit pixels as PIL does;
 //! - preprocessing: see [`Preprocess`] (float32 operations in numpy's order).
 //!
 //! JPEG is the exception: the `image` crate's decoder (zune-jpeg) and PIL's libjpeg-turbo may round some
@@ -25,6 +25,7 @@ use crate::{Error, Model};
 use image::{DynamicImage, ImageFormat};
 use ndarray::{Array3, ArrayView1, ArrayViewMut3, Axis};
 use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
 
 /// The largest image file read.
@@ -78,19 +79,46 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
         None if bytes.is_empty() => return Err("the file is empty".into()),
         None => return Err(format!("not an image ({READ}; this file starts with none of their signatures)")),
     };
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        return Err("this JPEG file ends before its end-of-image marker (truncated?)".into());
+    }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_DECODED_BYTES);
     reader.limits(limits);
+    let name = match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::Bmp => "BMP",
+        _ => "WebP",
+    };
     let img = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => {
             format!("decoding this image would take more than {MAX_DECODED_BYTES} bytes (the limit)")
         }
-        e => format!("cannot decode this {format:?} file: {e}"),
+        e => {
+            // The decoders' messages come as `Format error decoding Jpeg: "line\nline"`: keep the lines.
+            let e = e.to_string();
+            let why =
+                e.split_once(": ").filter(|(head, _)| head.starts_with("Format error")).map_or(e.as_str(), |p| p.1);
+            format!(
+                "cannot decode this {name} file (corrupt or truncated?): {}",
+                why.trim_matches('"').replace("\\n", "; ")
+            )
+        }
     })?;
     if img.width() == 0 || img.height() == 0 {
         return Err("the image has no pixels".into());
     }
     Ok(img)
+}
+
+/// Whether a JPEG's end-of-image marker (FF D9) follows its last start-of-scan marker (FF DA). The `image`
+/// crate's decoder fills a truncated file's missing rows with gray; PIL (and so Keras) refuses it ("image file
+/// is truncated"), and so do we. Inside entropy-coded data FF is always followed by 00 or a restart marker, so
+/// FF D9 there is the real end (an EXIF thumbnail's markers come before the main image's scans).
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let marker = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    matches!((marker(0xDA), marker(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
 }
 
 /// The image's pixels as PIL's `convert("RGB")` (`channels` 3) or `convert("L")` (`channels` 1) gives them:
@@ -171,8 +199,9 @@ pub fn resize_nearest(src: &[u8], (w, h): (usize, usize), c: usize, (ow, oh): (u
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// PIL's `precompute_coeffs` for the bilinear (triangle) filter, normalized to fixed point as
-/// `normalize_coeffs_8bpc` does: for each output index, the first input index and the weights.
-fn bilinear_coeffs(n_in: usize, n_out: usize) -> Vec<(usize, Vec<i32>)> {
+/// `normalize_coeffs_8bpc` does: for each output index in `range` (of `n_out`), the first input index and the
+/// weights.
+fn bilinear_coeffs(n_in: usize, n_out: usize, range: Range<usize>) -> Vec<(usize, Vec<i32>)> {
     let scale = (n_in as f32) as f64 / n_out as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // the triangle's support, 1.0, widened when shrinking
@@ -185,7 +214,7 @@ fn bilinear_coeffs(n_in: usize, n_out: usize) -> Vec<(usize, Vec<i32>)> {
             0.0
         }
     };
-    (0..n_out)
+    range
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             // C's (int) truncates toward zero; negative values are clamped to 0 right after.
@@ -208,10 +237,26 @@ fn clip8(ss: i32) -> u8 {
     (ss >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// One bilinear pass along the rows (`horizontal`) or the columns of interleaved 8-bit pixels.
-fn bilinear_pass(src: &[u8], (w, h): (usize, usize), c: usize, n_out: usize, horizontal: bool) -> Vec<u8> {
-    let (ow, oh) = if horizontal { (n_out, h) } else { (w, n_out) };
-    let coeffs = bilinear_coeffs(if horizontal { w } else { h }, n_out);
+/// One bilinear pass of interleaved 8-bit pixels along the rows (`horizontal`) or the columns, from `n_in`
+/// to `n_out` pixels, of which only those in `range` are computed (PIL computes them all; each output pixel
+/// depends only on its own coefficients, so a window of them is the same). Where the size does not change
+/// PIL skips the pass: the window is copied.
+fn bilinear_pass(
+    src: &[u8],
+    (w, h): (usize, usize),
+    c: usize,
+    n_out: usize,
+    horizontal: bool,
+    range: Range<usize>,
+) -> Vec<u8> {
+    let n = range.len();
+    let (ow, oh) = if horizontal { (n, h) } else { (w, n) };
+    let n_in = if horizontal { w } else { h };
+    let coeffs = if n_in == n_out {
+        range.map(|i| (i, vec![1 << PRECISION_BITS])).collect()
+    } else {
+        bilinear_coeffs(n_in, n_out, range)
+    };
     let mut out = vec![0u8; ow * oh * c];
     for y in 0..oh {
         for x in 0..ow {
@@ -233,37 +278,38 @@ fn bilinear_pass(src: &[u8], (w, h): (usize, usize), c: usize, n_out: usize, hor
 /// `reducing_gap`): a horizontal pass, then a vertical one (vertical first for an image more than 100 times
 /// taller than wide that shrinks in height, as PIL does), each rounded to 8 bits; a pass is skipped where
 /// the size does not change. Shrinking widens the filter (antialiasing) as PIL does.
-pub fn resize_bilinear(src: &[u8], (w, h): (usize, usize), c: usize, (ow, oh): (usize, usize)) -> Vec<u8> {
-    if (w, h) == (ow, oh) {
-        return src.to_vec();
-    }
-    let pass = |s: &[u8], size: (usize, usize), n_out: usize, horizontal: bool| {
-        let n_in = if horizontal { size.0 } else { size.1 };
-        if n_in == n_out {
-            s.to_vec()
-        } else {
-            bilinear_pass(s, size, c, n_out, horizontal)
-        }
-    };
+pub fn resize_bilinear(src: &[u8], size: (usize, usize), c: usize, (ow, oh): (usize, usize)) -> Vec<u8> {
+    resize_bilinear_window(src, size, c, (ow, oh), (0..ow, 0..oh))
+}
+
+/// The pixels in the window `(columns, rows)` of [`resize_bilinear`]'s result, computed without the rest.
+fn resize_bilinear_window(
+    src: &[u8],
+    (w, h): (usize, usize),
+    c: usize,
+    (ow, oh): (usize, usize),
+    (xs, ys): (Range<usize>, Range<usize>),
+) -> Vec<u8> {
+    let (nx, ny) = (xs.len(), ys.len());
     if h > w.saturating_mul(100) && oh < h {
-        let v = pass(src, (w, h), oh, false);
-        pass(&v, (w, oh), ow, true)
+        let v = bilinear_pass(src, (w, h), c, oh, false, ys);
+        bilinear_pass(&v, (w, ny), c, ow, true, xs)
     } else {
-        let t = pass(src, (w, h), ow, true);
-        pass(&t, (ow, h), oh, false)
+        let t = bilinear_pass(src, (w, h), c, ow, true, xs);
+        bilinear_pass(&t, (nx, h), c, oh, false, ys)
     }
 }
 
 /// torchvision's `Resize(shorter)` then `CenterCrop((oh, ow))` on a PIL image: the shorter side becomes
 /// `shorter` and the other `int(shorter * long / short)` (PIL BILINEAR), then the crop starts at
 /// `round((size - crop) / 2)` with Python's round (half to even). `shorter` must be at least `oh` and `ow`.
-pub fn center_crop(src: &[u8], (w, h): (usize, usize), c: usize, shorter: usize, (ow, oh): (usize, usize)) -> Vec<u8> {
+/// Only the crop is computed, so that a very elongated image does not make a huge intermediate one.
+fn center_crop(src: &[u8], (w, h): (usize, usize), c: usize, shorter: usize, (ow, oh): (usize, usize)) -> Vec<u8> {
     let (rw, rh) = if w <= h {
         (shorter, (shorter as f64 * h as f64 / w as f64) as usize)
     } else {
         ((shorter as f64 * w as f64 / h as f64) as usize, shorter)
     };
-    let resized = resize_bilinear(src, (w, h), c, (rw, rh));
     let start = |size: usize, crop: usize| {
         let d = size - crop;
         // d / 2 rounded half to even.
@@ -274,11 +320,7 @@ pub fn center_crop(src: &[u8], (w, h): (usize, usize), c: usize, shorter: usize,
         }
     };
     let (top, left) = (start(rh, oh), start(rw, ow));
-    let mut out = Vec::with_capacity(ow * oh * c);
-    for y in top..top + oh {
-        out.extend_from_slice(&resized[(y * rw + left) * c..(y * rw + left + ow) * c]);
-    }
-    out
+    resize_bilinear_window(src, (w, h), c, (rw, rh), (left..left + ow, top..top + oh))
 }
 
 impl Preprocess {
@@ -312,7 +354,12 @@ impl ImageIo {
                 "images give 1 (grayscale) or 3 (RGB) channels, but the model's input has {c}"
             )));
         }
-        assert_eq!(out.shape(), shape, "preprocess_into: output view of the wrong shape");
+        if out.shape() != shape {
+            return Err(Error::Option(format!(
+                "preprocess_into: an output of shape {:?} for images of shape {shape:?}",
+                out.shape()
+            )));
+        }
         let pixels = pil_pixels(img, c)?;
         let size = (img.width() as usize, img.height() as usize);
         let pixels = match self.resize {
@@ -320,6 +367,11 @@ impl ImageIo {
             Resize::Bilinear => resize_bilinear(&pixels, size, c, (w, h)),
             Resize::CenterCrop { shorter } => {
                 let s = shorter.unwrap_or_else(|| Resize::default_shorter(h, w));
+                if s < h.max(w) {
+                    return Err(Error::Image(format!(
+                        "`center_crop` resizes the shorter side to {s}, smaller than the {h}x{w} crop"
+                    )));
+                }
                 center_crop(&pixels, size, c, s, (w, h))
             }
         };
