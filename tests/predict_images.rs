@@ -122,16 +122,28 @@ fn bilinear_averages_when_shrinking() {
 }
 
 /// A JPEG cut short is refused, as PIL refuses it ("image file is truncated"), instead of being classified
-/// with its missing rows filled in; bytes after the end marker are ignored, as PIL ignores them.
+/// with its missing rows filled in; bytes after the end marker are ignored, as PIL ignores them, and an EXIF
+/// thumbnail's end marker is not taken for the image's.
 #[test]
 fn truncated_jpeg_is_an_error() {
     let full = std::fs::read(format!("{}/q90.jpg", fixtures())).unwrap();
     let e = decode_image(&full[..full.len() - 10]).unwrap_err();
     assert_eq!(e, "this JPEG file ends before its end-of-image marker (truncated?)");
     assert!(decode_image(&full[..full.len() / 3]).is_err());
+    // Data after the end marker (a motion photo's video), markers included, is not looked at.
     let mut trailing = full.clone();
-    trailing.extend_from_slice(b"trailing bytes");
+    trailing.extend_from_slice(b"\xff\xda\x00\x08 video \xff\xda");
     assert_eq!(decode_image(&trailing).unwrap(), decode_image(&full).unwrap());
+    // A complete thumbnail inside an APP1 segment does not make a truncated image complete.
+    let thumb = std::fs::read(format!("{}/gray.jpg", fixtures())).unwrap();
+    let mut with_thumb = full[..2].to_vec();
+    with_thumb.extend_from_slice(&[0xFF, 0xE1]);
+    with_thumb.extend_from_slice(&((thumb.len() + 8) as u16).to_be_bytes());
+    with_thumb.extend_from_slice(b"Exif\0\0");
+    with_thumb.extend_from_slice(&thumb);
+    with_thumb.extend_from_slice(&full[2..]);
+    assert_eq!(decode_image(&with_thumb).unwrap(), decode_image(&full).unwrap());
+    assert!(decode_image(&with_thumb[..with_thumb.len() - 100]).is_err());
     assert_eq!(decode_image(b"").unwrap_err(), "the file is empty");
     assert!(decode_image(b"GIF89a\x01\x00\x01\x00").unwrap_err().contains("resnetc reads JPEG, PNG, BMP and WebP"));
 }

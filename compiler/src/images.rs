@@ -75,11 +75,13 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     let format = match reader.format() {
         Some(f @ (ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Bmp | ImageFormat::WebP)) => f,
-        Some(f) => return Err(format!("a {} image; {READ}", f.extensions_str().first().unwrap_or(&"?"))),
+        Some(f) => {
+            return Err(format!("a {} image; {READ}", f.extensions_str().first().unwrap_or(&"?").to_uppercase()))
+        }
         None if bytes.is_empty() => return Err("the file is empty".into()),
         None => return Err(format!("not an image ({READ}; this file starts with none of their signatures)")),
     };
-    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err("this JPEG file ends before its end-of-image marker (truncated?)".into());
     }
     let mut limits = image::Limits::default();
@@ -112,13 +114,42 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
     Ok(img)
 }
 
-/// Whether a JPEG's end-of-image marker (FF D9) follows its last start-of-scan marker (FF DA). The `image`
-/// crate's decoder fills a truncated file's missing rows with gray; PIL (and so Keras) refuses it ("image file
-/// is truncated"), and so do we. Inside entropy-coded data FF is always followed by 00 or a restart marker, so
-/// FF D9 there is the real end (an EXIF thumbnail's markers come before the main image's scans).
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let marker = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
-    matches!((marker(0xDA), marker(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
+/// Whether a JPEG file reaches its end-of-image marker (FF D9). The `image` crate's decoder fills a truncated
+/// file's missing rows with gray; PIL (and so Keras) refuses it ("image file is truncated"), and so do we. The
+/// markers are followed from the start: segments are skipped by their length (an EXIF thumbnail's markers
+/// inside them are not seen), entropy-coded data up to the next marker (FF then neither 00 nor a restart
+/// marker), so that data appended after the image (a motion photo's video) is never looked at. Stricter than
+/// PIL in one case: a baseline file that lacks only its final FF D9, which PIL decodes.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI, which format detection saw
+    loop {
+        // Skip to the next marker (libjpeg tolerates stray bytes before one), then over fill bytes.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&m) = b.get(i) else { return false };
+        i += 1;
+        match m {
+            0xD9 => return true,
+            // Restart markers and TEM have no length.
+            0xD0..=0xD7 | 0x01 => continue,
+            _ => {
+                let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else {
+                    return false;
+                };
+                i += len.max(2);
+                if m == 0xDA {
+                    // A scan's entropy-coded data: FF 00 is a data byte, FF D0-D7 a restart marker.
+                    while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1])) {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The image's pixels as PIL's `convert("RGB")` (`channels` 3) or `convert("L")` (`channels` 1) gives them:
