@@ -262,8 +262,11 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
     };
 
     let bar = if std::io::stderr().is_terminal() && items.len() > 1 {
-        let style = ProgressStyle::with_template("{wide_bar} {pos}/{len} images, {per_sec}, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template("{wide_bar} {pos}/{len} images, {rate}, {eta} left")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", s.per_sec());
+            });
         ProgressBar::new(items.len() as u64).with_style(style)
     } else {
         ProgressBar::hidden()
