@@ -143,15 +143,13 @@ fn collect(inputs: &[PathBuf], recursive: bool) -> Result<Vec<Item>, Fail> {
                     _ => {}
                 }
             }
-            files.sort();
             if items.len() + files.len() > MAX_IMAGES {
                 return Err(too_many());
             }
             items.extend(files.into_iter().map(|path| Item { path, failed: None }));
-            // Popped in reverse: subdirectories are searched in sorted order, after the directory's own files.
-            subdirs.sort();
-            stack.extend(subdirs.into_iter().rev());
+            stack.extend(subdirs);
         }
+        items[before..].sort_by(|a, b| a.path.cmp(&b.path));
         if items.len() == before {
             eprintln!(
                 "{}: warning: no images in this directory ({} files)",

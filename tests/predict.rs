@@ -227,7 +227,7 @@ fn directories_are_searched_in_order_and_recursively_with_r() {
     let spec = tiny(&d, true);
     let top = d.join("pics");
     std::fs::create_dir_all(top.join("sub/deeper")).unwrap();
-    for (i, p) in ["b.png", "A.PNG", "sub/c.jpg", "sub/deeper/d.webp"].iter().enumerate() {
+    for (i, p) in ["b.png", "A.PNG", "sub/c.jpg", "sub/deeper/d.webp", "z.bmp"].iter().enumerate() {
         let path = top.join(p);
         picture(i as u32, 8, 8).save_with_format(&path, ImageFormat::from_path(&path).unwrap()).unwrap();
     }
@@ -236,7 +236,7 @@ fn directories_are_searched_in_order_and_recursively_with_r() {
         |o: &Output| -> Vec<String> { json_lines(o).iter().map(|l| l["file"].as_str().unwrap().to_string()).collect() };
     let o = resnetc(&["predict", &spec, &s(&top), "--json"]);
     assert_exit(&o, 0);
-    assert_eq!(files(&o), [s(&top.join("A.PNG")), s(&top.join("b.png"))]);
+    assert_eq!(files(&o), [s(&top.join("A.PNG")), s(&top.join("b.png")), s(&top.join("z.bmp"))]);
     assert!(
         stderr(&o).contains(&format!("{}: note: 1 subdirectory not searched (-r searches them)", s(&top))),
         "{}",
@@ -244,8 +244,9 @@ fn directories_are_searched_in_order_and_recursively_with_r() {
     );
     let o = resnetc(&["predict", &spec, &s(&top), "-r", "--json"]);
     assert_exit(&o, 0);
+    // Sorted by path: subdirectories' images among the others.
     let want: Vec<String> =
-        ["A.PNG", "b.png", "sub/c.jpg", "sub/deeper/d.webp"].iter().map(|p| s(&top.join(p))).collect();
+        ["A.PNG", "b.png", "sub/c.jpg", "sub/deeper/d.webp", "z.bmp"].iter().map(|p| s(&top.join(p))).collect();
     assert_eq!(files(&o), want);
     // A directory without images is a warning; nothing to classify at all is an error.
     let empty = d.join("empty");
