@@ -333,13 +333,13 @@ fn library_predict_images_matches_the_cli_and_the_reference() {
 }
 
 /// The acceptance check against Keras (ResNet-50, the peers' weights): needs the peers' venv with
-/// Pillow and models (see tests/fixtures/check_predict_keras.py); run with `--ignored`.
+/// Pillow and models (see tests/fixtures/images/check_predict_keras.py); run with `--ignored`.
 #[test]
 #[ignore]
 fn resnet50_predictions_match_keras() {
     let python = std::env::var("HOME").map(|h| format!("{h}/.cache/resnetc-peers/venv/bin/python")).unwrap();
     let o = Command::new(&python)
-        .arg(common::root("tests/fixtures/check_predict_keras.py"))
+        .arg(common::root("tests/fixtures/images/check_predict_keras.py"))
         .env("KERAS_BACKEND", "jax")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

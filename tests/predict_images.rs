@@ -189,3 +189,28 @@ fn size_bombs_are_refused_or_never_materialized() {
     let x = io.preprocess(&tall.into(), &[8, 8, 3]).unwrap();
     assert_eq!(x.shape(), [8, 8, 3]);
 }
+
+/// Every file in tests/fixtures/images is an image or array a case uses, cases.json or a script, and together
+/// they stay small.
+#[test]
+fn image_fixtures_are_complete_and_small() {
+    let cases = cases();
+    let mut used: Vec<String> =
+        vec!["cases.json".into(), "make_image_fixtures.py".into(), "check_predict_keras.py".into()];
+    for c in &cases {
+        used.push(c["image"].as_str().unwrap().into());
+        used.push(format!("{}.npy", c["name"].as_str().unwrap()));
+        assert!(std::path::Path::new(&format!("{}/{}.npy", fixtures(), c["name"].as_str().unwrap())).is_file());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.metadata().unwrap().is_file() {
+            continue; // e.g. a __pycache__
+        }
+        let file = entry.file_name().to_string_lossy().into_owned();
+        assert!(used.contains(&file), "tests/fixtures/images/{file} is used by no case");
+        total += entry.metadata().unwrap().len();
+    }
+    assert!(total <= 400_000, "tests/fixtures/images holds {total} bytes, over the 400 KB budget");
+}
