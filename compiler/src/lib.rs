@@ -12,6 +12,9 @@
 //! 7. [`plan`] — kernel order, activation lifetimes and arena offsets;
 //! 8. [`codegen`] and [`backend`] — one cranelift kernel per node, assembled into a runtime program.
 //!
+//! [`images`] makes an image the model's input as the spec's `resize` and `preprocess` say (as Keras does) and
+//! ranks the outputs with the spec's `labels`.
+//!
 //! [`Model`] runs these stages for library users; every error a user can cause comes back as an
 //! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
 
