@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod predict;
+
 #[derive(Parser)]
 #[command(name = "resnetc", version, about = "A declarative ResNet graph compiler: YAML specs to fast CPU kernels")]
 struct Cli {
@@ -111,6 +113,8 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Classify images (JPEG, PNG, BMP, WebP; files or directories): the top classes of each, named by the spec's labels.
+    Predict(predict::PredictArgs),
     /// Run a model on an NHWC float32 .npy batch; print the top-5 classes of each item.
     Run {
         /// The model spec (YAML).
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<(), Fail> {
     match cmd {
+        Cmd::Predict(args) => predict::run(args),
         Cmd::Check { specs, common } => {
             let opts = common.options(None);
             let mut failed = 0;

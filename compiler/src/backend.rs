@@ -108,6 +108,9 @@ pub struct Compiled {
     /// than the model's weights) that every inference reads.
     pub consts_bytes: usize,
     isa: Isa,
+    /// The spec's image fields (preprocessing, resizing, labels), for [`Compiled::predict_images`]; set by
+    /// [`crate::Model::compile`].
+    pub io: crate::spec::io::ImageIo,
 }
 
 impl Compiled {
@@ -171,6 +174,7 @@ pub fn compile(l: &Lowered, plan: &Plan, weights: &Weights, o: &BackendOptions) 
         functions,
         consts_bytes,
         isa: l.rules.isa,
+        io: Default::default(),
     })
 }
 

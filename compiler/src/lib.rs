@@ -15,6 +15,9 @@
 //! 9. [`backend`] with [`codegen`] — one cranelift kernel per lowered node (shared code for equal plans),
 //!    assembled into a runtime program.
 //!
+//! [`images`] makes an image the model's input as the spec's `resize` and `preprocess` say (as Keras does) and
+//! ranks the outputs with the spec's `labels`.
+//!
 //! [`Model`] runs these stages for library users ([`Model::compile`]: `optimize` → `lower` → `plan` →
 //! `backend::compile`); every error a user can cause comes back as an [`Error`] whose Display is
 //! `FILE:LINE:COL: error: ...` lines.
@@ -23,6 +26,7 @@ pub mod backend;
 pub mod codegen;
 pub mod diag;
 pub mod graph;
+pub mod images;
 pub mod interp;
 pub mod lower;
 pub mod ops;
@@ -33,6 +37,10 @@ pub mod report;
 pub mod spec;
 pub mod weights;
 pub mod yaml;
+
+/// The `image` crate, whose [`image::DynamicImage`] [`Model::preprocess`] and
+/// [`backend::Compiled::predict_images`] take (decode with [`images::read_image`] or `image::open`).
+pub use image;
 
 use diag::Diagnostics;
 use graph::{Graph, Projection};
@@ -56,6 +64,9 @@ pub enum Error {
     /// A bad option value (e.g. an input shape override that is not H,W,C).
     #[error("{0}")]
     Option(String),
+    /// An image that cannot be read or decoded, or cannot feed this model (the message says why, not which file).
+    #[error("{0}")]
+    Image(String),
     /// Ops left after optimization that the back end has no kernel for: `(node, op)` each.
     #[error("error: the JIT back end has no kernel for {} node(s) left after optimization: {}; use --backend reference", .0.len(), .0.iter().map(|(n, op)| format!("`{n}` ({op})")).collect::<Vec<_>>().join(", "))]
     Unsupported(Vec<(String, String)>),
@@ -181,6 +192,9 @@ pub fn check(file: &str, text: &[u8], opts: &Options) -> (Option<(Spec, Graph, V
     };
     let (g, rep) = graph::build(&spec, opts.projection);
     diags.extend(rep.diagnostics);
+    if let Some(g) = &g {
+        spec.io.check(&g.node(g.input).shape, &g.node(g.output).shape, &mut diags);
+    }
     diags.sort();
     match g {
         Some(g) if !diags.has_errors() => (Some((spec, g, rep.projections)), diags),
@@ -234,6 +248,7 @@ impl Model {
         let opt = self.optimize_weights(weights, None)?;
         let planned = opt.lower(o)?;
         let mut c = backend::compile(&planned.lowered, &planned.plan, &opt.weights, o)?;
+        c.io = self.spec.io.clone();
         let mut stages = self.stages_ms.clone();
         stages.extend(opt.stages_ms.iter().copied());
         stages.extend(planned.stages_ms.iter().copied());

@@ -9,6 +9,7 @@
 //! The language is documented in the README ("The spec language").
 
 pub mod expr;
+pub mod io;
 
 use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Loc};
 use crate::ops::{fmt_shape, Activation, Conv, Op, Padding, Pads, Pool, MAX_DIM, MAX_TENSOR_ELEMS};
@@ -71,9 +72,12 @@ pub struct Spec {
     /// Names of nodes that had errors of their own (already reported): later stages skip them and
     /// whatever depends on them, so that one mistake is reported once.
     pub broken: HashSet<String>,
+    /// How images are fed to the model and what its classes are called (`preprocess`, `resize`, `labels`).
+    pub io: io::ImageIo,
 }
 
-const TOP_KEYS: &[&str] = &["model", "input", "blocks", "layers", "output", "shortcut_projection"];
+const TOP_KEYS: &[&str] =
+    &["model", "input", "blocks", "layers", "output", "shortcut_projection", "preprocess", "resize", "labels"];
 const BLOCK_KEYS: &[&str] = &["params", "nodes"];
 const USE_KEYS: &[&str] = &["use", "with", "for", "repeat"];
 const COMMON_KEYS: &[&str] = &["op", "name", "inputs"];
@@ -183,6 +187,7 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
             _ => ProjectionPolicy::Insert,
         },
     };
+    let io = io::parse(&doc, file, &mut ex.diags);
     let input = match ex.input(&doc, input_shape) {
         Some(i) => i,
         None => {
@@ -225,7 +230,7 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
     let diags = ex.diags;
     match output {
         Some(output) => (
-            Some(Spec { file: file.clone(), model, input, nodes: ex.nodes, output, projection, broken: ex.broken }),
+            Some(Spec { file: file.clone(), model, input, nodes: ex.nodes, output, projection, broken: ex.broken, io }),
             diags,
         ),
         None => (None, diags),
