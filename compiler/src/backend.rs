@@ -102,7 +102,7 @@ pub fn compile(opt: &Optimized, o: &BackendOptions) -> Result<Compiled, Error> {
     let g: &Graph = &opt.graph;
     let t0 = std::time::Instant::now();
     let steps = opt.plan.steps.clone();
-    let pool = Arc::new(if o.threads == 0 { ThreadPool::with_all_cores() } else { ThreadPool::new(o.threads) });
+    let pool = Arc::new(ThreadPool::try_new(o.threads)?);
     let threads = pool.threads();
     // A dense layer with softmax on several threads runs as two steps, the dense part split over the
     // threads into a scratch buffer, then the softmax (one kernel cannot wait for all its tasks).

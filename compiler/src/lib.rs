@@ -18,8 +18,10 @@
 pub mod backend;
 pub mod codegen;
 pub mod diag;
+pub mod files;
 pub mod graph;
 pub mod interp;
+pub mod npy;
 pub mod ops;
 pub mod passes;
 pub mod plan;
@@ -37,23 +39,53 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weights::Weights;
 
-/// Errors a library user can get. Display gives the full, located messages.
-#[derive(Debug, thiserror::Error)]
+/// Errors a library user can get. Display gives the full, located messages, and so does Debug: a program
+/// whose `main` returns `Result<(), Box<dyn std::error::Error>>` shows the same text as the CLI.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The spec or the weights are wrong; every problem found, warnings included.
     #[error("{0}")]
     Invalid(Diagnostics),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A file that cannot be used as it is (an input batch, a weights file): not a regular file, too large,
+    /// or its contents disagree with its header.
+    #[error("{path}: error: {reason}")]
+    File { path: PathBuf, reason: String },
     /// A batch whose shape does not fit the model.
-    #[error("the input has shape {found:?}, expected [N, {}] (NHWC, any batch size N)", expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("{}", input_shape_message(expected, found))]
     InputShape { expected: Vec<usize>, found: Vec<usize> },
     /// A bad option value (e.g. an input shape override that is not H,W,C).
     #[error("{0}")]
     Option(String),
+    /// The runtime could not do what was asked (e.g. start the threads of its pool).
+    #[error("error: {0}")]
+    Runtime(#[from] resnetc_runtime::RuntimeError),
     /// A compiler bug caught by a consistency check.
     #[error(transparent)]
     Internal(#[from] passes::PassError),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<resnetc_runtime::pool::PoolError> for Error {
+    fn from(e: resnetc_runtime::pool::PoolError) -> Self {
+        Error::Runtime(e.into())
+    }
+}
+
+fn input_shape_message(expected: &[usize], found: &[usize]) -> String {
+    let dims = |s: &[usize]| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let want = format!("[N, {}] (NHWC, any batch size N >= 1)", dims(expected));
+    if found.len() == expected.len() + 1 && found[0] == 0 && found[1..] == *expected {
+        format!("the input is an empty batch (shape [{}]): N must be at least 1; expected {want}", dims(found))
+    } else {
+        format!("the input has shape [{}], expected {want}", dims(found))
+    }
 }
 
 /// How to load a model.
