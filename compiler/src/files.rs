@@ -28,12 +28,7 @@ pub fn open_regular(path: &Path, max_bytes: u64, what: &str) -> Result<(File, u6
     }
     let len = meta.len();
     if len > max_bytes {
-        return Err(format!(
-            "the file is {} bytes; {what} may be at most {} bytes ({})",
-            thousands(len),
-            thousands(max_bytes),
-            human_bytes(max_bytes)
-        ));
+        return Err(format!("the file is {} bytes; {what} may be at most {}", thousands(len), human_bytes(max_bytes)));
     }
     Ok((file, len))
 }
@@ -62,10 +57,10 @@ fn kind(t: &std::fs::FileType) -> &'static str {
     "a special file"
 }
 
-/// A byte count in the largest binary unit that divides it evenly, or in MB with one decimal:
-/// `1 GiB`, `16 MiB`, `102.1 MB`.
+/// A byte count for messages: limits (exact multiples of a GiB or MiB) in binary units, other sizes of
+/// 100 KB and up in MB with one decimal: `1 GiB`, `16 MiB`, `102.1 MB`, `4,096 bytes`.
 pub fn human_bytes(n: u64) -> String {
-    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20)] {
         if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{} {unit}", n >> shift);
         }
@@ -73,7 +68,7 @@ pub fn human_bytes(n: u64) -> String {
     if n >= 100_000 {
         format!("{:.1} MB", n as f64 / 1e6)
     } else {
-        format!("{n} bytes")
+        format!("{} bytes", thousands(n))
     }
 }
 
@@ -92,7 +87,7 @@ mod tests {
         let p = std::env::temp_dir().join(format!("resnetc-files-{}", std::process::id()));
         std::fs::write(&p, [0u8; 2000]).unwrap();
         let e = open_regular(&p, 1024, "an input batch").err().unwrap();
-        assert_eq!(e, "the file is 2,000 bytes; an input batch may be at most 1,024 bytes (1 KiB)");
+        assert_eq!(e, "the file is 2,000 bytes; an input batch may be at most 1,024 bytes");
         assert_eq!(open_regular(&p, 2000, "an input batch").unwrap().1, 2000);
         let _ = std::fs::remove_file(&p);
     }
@@ -115,6 +110,7 @@ mod tests {
         assert_eq!(human_bytes(1 << 30), "1 GiB");
         assert_eq!(human_bytes(16 << 20), "16 MiB");
         assert_eq!(human_bytes(102_121_888), "102.1 MB");
-        assert_eq!(human_bytes(999), "999 bytes");
+        assert_eq!(human_bytes(4_825_088), "4.8 MB");
+        assert_eq!(human_bytes(4_096), "4,096 bytes");
     }
 }

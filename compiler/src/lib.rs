@@ -221,7 +221,9 @@ impl Model {
     /// holds are then folded in place).
     pub fn optimize_weights(&self, weights: Weights, dump_after: Option<&str>) -> Result<Optimized, Error> {
         let t0 = std::time::Instant::now();
-        let (graph, weights, report) = passes::optimize(&self.graph, weights, dump_after)?;
+        let (graph, weights, mut report) = passes::optimize(&self.graph, weights, dump_after)?;
+        // That pass ran in the front end (an add's shape depends on it): report what it inserted there.
+        report.rewrites.insert("shortcut_projections", self.projections.len());
         let t1 = std::time::Instant::now();
         let plan = plan::plan(&graph, &|_| 0);
         plan.verify().map_err(|reason| passes::PassError { pass: "memory plan", reason })?;
