@@ -414,3 +414,35 @@ pub fn save_safetensors(w: &Weights, path: &Path) -> Result<(), String> {
     let bytes = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_keras_names_become_keys() {
+        assert_eq!(weights_key("conv1.kernel"), "conv1.kernel");
+        assert_eq!(weights_key("conv1/kernel:0"), "conv1.kernel");
+        assert_eq!(weights_key("conv1/kernel"), "conv1.kernel");
+        assert_eq!(weights_key("conv1.kernel:0"), "conv1.kernel");
+        assert_eq!(weights_key("bn_conv1/moving_variance:0"), "bn_conv1.moving_variance");
+        // A `/` inside a node name stays when the weight follows a `.`.
+        assert_eq!(weights_key("stage/2.kernel"), "stage/2.kernel");
+        assert_eq!(weights_key("kernel:1"), "kernel:1");
+    }
+
+    #[test]
+    fn a_file_truncated_while_it_is_loaded_is_an_error_not_sigbus() {
+        let mut w = Weights::default();
+        w.insert("a.kernel".into(), ArrayD::from_elem(IxDyn(&[64, 64]), 0.5));
+        let p = std::env::temp_dir().join(format!("resnetc-truncated-{}.safetensors", std::process::id()));
+        save_safetensors(&w, &p).unwrap();
+        let file = SafetensorsFile::open(&p).unwrap();
+        // Another process cuts the file between the header check and the data reads.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(file.data_start + 100).unwrap();
+        let (_, info) = &file.tensors["a.kernel"];
+        let e = read_tensor(&file, "a.kernel", &info.shape, info).unwrap_err();
+        assert_eq!(e, "the file ended before its data did: was it truncated while being loaded?");
+        let _ = std::fs::remove_file(&p);
+    }
+}
