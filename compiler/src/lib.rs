@@ -88,6 +88,9 @@ fn input_shape_message(expected: &[usize], found: &[usize]) -> String {
     }
 }
 
+/// The most bytes of activations [`Model::run_reference`] computes at once.
+pub const REFERENCE_CHUNK_BYTES: usize = 256 << 20;
+
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -250,9 +253,19 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the reference interpreter on an NHWC batch of any size.
+    /// Runs the reference interpreter on an NHWC batch of any size. Large batches run in chunks of items
+    /// whose activations total at most [`REFERENCE_CHUNK_BYTES`] (the interpreter holds a whole chunk's
+    /// activations at once: 43 MB per image for ResNet-50).
     pub fn run_reference(&self, x: ArrayViewD<f32>) -> Result<ArrayD<f32>, Error> {
         self.check_input(&x)?;
-        Ok(interp::run(&self.graph, &self.weights, x))
+        let per_item: usize = self.graph.g.node_weights().map(|n| 4 * n.shape.iter().product::<usize>()).sum();
+        let chunk = (REFERENCE_CHUNK_BYTES / per_item.max(1)).max(1);
+        if x.shape()[0] <= chunk {
+            return Ok(interp::run(&self.graph, &self.weights, x));
+        }
+        let parts: Vec<ArrayD<f32>> =
+            x.axis_chunks_iter(ndarray::Axis(0), chunk).map(|c| interp::run(&self.graph, &self.weights, c)).collect();
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        Ok(ndarray::concatenate(ndarray::Axis(0), &views).expect("chunks of one model's outputs"))
     }
 }
