@@ -89,6 +89,16 @@ pub fn check_batch(m: &Model, batch: usize, option: &str) -> Result<(), Fail> {
     let item_bytes = |s: &[usize]| 4 * s.iter().product::<usize>() as u64;
     let per_item = item_bytes(m.input_shape()).max(item_bytes(m.output_shape())).max(1);
     let allowed = MAX_INPUT_BYTES / per_item;
+    if allowed == 0 {
+        return Err(Fail::usage(format!(
+            "error: invalid value '{batch}' for '{option}': one item of {} → {} takes {} of float32, more than \
+             the {} a batch may hold",
+            fmt_shape(m.input_shape()),
+            fmt_shape(m.output_shape()),
+            human_bytes(per_item),
+            human_bytes(MAX_INPUT_BYTES)
+        )));
+    }
     if batch as u64 > allowed {
         return Err(Fail::usage(format!(
             "error: invalid value '{batch}' for '{option}': a batch may hold at most {} of float32 input or \

@@ -206,6 +206,20 @@ fn bad_option_values_are_usage_errors() {
         "{}",
         stderr(&o)
     );
+    // One item larger than a batch may be.
+    let d = scratch("huge-item");
+    let spec = write(&d, "tiny.yaml", TINY);
+    let o = resnetc(&["bench", &spec, "--input-shape", "15000,15000,3"]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains(
+            "invalid value '1' for '--batch <N>': one item of [15000, 15000, 3] → [7] takes 2700.0 MB of float32, \
+             more than the 1 GiB a batch may hold"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&d);
     for (opt, v) in [("--batch", "0"), ("--iters", "0"), ("--iters", "1000000000")] {
         let o = resnetc(&["bench", "specs/resnet50.yaml", opt, v]);
         assert_exit(&o, 2);

@@ -52,3 +52,16 @@ fn large_batches_run_on_the_reference_interpreter_in_chunks() {
         assert_eq!(row, alone.index_axis(ndarray::Axis(0), 0), "item {n}");
     }
 }
+
+#[test]
+fn more_threads_than_the_machine_allows_is_an_error() {
+    let spec = "input: [8, 8, 3]\nlayers:\n  - {op: conv, filters: 4, kernel: 3}\n";
+    let m = resnetc_compiler::Model::from_str("t.yaml", spec, &Default::default()).unwrap();
+    let max = resnetc_runtime::pool::max_threads();
+    let o = resnetc_compiler::backend::BackendOptions { threads: max + 1, ..Default::default() };
+    let e = m.compile(&o).err().expect("refused");
+    assert!(matches!(e, resnetc_compiler::Error::Runtime(_)), "{e}");
+    assert!(e
+        .to_string()
+        .starts_with(&format!("error: {} threads requested; this machine allows at most {max}", max + 1)));
+}

@@ -12,6 +12,9 @@
 //! 7. [`plan`] — kernel order, activation lifetimes and arena offsets;
 //! 8. [`codegen`] and [`backend`] — one cranelift kernel per node, assembled into a runtime program.
 //!
+//! Beside the pipeline, [`files`] opens the files a user names (only regular files, up to a bound) and
+//! [`npy`] reads input batches from `.npy` files, checking their headers before allocating.
+//!
 //! [`Model`] runs these stages for library users; every error a user can cause comes back as an
 //! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
 

@@ -110,7 +110,7 @@ pub fn init_glorot(graph: &Graph, seed: u64) -> Weights {
 /// Weights files larger than this are refused before anything is read (ResNet-152's are 240 MB).
 pub const MAX_WEIGHTS_FILE_BYTES: u64 = 16 << 30;
 /// The JSON header of a safetensors file (names, dtypes, shapes, offsets) may be at most this long
-/// (ResNet-152's is 60 KB).
+/// (ResNet-50's is 30 KB).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 
 /// The weights key a tensor name in a file stands for. Keras 3 names as the README's export writes them

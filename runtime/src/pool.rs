@@ -99,7 +99,7 @@ impl ThreadPool {
         ThreadPool::try_new(threads.max(1)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A pool with one thread per available core ([`ThreadPool::new`]`(0)`; panics where that does).
+    /// A pool with one thread per available core: [`ThreadPool::try_new`]`(0)`, panicking where that fails.
     pub fn with_all_cores() -> ThreadPool {
         ThreadPool::try_new(0).unwrap_or_else(|e| panic!("{e}"))
     }
