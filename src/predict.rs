@@ -7,7 +7,7 @@
 //! progress bar when stderr is a terminal; a throughput line at the end. The exit status is 1 when any image
 //! could not be read: every other image is still classified.
 
-use crate::{load, Common, Fail};
+use crate::cli::{load, note_random_weights, parse_threads, Fail, IsaOptions, SpecOptions, WeightsOptions};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Array4, Axis};
@@ -37,19 +37,20 @@ pub struct PredictArgs {
     #[arg(required = true, value_name = "IMAGE_OR_DIR")]
     inputs: Vec<PathBuf>,
     #[command(flatten)]
-    common: Common,
-    /// Safetensors weights (Keras names and layouts); default: the notebook's seeded initialization.
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    spec_options: SpecOptions,
+    #[command(flatten)]
+    weights: WeightsOptions,
     /// Classes printed per image, highest first.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     top: u32,
     /// Images run through the model together.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     batch: u32,
-    /// Threads for decoding and for the model's kernels (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    /// Threads for decoding and for the model's kernels (0 = one per core).
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_threads)]
     threads: usize,
+    #[command(flatten)]
+    isa: IsaOptions,
     /// Print one JSON object per image, one per line: {"file", "top": [{"class", "label", "score"}]} or
     /// {"file", "error"}.
     #[arg(long)]
@@ -100,7 +101,10 @@ fn is_image_name(p: &Path) -> bool {
 fn collect(inputs: &[PathBuf], recursive: bool) -> Result<Vec<Item>, Fail> {
     let mut items = vec![];
     let too_many = || {
-        Fail(format!("error: more than {} images in one run (the limit); split the run", thousands(MAX_IMAGES as u64)))
+        Fail::user(format!(
+            "error: more than {} images in one run (the limit); split the run",
+            thousands(MAX_IMAGES as u64)
+        ))
     };
     for input in inputs {
         let meta = match std::fs::metadata(input) {
@@ -208,13 +212,12 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn run(a: PredictArgs) -> Result<(), Fail> {
-    let mut m = load(&a.spec, &a.common.options(a.weights.clone()))?;
-    if a.weights.is_none() {
-        eprintln!("no --weights: random initialization, seed {}", a.common.seed);
-    }
+    let opts = a.spec_options.options(Some(&a.weights));
+    let mut m = load(&a.spec, &opts)?;
+    note_random_weights(&opts);
     let shape = m.input_shape().to_vec();
     if shape.len() != 3 || !(shape[2] == 1 || shape[2] == 3) {
-        return Err(Fail(format!(
+        return Err(Fail::user(format!(
             "{}: error: images give 1 (grayscale) or 3 (RGB) channels, but the model's input is {}",
             a.spec.display(),
             resnetc_compiler::ops::fmt_shape(&shape)
@@ -222,16 +225,19 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
     }
     let items = collect(&a.inputs, a.recursive)?;
     if items.is_empty() {
-        return Err(Fail("error: no images to classify".into()));
+        return Err(Fail::user("error: no images to classify"));
     }
     let batch = (a.batch as usize).min(items.len());
     // Only the JIT runs: the model's weights move into the compiler.
     let weights = std::mem::take(&mut m.weights);
-    let model = m.compile_weights(weights, &BackendOptions { threads: a.threads, ..Default::default() })?;
+    // The kernels fold each batch (a batch group; the last, partial batch runs padded).
+    let group = batch.min(resnetc_compiler::backend::MAX_BATCH_GROUP);
+    let bo = BackendOptions { threads: a.threads, isa: a.isa.isa, batch: group, ..Default::default() };
+    let model = m.compile_weights(weights, &bo)?;
     let per_item_bytes = model.plan.arena_bytes
         + 4 * (shape.iter().product::<usize>() + model.program.output_shape().iter().product::<usize>());
     if batch.saturating_mul(per_item_bytes) > MAX_BATCH_BYTES {
-        return Err(Fail(format!(
+        return Err(Fail::user(format!(
             "error: --batch {batch} needs {} bytes for this model's inputs and activations, more than the limit of {}; \
              use --batch {} or less",
             thousands(batch.saturating_mul(per_item_bytes) as u64),
@@ -246,14 +252,14 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
     let mut csv = match &a.csv {
         Some(p) => {
             let f = std::fs::File::create(p)
-                .map_err(|e| Fail(format!("{}: error: cannot write the CSV file: {e}", p.display())))?;
+                .map_err(|e| Fail::user(format!("{}: error: cannot write the CSV file: {e}", p.display())))?;
             let mut w = std::io::BufWriter::new(f);
             let mut header = vec!["file".to_string()];
             for r in 1..=k {
                 header.extend([format!("class_{r}"), format!("label_{r}"), format!("score_{r}")]);
             }
             header.push("error".into());
-            writeln!(w, "{}", header.join(",")).map_err(|e| Fail(format!("{}: error: {e}", p.display())))?;
+            writeln!(w, "{}", header.join(",")).map_err(|e| Fail::user(format!("{}: error: {e}", p.display())))?;
             Some((p, w))
         }
         None => None,
@@ -286,8 +292,9 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
                 row.assign(img);
             }
             let y = model.run(x.into_dyn().view())?;
-            let y =
-                y.into_shape_with_order((inputs.len(), classes)).map_err(|e| Fail(format!("internal error: {e}")))?;
+            let y = y
+                .into_shape_with_order((inputs.len(), classes))
+                .map_err(|e| Fail::user(format!("internal error: {e}")))?;
             tops = y.axis_iter(Axis(0)).map(|row| images::top_k(row, k, labels)).collect();
             model_secs += t.elapsed().as_secs_f64();
         }
@@ -344,7 +351,7 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
                         row.push(csv_field(e));
                     }
                 }
-                writeln!(w, "{}", row.join(",")).map_err(|e| Fail(format!("{}: error: {e}", p.display())))?;
+                writeln!(w, "{}", row.join(",")).map_err(|e| Fail::user(format!("{}: error: {e}", p.display())))?;
             }
         }
         bar.suspend(|| {
@@ -355,7 +362,7 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
     }
     bar.finish_and_clear();
     if let Some((p, mut w)) = csv {
-        w.flush().map_err(|e| Fail(format!("{}: error: {e}", p.display())))?;
+        w.flush().map_err(|e| Fail::user(format!("{}: error: {e}", p.display())))?;
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
@@ -364,7 +371,7 @@ pub fn run(a: PredictArgs) -> Result<(), Fail> {
         model.threads()
     );
     if failed > 0 {
-        return Err(Fail(format!("error: {failed} of {} image(s) could not be read", items.len())));
+        return Err(Fail::user(format!("error: {failed} of {} image(s) could not be read", items.len())));
     }
     Ok(())
 }

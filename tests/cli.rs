@@ -69,24 +69,31 @@ fn help_for_the_top_level() {
 
 #[test]
 fn help_for_every_subcommand() {
-    let common = ["--input-shape", "--no-auto-projection", "--seed"];
+    let spec_options = ["--input-shape", "--no-auto-projection"];
     let cases: &[(&str, &[&str])] = &[
         ("check", &["<SPECS>..."]),
-        ("compile", &["--weights", "--json"]),
-        ("summary", &["<SPEC>"]),
-        ("dot", &["--output"]),
-        ("run", &["--weights", "--input", "--output", "--backend"]),
+        ("compile", &["--weights", "--seed", "--json", "--threads", "--dump-after", "--emit"]),
+        ("summary", &["<SPEC>", "--weights"]),
+        ("dot", &["--output", "--after"]),
+        ("run", &["--weights", "--seed", "--input", "--output", "--backend", "--threads"]),
+        ("bench", &["--weights", "--seed", "--batch", "--threads", "--iters", "--profile", "--json", "--paced"]),
     ];
     for (sub, opts) in cases {
         let o = resnetc(&[sub, "--help"]);
         assert_exit(&o, 0);
         let out = stdout(&o);
-        for opt in common.iter().chain(opts.iter()) {
+        for opt in spec_options.iter().chain(opts.iter()) {
             assert!(out.contains(opt), "`{sub} --help` does not mention `{opt}`:\n{out}");
         }
     }
     // `help <sub>` works too.
     assert_exit(&resnetc(&["help", "run"]), 0);
+    // Commands that use no weights take no seed.
+    for sub in ["check", "summary", "dot"] {
+        let o = resnetc(&[sub, "specs/resnet50.yaml", "--seed", "3"]);
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains("unexpected argument '--seed'"), "{sub}: {}", stderr(&o));
+    }
 }
 
 #[test]
@@ -157,6 +164,231 @@ fn usage_errors_exit_2() {
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("expected three positive integers H,W,C, found `32,32`"), "{}", stderr(&o));
     assert_exit(&resnetc(&["run", "specs/resnet50.yaml", "--input", "x.npy", "--backend", "gpu"]), 2);
+}
+
+#[test]
+fn bad_option_values_are_usage_errors() {
+    // An unknown pass.
+    let o = resnetc(&["compile", "specs/resnet50.yaml", "--dump-after", "foo"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("invalid value 'foo' for '--dump-after <PASS>': unknown pass; the passes are: "));
+    assert!(stderr(&o).contains("fold_batch_norm"), "{}", stderr(&o));
+    let o = resnetc(&["dot", "specs/resnet50.yaml", "--after", "bogus"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("invalid value 'bogus' for '--after <PASS>': unknown pass"), "{}", stderr(&o));
+    // More threads than the machine allows, or not a count: refused before anything is loaded.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for sub in ["compile", "run", "bench"] {
+        let mut args = vec![sub, "specs/resnet50.yaml", "--threads", "10000"];
+        if sub == "run" {
+            args.extend(["--input", "x.npy"]);
+        }
+        let o = resnetc(&args);
+        assert_exit(&o, 2);
+        let want = format!(
+            "invalid value '10000' for '--threads <N>': 10000 threads: this machine allows at most {} (4 per core, \
+             {cores} core(s) available)",
+            4 * cores
+        );
+        assert!(stderr(&o).contains(&want), "{sub}: {}", stderr(&o));
+    }
+    let o = resnetc(&["bench", "specs/resnet50.yaml", "--threads", "1e12"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("expected a whole number of threads (0 = one per core), found `1e12`"));
+    // A batch whose input would exceed 1 GiB; zero iterations; an iteration count that would not end.
+    let o = resnetc(&["bench", "specs/resnet50.yaml", "--batch", "1000000"]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains(
+            "invalid value '1000000' for '--batch <N>': a batch may hold at most 1 GiB of float32 input or output, \
+             which is 1783 items of [224, 224, 3] → [1000] for this model"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    // One item larger than a batch may be.
+    let d = scratch("huge-item");
+    let spec = write(&d, "tiny.yaml", TINY);
+    let o = resnetc(&["bench", &spec, "--input-shape", "15000,15000,3"]);
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains(
+            "invalid value '1' for '--batch <N>': one item of [15000, 15000, 3] → [7] takes 2700.0 MB of float32, \
+             more than the 1 GiB a batch may hold"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&d);
+    for (opt, v) in [("--batch", "0"), ("--iters", "0"), ("--iters", "1000000000")] {
+        let o = resnetc(&["bench", "specs/resnet50.yaml", opt, v]);
+        assert_exit(&o, 2);
+        assert!(stderr(&o).contains(&format!("invalid value '{v}' for '{opt} <N>'")), "{}", stderr(&o));
+    }
+}
+
+/// TINY's weights, initialized with `seed` and saved as safetensors in `d`.
+fn tiny_weights(d: &Path, seed: u64) -> String {
+    let opts = resnetc_compiler::Options { seed, ..Default::default() };
+    let m = resnetc_compiler::Model::from_str("tiny.yaml", TINY, &opts).unwrap();
+    let p = d.join(format!("tiny_{seed}.safetensors"));
+    resnetc_compiler::weights::save_safetensors(&m.weights, &p).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn run_says_when_weights_are_random_and_times_inference_only() {
+    let d = scratch("run-notice");
+    let spec = write(&d, "tiny.yaml", TINY);
+    let xin = d.join("x.npy");
+    ndarray_npy::write_npy(&xin, &Array4::<f32>::from_elem((3, 8, 8, 3), 0.25)).unwrap();
+    let x = xin.display().to_string();
+    for backend in ["jit", "reference"] {
+        let o = resnetc(&["run", &spec, "--input", &x, "--backend", backend]);
+        assert_exit(&o, 0);
+        let err = stderr(&o);
+        assert!(err.contains("warning: no --weights: random initialization, seed 0\n"), "{err}");
+        assert!(err.contains("ran a batch of 3 in ") && err.contains(" ms (inference only)"), "{err}");
+        assert_eq!(stdout(&o).lines().filter(|l| l.starts_with("item ")).count(), 3);
+        let o = resnetc(&["run", &spec, "--input", &x, "--backend", backend, "--seed", "7"]);
+        assert_exit(&o, 0);
+        assert!(stderr(&o).contains("warning: no --weights: random initialization, seed 7\n"), "{}", stderr(&o));
+    }
+    // Compiling is timed apart from running.
+    let o = resnetc(&["run", &spec, "--input", &x]);
+    assert!(stderr(&o).contains("compiled ") && stderr(&o).contains(" tier) in "), "{}", stderr(&o));
+    // With weights: no notice, and the seed-7 weights give what --seed 7 gave.
+    let w = tiny_weights(&d, 7);
+    let (out_w, y_w) = run_model(&d, &spec, &Array4::from_elem((3, 8, 8, 3), 0.25), &["--weights", &w]);
+    let (out_s, y_s) = run_model(&d, &spec, &Array4::from_elem((3, 8, 8, 3), 0.25), &["--seed", "7"]);
+    assert_eq!(out_w, out_s);
+    assert_eq!(y_w, y_s);
+    let o = resnetc(&["run", &spec, "--input", &d.join("x.npy").display().to_string(), "--weights", &w]);
+    assert_exit(&o, 0);
+    assert!(!stderr(&o).contains("no --weights"), "{}", stderr(&o));
+    // bench says it too.
+    let o = resnetc(&["bench", &spec, "--iters", "1", "--threads", "1"]);
+    assert_exit(&o, 0);
+    assert!(stderr(&o).contains("warning: no --weights: random initialization, seed 0"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn run_refuses_hostile_inputs() {
+    let d = scratch("run-hostile");
+    let spec = write(&d, "tiny.yaml", TINY);
+    // An empty batch.
+    let empty = d.join("empty.npy");
+    ndarray_npy::write_npy(&empty, &Array4::<f32>::zeros((0, 8, 8, 3))).unwrap();
+    let o = resnetc(&["run", &spec, "--input", &empty.display().to_string()]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains(&format!(
+            "{}: error: the input is an empty batch (shape [0, 8, 8, 3]): N must be at least 1; expected [N, 8, 8, 3]",
+            empty.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    // A device and a directory instead of a file.
+    for (path, what) in [("/dev/zero", "a character device"), ("/", "a directory")] {
+        let o = resnetc(&["run", &spec, "--input", path]);
+        assert_exit(&o, 1);
+        let want = format!("{path}: error: an input batch must be a regular file, found {what}");
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    }
+    // A header that declares far more data than the file holds: refused before allocating it.
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let mut h = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 8, 8, 3), }".to_vec();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    npy.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    npy.extend_from_slice(&h);
+    npy.extend_from_slice(&[0; 64]);
+    let huge = d.join("huge.npy");
+    std::fs::write(&huge, npy).unwrap();
+    let o = resnetc(&["run", &spec, "--input", &huge.display().to_string()]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("the header declares shape [100000000, 8, 8, 3], more than 1 GiB of float32"),
+        "{}",
+        stderr(&o)
+    );
+    // float64 gets a hint.
+    let f64_path = d.join("f64.npy");
+    ndarray_npy::write_npy(&f64_path, &Array4::<f64>::zeros((1, 8, 8, 3))).unwrap();
+    let o = resnetc(&["run", &spec, "--input", &f64_path.display().to_string()]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("save it with x.astype('float32')"), "{}", stderr(&o));
+    // A weights path that is a device.
+    let o = resnetc(&["run", &spec, "--input", &empty.display().to_string(), "--weights", "/dev/zero"]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("/dev/zero: a weights file must be a regular file, found a character device"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn summary_checks_weights() {
+    let d = scratch("summary-weights");
+    let spec = write(&d, "tiny.yaml", TINY);
+    let w = tiny_weights(&d, 1);
+    let o = resnetc(&["summary", &spec, "--weights", &w]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("Total params"), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&format!("Weights: {w} checked")), "{}", stdout(&o));
+    // Weights of another model: every missing tensor is named.
+    let o = resnetc(&["summary", "specs/notebook_resnet50.yaml", "--weights", &w]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains(&format!("{w}: missing tensor `conv1.kernel`, expected shape [7, 7, 3, 64]")));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn compile_reports_for_a_user() {
+    let d = scratch("compile-report");
+    let spec = write(&d, "tiny.yaml", TINY);
+    let o = resnetc(&["compile", &spec, "--threads", "1", "--isa", "f32x4"]);
+    assert_exit(&o, 0);
+    let out = stdout(&o);
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("compiled `tiny` in "), "{out}");
+    assert!(first.ends_with(" s: input [8, 8, 3] → output [7], 5 kernels (f32x4 tier) on 1 thread(s)"), "{out}");
+    for want in [
+        "  parameters   ",
+        "  memory       ",
+        " per run in progress: activations (2,112 bytes in all, reused across layers) and the kernels' scratch",
+        "  optimizer    11 → 6 nodes: ",
+        "fold_batch_norm 2, ",
+        "shortcut_projections 1\n",
+        "inserted shortcut projection `sum_shortcut_proj`",
+        "  time (ms)    spec ",
+        "next:\n",
+        &format!("  resnetc run {spec} --weights W.safetensors --input BATCH.npy "),
+        "# BATCH.npy: float32 [N, 8, 8, 3] (NHWC)",
+        &format!("  resnetc bench {spec} "),
+    ] {
+        assert!(out.contains(want), "`{want}` missing from:\n{out}");
+    }
+    // Jargon is gone; a pass that inserted nothing is not listed.
+    for gone in ["arena", "with work", "finalize", "remove_dead_nodes 0"] {
+        assert!(!out.contains(gone), "`{gone}` in:\n{out}");
+    }
+    // The JSON keys the report had are still there; the projection pass counts what it inserted.
+    let o = resnetc(&["compile", &spec, "--json", "--threads", "1"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("valid JSON");
+    assert_eq!(v["fusions"]["shortcut_projections"], 1);
+    assert_eq!(v["threads"], 1);
+    assert!(v["compile_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    for key in ["arena_bytes", "arena_with_work_bytes", "work_bytes", "packed_weight_bytes", "stages_ms"] {
+        assert!(!v[key].is_null(), "{key} in {v}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -261,7 +493,7 @@ fn run_with_an_input_of_the_wrong_shape() {
     let junk = write(&d, "junk.npy", "not numpy");
     let o = resnetc(&["run", &spec, "--input", &junk]);
     assert_exit(&o, 1);
-    assert!(stderr(&o).contains("cannot read a float32 .npy array"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("{junk}: error: not a .npy file: it does not start with")), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -2,14 +2,13 @@
 //!
 //! Prints, per shape, GFLOP/s (2 * M * N * K / time) and the share of the f32x4 FMA peak of one core
 //! (58.6 GFLOP/s, see shared/notes/cranelift-kernels.md), single-threaded; one shape also on 2 threads.
-//! Criterion's `thrpt` line is GFLOP/s too (elements = flops). `CONV_BENCH_FILTER=substr` picks shapes;
+//! `CONV_BENCH_FILTER=substr` picks shapes;
 //! `CONV_RES=1` adds a fused residual add, `CONV_FLUSH_MB=n` runs cold (n MB of other memory touched before
 //! every run). The cold mode overstates memory stalls: software prefetches of the residual, the output and
 //! the next tile's A gained 3-11 % there but made the same layers 5-10 % slower inside ResNet-50.
 //! `CONV_AB="CONV_MR=10 CONV_UNROLL=3"` compares two tilings run in turns (see `ab`); the stem shape runs as
 //! the polyphase Winograd kernel unless `CONV_STEM_WINOGRAD=0` (`CONV_AB="CONV_STEM_WINOGRAD=0"`: 1.78x).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use resnetc_compiler::codegen::{JitCode, Kernel, LayerWeights, Session, SessionOptions};
 use resnetc_compiler::lower::{select_conv, KernelOp, Rules};
 use resnetc_compiler::ops::{Conv, Padding};
@@ -342,7 +341,7 @@ fn ab(spec: &str) {
     }
 }
 
-fn bench_conv(c: &mut Criterion) {
+fn main() {
     if let Ok(spec) = std::env::var("CONV_AB") {
         return ab(&spec);
     }
@@ -382,19 +381,4 @@ fn bench_conv(c: &mut Criterion) {
             100.0 * g / (2.0 * PEAK_GFLOPS_PER_CORE)
         );
     }
-
-    if std::env::var_os("CONV_BENCH_TABLE_ONLY").is_some() {
-        return;
-    }
-    let mut group = c.benchmark_group("conv");
-    group.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(600));
-    for s in selected() {
-        let mut b = Bench::new(s, 1);
-        group.throughput(Throughput::Elements(b.flops as u64));
-        group.bench_function(s.name, |bn| bn.iter(|| b.run1()));
-    }
-    group.finish();
 }
-
-criterion_group!(benches, bench_conv);
-criterion_main!(benches);

@@ -277,7 +277,7 @@ pub fn assemble(
     mut kernels: Vec<codegen::Kernel>,
     codes: Vec<JitCode>,
 ) -> Result<Program, Error> {
-    let pool = Arc::new(ThreadPool::new(l.rules.threads));
+    let pool = Arc::new(ThreadPool::try_new(l.rules.threads)?);
     let mut pb = ProgramBuilder::new(&l.values[l.input].shape, &l.values[l.output].shape);
     pb.arena_floats(plan.arena_bytes / 4).group(l.rules.items);
     let buf = |v: usize| {

@@ -16,7 +16,9 @@
 //!    assembled into a runtime program.
 //!
 //! [`images`] makes an image the model's input as the spec's `resize` and `preprocess` say (as Keras does) and
-//! ranks the outputs with the spec's `labels`.
+//! ranks the outputs with the spec's `labels`. Beside the pipeline, [`files`] opens the files a user names
+//! (only regular files, up to a bound) and [`npy`] reads input batches from `.npy` files, checking their
+//! headers before allocating.
 //!
 //! [`Model`] runs these stages for library users ([`Model::compile`]: `optimize` → `lower` → `plan` →
 //! `backend::compile`); every error a user can cause comes back as an [`Error`] whose Display is
@@ -25,10 +27,12 @@
 pub mod backend;
 pub mod codegen;
 pub mod diag;
+pub mod files;
 pub mod graph;
 pub mod images;
 pub mod interp;
 pub mod lower;
+pub mod npy;
 pub mod ops;
 pub mod passes;
 pub mod plan;
@@ -50,16 +54,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weights::Weights;
 
-/// Errors a library user can get. Display gives the full, located messages.
-#[derive(Debug, thiserror::Error)]
+/// Errors a library user can get. Display gives the full, located messages, and so does Debug: a program
+/// whose `main` returns `Result<(), Box<dyn std::error::Error>>` shows the same text as the CLI.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The spec or the weights are wrong; every problem found, warnings included.
     #[error("{0}")]
     Invalid(Diagnostics),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A file that cannot be used as it is (an input batch, a weights file): not a regular file, too large,
+    /// or its contents disagree with its header.
+    #[error("{path}: error: {reason}")]
+    File { path: PathBuf, reason: String },
     /// A batch whose shape does not fit the model.
-    #[error("the input has shape {found:?}, expected [N, {}] (NHWC, any batch size N)", expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("{}", input_shape_message(expected, found))]
     InputShape { expected: Vec<usize>, found: Vec<usize> },
     /// A bad option value (e.g. an input shape override that is not H,W,C).
     #[error("{0}")]
@@ -67,6 +76,9 @@ pub enum Error {
     /// An image that cannot be read or decoded, or cannot feed this model (the message says why, not which file).
     #[error("{0}")]
     Image(String),
+    /// The runtime could not do what was asked (e.g. start the threads of its pool).
+    #[error("error: {0}")]
+    Runtime(#[from] resnetc_runtime::RuntimeError),
     /// Ops left after optimization that the back end has no kernel for: `(node, op)` each.
     #[error("error: the JIT back end has no kernel for {} node(s) left after optimization: {}; use --backend reference", .0.len(), .0.iter().map(|(n, op)| format!("`{n}` ({op})")).collect::<Vec<_>>().join(", "))]
     Unsupported(Vec<(String, String)>),
@@ -95,6 +107,31 @@ impl From<lower::LowerError> for Error {
         }
     }
 }
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<resnetc_runtime::pool::PoolError> for Error {
+    fn from(e: resnetc_runtime::pool::PoolError) -> Self {
+        Error::Runtime(e.into())
+    }
+}
+
+fn input_shape_message(expected: &[usize], found: &[usize]) -> String {
+    let dims = |s: &[usize]| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let want = format!("[N, {}] (NHWC, any batch size N >= 1)", dims(expected));
+    if found.len() == expected.len() + 1 && found[0] == 0 && found[1..] == *expected {
+        format!("the input is an empty batch (shape [{}]): N must be at least 1; expected {want}", dims(found))
+    } else {
+        format!("the input has shape [{}], expected {want}", dims(found))
+    }
+}
+
+/// The most bytes of activations [`Model::run_reference`] computes at once.
+pub const REFERENCE_CHUNK_BYTES: usize = 256 << 20;
 
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
@@ -267,7 +304,9 @@ impl Model {
     /// holds are then folded in place).
     pub fn optimize_weights(&self, weights: Weights, dump_after: Option<&str>) -> Result<Optimized, Error> {
         let t0 = std::time::Instant::now();
-        let (graph, weights, report) = passes::optimize(&self.graph, weights, dump_after)?;
+        let (graph, weights, mut report) = passes::optimize(&self.graph, weights, dump_after)?;
+        // That pass ran in the front end (an add's shape depends on it): report what it inserted there.
+        report.rewrites.insert("shortcut_projections", self.projections.len());
         let stages_ms = vec![("optimize", t0.elapsed().as_secs_f64() * 1e3)];
         Ok(Optimized { graph, weights, report, stages_ms })
     }
@@ -291,9 +330,19 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the reference interpreter on an NHWC batch of any size.
+    /// Runs the reference interpreter on an NHWC batch of any size. Large batches run in chunks of items
+    /// whose activations total at most [`REFERENCE_CHUNK_BYTES`] (the interpreter holds a whole chunk's
+    /// activations at once: 43 MB per image for ResNet-50).
     pub fn run_reference(&self, x: ArrayViewD<f32>) -> Result<ArrayD<f32>, Error> {
         self.check_input(&x)?;
-        Ok(interp::run(&self.graph, &self.weights, x))
+        let per_item: usize = self.graph.g.node_weights().map(|n| 4 * n.shape.iter().product::<usize>()).sum();
+        let chunk = (REFERENCE_CHUNK_BYTES / per_item.max(1)).max(1);
+        if x.shape()[0] <= chunk {
+            return Ok(interp::run(&self.graph, &self.weights, x));
+        }
+        let parts: Vec<ArrayD<f32>> =
+            x.axis_chunks_iter(ndarray::Axis(0), chunk).map(|c| interp::run(&self.graph, &self.weights, c)).collect();
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        Ok(ndarray::concatenate(ndarray::Axis(0), &views).expect("chunks of one model's outputs"))
     }
 }

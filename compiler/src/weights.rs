@@ -3,13 +3,17 @@
 //!
 //! Tensors are keyed `<node name>.<weight>` (e.g. `res2a_branch2a.kernel`, `bn_conv1.moving_mean`), with
 //! the shapes [`Op::weights`](crate::ops::Op::weights) lists. Loading checks every tensor a node needs
-//! (present, f32 or convertible, right shape) and reports all problems at once; tensors no node uses are
-//! warnings. The result, [`Weights`], maps keys to ndarray tensors and is what the interpreter, the
+//! (present, f32 or convertible, right shape, moving variances neither negative nor NaN) and reports all
+//! problems at once; tensors no node uses are warnings. Names from tf.keras 2 exports (`conv1/kernel:0`)
+//! are understood too ([`weights_key`]). A hostile file is refused before its data is touched: it must be a
+//! regular file of at most [`MAX_WEIGHTS_FILE_BYTES`] with a header of at most [`MAX_HEADER_BYTES`], unique
+//! tensor names, and sizes and offsets that agree with the file's length. The result, [`Weights`], maps keys to ndarray tensors and is what the interpreter, the
 //! optimizer's folding passes and the back end read.
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::graph::Graph;
 use crate::ops::fmt_shape;
+use crate::report::thousands;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -103,78 +107,197 @@ pub fn init_glorot(graph: &Graph, seed: u64) -> Weights {
     Weights { tensors }
 }
 
-/// A file's contents: mapped read-only where possible (ResNet-50's 100 MB of weights are then converted
-/// straight from the page cache instead of being read into a buffer first), read otherwise.
-enum FileBytes {
-    #[cfg(target_os = "linux")]
-    Mapped(*const u8, usize),
-    Read(Vec<u8>),
+/// Weights files larger than this are refused before anything is read (ResNet-152's are 240 MB).
+pub const MAX_WEIGHTS_FILE_BYTES: u64 = 16 << 30;
+/// The JSON header of a safetensors file (names, dtypes, shapes, offsets) may be at most this long
+/// (ResNet-50's is 30 KB).
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// The weights key a tensor name in a file stands for. Keras 3 names as the README's export writes them
+/// (`conv1.kernel`) are keys already; tf.keras 2 names end in the variable suffix `:0` and put a `/` before
+/// the weight (`conv1/kernel:0`, also Keras 3's `weight.path` form `conv1/kernel`): `conv1.kernel`.
+pub fn weights_key(name: &str) -> String {
+    let name = name.strip_suffix(":0").unwrap_or(name);
+    match name.rsplit_once('/') {
+        Some((layer, weight)) if !weight.contains('.') => format!("{layer}.{weight}"),
+        _ => name.to_string(),
+    }
 }
 
-impl FileBytes {
-    fn open(path: &Path) -> std::io::Result<FileBytes> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(path)?;
-            let len = f.metadata()?.len() as usize;
-            if len > 0 {
-                // SAFETY: a private read-only mapping of a file we opened; checked for failure; the mapping
-                // outlives the descriptor by design (mmap keeps its own reference to the file).
-                let p = unsafe {
-                    libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0)
-                };
-                if p != libc::MAP_FAILED {
-                    return Ok(FileBytes::Mapped(p as *const u8, len));
-                }
+/// A safetensors file whose header has been read and checked against the file's size. Tensor data is read
+/// only when asked for, with positioned reads straight into the tensors' buffers: nothing is mapped, so a
+/// file truncated while it is being loaded gives an error instead of killing the process with SIGBUS.
+struct SafetensorsFile {
+    file: std::fs::File,
+    /// Offset of the data section (after the length field and the header).
+    data_start: u64,
+    /// The tensors by weights key ([`weights_key`]), each with its name as written in the file.
+    tensors: HashMap<String, (String, safetensors::tensor::TensorInfo)>,
+}
+
+impl SafetensorsFile {
+    /// Opens and checks `path`: a regular file of at most [`MAX_WEIGHTS_FILE_BYTES`], a header of at most
+    /// [`MAX_HEADER_BYTES`] whose tensors have unique names, sizes that fit their shapes and dtypes, and
+    /// offsets that tile exactly the rest of the file. Returns the reason it is refused.
+    fn open(path: &Path) -> Result<SafetensorsFile, String> {
+        use std::io::Read;
+        let (mut file, len) = crate::files::open_regular(path, MAX_WEIGHTS_FILE_BYTES, "a weights file")?;
+        let not_st = "not a safetensors file";
+        if len < 8 {
+            return Err(format!("{not_st}: it is {len} bytes long, shorter than the 8-byte header length"));
+        }
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n).map_err(|e| format!("cannot read the file: {e}"))?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER_BYTES {
+            return Err(format!(
+                "{not_st}: its first 8 bytes declare a header of {} bytes; at most {} are read",
+                thousands(n),
+                crate::files::human_bytes(MAX_HEADER_BYTES)
+            ));
+        }
+        if n > len - 8 {
+            return Err(format!(
+                "{not_st}: its first 8 bytes declare a header of {} bytes, but only {} follow",
+                thousands(n),
+                thousands(len - 8)
+            ));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(|e| format!("cannot read the header: {e}"))?;
+        let bad_header = |e: serde_json::Error| format!("{not_st}: its header is not valid: {e}");
+        if let Some(name) = first_duplicate_key(&header).map_err(bad_header)? {
+            return Err(format!("the header names tensor `{name}` twice; which one is meant is ambiguous"));
+        }
+        let meta: safetensors::tensor::Metadata = serde_json::from_slice(&header).map_err(bad_header)?;
+        let data_len = meta.data_len() as u64;
+        if data_len != len - 8 - n {
+            return Err(format!(
+                "the header describes {} bytes of tensor data, but the file holds {} after the header \
+                 (was it truncated or appended to?)",
+                thousands(data_len),
+                thousands(len - 8 - n)
+            ));
+        }
+        let mut named: Vec<(String, safetensors::tensor::TensorInfo)> =
+            meta.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors = HashMap::with_capacity(named.len());
+        for (name, info) in named {
+            let key = weights_key(&name);
+            if let Some((other, _)) = tensors.insert(key.clone(), (name.clone(), info)) {
+                return Err(format!("tensors `{other}` and `{name}` both stand for the weight `{key}`"));
             }
         }
-        std::fs::read(path).map(FileBytes::Read)
+        Ok(SafetensorsFile { file, data_start: 8 + n, tensors })
+    }
+
+    /// Reads the data of `info` into `buf` (exactly its size).
+    fn read(&self, info: &safetensors::tensor::TensorInfo, buf: &mut [u8]) -> std::io::Result<()> {
+        read_exact_at(&self.file, buf, self.data_start + info.data_offsets.0 as u64)
     }
 }
 
-impl std::ops::Deref for FileBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            // SAFETY: mapped in `open` with this length, unmapped only on drop.
-            #[cfg(target_os = "linux")]
-            FileBytes::Mapped(p, len) => unsafe { std::slice::from_raw_parts(*p, *len) },
-            FileBytes::Read(v) => v,
+/// The first key a JSON object holds twice (`serde_json`, like the safetensors crate, keeps the last one
+/// silently), reading the whole object.
+fn first_duplicate_key(json: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let (mut seen, mut twice) = (std::collections::HashSet::new(), None);
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if twice.is_none() && !seen.insert(key.clone()) {
+                    twice = Some(key);
+                }
+            }
+            Ok(twice)
         }
     }
+    serde_json::Deserializer::from_slice(json).deserialize_map(Keys)
 }
 
-impl Drop for FileBytes {
-    fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let FileBytes::Mapped(p, len) = *self {
-            // SAFETY: mapped in `open` with this length.
-            unsafe { libc::munmap(p as *mut libc::c_void, len) };
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => {
+                buf = &mut buf[k..];
+                offset += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Reads one tensor (f32 or f64 in the file) as f32 and checks what its values must satisfy.
+fn read_tensor(
+    file: &SafetensorsFile,
+    key: &str,
+    shape: &[usize],
+    info: &safetensors::tensor::TensorInfo,
+) -> Result<ArrayD<f32>, String> {
+    let len: usize = shape.iter().product();
+    let eof = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "the file ended before its data did: was it truncated while being loaded?".to_string()
+        } else {
+            format!("cannot read its data: {e}")
+        }
+    };
+    let data = if info.dtype == safetensors::Dtype::F32 {
+        let mut data = vec![0f32; len];
+        // SAFETY: any bytes are a valid f32; the slice covers exactly the vector's elements.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, len * 4) };
+        file.read(info, bytes).map_err(eof)?;
+        for v in &mut data {
+            *v = f32::from_bits(u32::from_le(v.to_bits()));
+        }
+        data
+    } else {
+        let mut bytes = vec![0u8; len * 8];
+        file.read(info, &mut bytes).map_err(eof)?;
+        bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+    };
+    if key.ends_with(".moving_variance") {
+        if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !(**v >= 0.0)) {
+            let what = if v.is_nan() { "NaN" } else { "negative" };
+            return Err(format!(
+                "has a {what} variance ({v}) at index {i}: a BatchNorm moving variance is never negative or NaN \
+                 (is this tensor a variance?)"
+            ));
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| e.to_string())
 }
 
 /// Loads a safetensors file and checks it against the graph. Returns the weights, or every problem.
-/// Warnings (unused tensors) come back in the diagnostics either way.
+/// Warnings (unused tensors) come back in the diagnostics either way. Tensor names may be Keras 3's or
+/// tf.keras 2's ([`weights_key`]).
 pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnostics) {
     let mut diags = Diagnostics::default();
     let p = path.display().to_string();
-    let bytes = match FileBytes::open(path) {
-        Ok(b) => b,
-        Err(e) => {
-            diags.push(Diagnostic::error(None, format!("{p}: cannot read the weights file: {e}")));
+    let file = match SafetensorsFile::open(path) {
+        Ok(f) => f,
+        Err(reason) => {
+            diags.push(Diagnostic::error(None, format!("{p}: {reason}")));
             return (None, diags);
         }
     };
-    let st = match safetensors::SafeTensors::deserialize(&bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            diags.push(Diagnostic::error(None, format!("{p}: not a valid safetensors file: {e}")));
-            return (None, diags);
-        }
-    };
-    let mut tensors = HashMap::new();
     let mut used = std::collections::HashSet::new();
     let mut jobs = Vec::new();
     for (key, shape, n) in required(graph) {
@@ -184,56 +307,50 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
             .as_ref()
             .map(|l| format!(" (node `{}` at {l})", node.name))
             .unwrap_or_else(|| format!(" (node `{}`)", node.name));
-        let t = match st.tensor(&key) {
-            Ok(t) => t,
-            Err(_) => {
-                diags.push(Diagnostic::error(
-                    None,
-                    format!("{p}: missing tensor `{key}`, expected shape {}{at}", fmt_shape(&shape)),
-                ));
-                continue;
-            }
-        };
-        used.insert(key.clone());
-        if t.shape() != shape.as_slice() {
+        let Some((name, info)) = file.tensors.get(&key) else {
             diags.push(Diagnostic::error(
                 None,
-                format!("{p}: tensor `{key}` has shape {}, expected {}{at}", fmt_shape(t.shape()), fmt_shape(&shape)),
+                format!("{p}: missing tensor `{key}`, expected shape {}{at}", fmt_shape(&shape)),
+            ));
+            continue;
+        };
+        used.insert(key.clone());
+        let called = if *name == key { format!("`{key}`") } else { format!("`{name}` (`{key}`)") };
+        if info.shape != shape {
+            diags.push(Diagnostic::error(
+                None,
+                format!(
+                    "{p}: tensor {called} has shape {}, expected {}{at}",
+                    fmt_shape(&info.shape),
+                    fmt_shape(&shape)
+                ),
             ));
             continue;
         }
-        match t.dtype() {
-            safetensors::Dtype::F32 | safetensors::Dtype::F64 => jobs.push((key, shape, t)),
+        match info.dtype {
+            safetensors::Dtype::F32 | safetensors::Dtype::F64 => jobs.push((key, called, shape, info)),
             other => diags.push(Diagnostic::error(
                 None,
-                format!("{p}: tensor `{key}` has dtype {other:?}, expected F32 (or F64){at}"),
+                format!("{p}: tensor {called} has dtype {other:?}, expected F32 (or F64){at}"),
             )),
         }
     }
-    // Converting ~100 MB of little-endian bytes is the bulk of loading: split it over the cores, largest
-    // tensors first, each thread taking the next when it is free.
-    jobs.sort_by_key(|(_, _, t)| std::cmp::Reverse(t.data().len()));
+    // Reading and converting ~100 MB is the bulk of loading: split it over the cores, largest tensors
+    // first, each thread taking the next when it is free.
+    jobs.sort_by_key(|(_, _, shape, _)| std::cmp::Reverse(shape.iter().product::<usize>()));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     type Converted = (usize, Result<ArrayD<f32>, String>);
     let converted: Vec<Vec<Converted>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
-                let (jobs, next) = (&jobs, &next);
+                let (jobs, next, file) = (&jobs, &next, &file);
                 sc.spawn(move || {
                     let mut out = Vec::new();
                     loop {
                         let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((_, shape, t)) = jobs.get(j) else { break };
-                        let data: Vec<f32> = if t.dtype() == safetensors::Dtype::F32 {
-                            t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-                        } else {
-                            t.data()
-                                .chunks_exact(8)
-                                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                                .collect()
-                        };
-                        out.push((j, ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| e.to_string())));
+                        let Some((key, _, shape, info)) = jobs.get(j) else { break };
+                        out.push((j, read_tensor(file, key, shape, info)));
                     }
                     out
                 })
@@ -243,16 +360,18 @@ pub fn load_safetensors(path: &Path, graph: &Graph) -> (Option<Weights>, Diagnos
     });
     let mut results: Vec<Converted> = converted.into_iter().flatten().collect();
     results.sort_by_key(|(j, _)| *j);
+    let mut tensors = HashMap::new();
     for (j, r) in results {
-        let key = &jobs[j].0;
+        let (key, called, _, _) = &jobs[j];
         match r {
             Ok(a) => {
                 tensors.insert(key.clone(), Arc::new(a));
             }
-            Err(e) => diags.push(Diagnostic::error(None, format!("{p}: tensor `{key}` is malformed: {e}"))),
+            Err(e) => diags.push(Diagnostic::error(None, format!("{p}: tensor {called} {e}"))),
         }
     }
-    let mut unused: Vec<String> = st.names().into_iter().filter(|n| !used.contains(*n)).map(str::to_string).collect();
+    let mut unused: Vec<&str> =
+        file.tensors.iter().filter(|(key, _)| !used.contains(*key)).map(|(_, (name, _))| name.as_str()).collect();
     unused.sort();
     if !unused.is_empty() {
         let shown: Vec<String> = unused.iter().take(10).map(|s| format!("`{s}`")).collect();
@@ -292,5 +411,38 @@ pub fn save_safetensors(w: &Weights, path: &Path) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| e.to_string())
+    let bytes = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_keras_names_become_keys() {
+        assert_eq!(weights_key("conv1.kernel"), "conv1.kernel");
+        assert_eq!(weights_key("conv1/kernel:0"), "conv1.kernel");
+        assert_eq!(weights_key("conv1/kernel"), "conv1.kernel");
+        assert_eq!(weights_key("conv1.kernel:0"), "conv1.kernel");
+        assert_eq!(weights_key("bn_conv1/moving_variance:0"), "bn_conv1.moving_variance");
+        // A `/` inside a node name stays when the weight follows a `.`.
+        assert_eq!(weights_key("stage/2.kernel"), "stage/2.kernel");
+        assert_eq!(weights_key("kernel:1"), "kernel:1");
+    }
+
+    #[test]
+    fn a_file_truncated_while_it_is_loaded_is_an_error_not_sigbus() {
+        let mut w = Weights::default();
+        w.insert("a.kernel".into(), ArrayD::from_elem(IxDyn(&[64, 64]), 0.5));
+        let p = std::env::temp_dir().join(format!("resnetc-truncated-{}.safetensors", std::process::id()));
+        save_safetensors(&w, &p).unwrap();
+        let file = SafetensorsFile::open(&p).unwrap();
+        // Another process cuts the file between the header check and the data reads.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(file.data_start + 100).unwrap();
+        let (_, info) = &file.tensors["a.kernel"];
+        let e = read_tensor(&file, "a.kernel", &info.shape, info).unwrap_err();
+        assert_eq!(e, "the file ended before its data did: was it truncated while being loaded?");
+        let _ = std::fs::remove_file(&p);
+    }
 }

@@ -24,6 +24,33 @@ const GEN_SHIFT: u32 = 33;
 const SPIN: Duration = Duration::from_micros(200);
 
 type TaskFn = dyn Fn(usize, usize) + Sync;
+type Spawner<'a> = dyn FnMut(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> + 'a;
+
+/// Threads a pool may have per available core: more only slow kernels down (they compete for the cores),
+/// and thousands exhaust the system's thread limit.
+pub const THREADS_PER_CORE: usize = 4;
+
+/// Cores available to this process (its CPU affinity and cgroup quota included).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The most threads a pool may have on this machine: [`THREADS_PER_CORE`] per available core.
+pub fn max_threads() -> usize {
+    THREADS_PER_CORE * cores()
+}
+
+/// Why a pool could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(
+        "{requested} threads requested; this machine allows at most {max} ({THREADS_PER_CORE} per core, {cores} \
+         core(s) available)"
+    )]
+    TooMany { requested: usize, max: usize, cores: usize },
+    #[error("cannot start worker thread {index} of {threads}: {source}")]
+    Spawn { index: usize, threads: usize, source: std::io::Error },
+}
 
 struct Job {
     f: Option<&'static TaskFn>,
@@ -57,9 +84,32 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool running work on `threads` threads in all: the caller plus `threads - 1` workers (min 1).
+    /// A pool running work on `threads` threads in all: the caller plus `threads - 1` workers; 0 means one
+    /// thread per available core. Refuses more than [`max_threads`], and returns the error (after stopping
+    /// the workers already started) when the system cannot start a thread.
+    pub fn try_new(threads: usize) -> Result<ThreadPool, PoolError> {
+        ThreadPool::start(threads, &mut |name, f| std::thread::Builder::new().name(name).spawn(f))
+    }
+
+    /// [`ThreadPool::try_new`] for tests and benches, where a failure to start threads ends the run.
+    ///
+    /// # Panics
+    /// When [`ThreadPool::try_new`] fails.
     pub fn new(threads: usize) -> ThreadPool {
-        let threads = threads.max(1);
+        ThreadPool::try_new(threads.max(1)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A pool with one thread per available core: [`ThreadPool::try_new`]`(0)`, panicking where that fails.
+    pub fn with_all_cores() -> ThreadPool {
+        ThreadPool::try_new(0).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ThreadPool::try_new`] with the thread-spawning function given (tests make it fail).
+    fn start(threads: usize, spawn: &mut Spawner<'_>) -> Result<ThreadPool, PoolError> {
+        let threads = if threads == 0 { cores() } else { threads };
+        if threads > max_threads() {
+            return Err(PoolError::TooMany { requested: threads, max: max_threads(), cores: cores() });
+        }
         let shared = Arc::new(Shared {
             state: AtomicU64::new(CLOSED),
             job: UnsafeCell::new(Job { f: None, ntasks: 0 }),
@@ -70,21 +120,16 @@ impl ThreadPool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let workers = (1..threads)
-            .map(|i| {
-                let s = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("resnetc-worker-{i}"))
-                    .spawn(move || worker(&s, i))
-                    .expect("failed to spawn a worker thread")
-            })
-            .collect();
-        ThreadPool { shared, submit: Mutex::new(()), workers, threads }
-    }
-
-    /// A pool with one thread per available core.
-    pub fn with_all_cores() -> ThreadPool {
-        ThreadPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        // Workers join the pool as they start, so that if one cannot start, dropping the pool stops the others.
+        let mut pool = ThreadPool { shared, submit: Mutex::new(()), workers: Vec::with_capacity(threads - 1), threads };
+        for i in 1..threads {
+            let s = pool.shared.clone();
+            match spawn(format!("resnetc-worker-{i}"), Box::new(move || worker(&s, i))) {
+                Ok(h) => pool.workers.push(h),
+                Err(source) => return Err(PoolError::Spawn { index: i, threads, source }),
+            }
+        }
+        Ok(pool)
     }
 
     /// Number of threads that run work (workers + the caller).
@@ -303,6 +348,37 @@ mod tests {
                 busy[t].store(false, SeqCst);
             });
         }
+    }
+
+    #[test]
+    fn too_many_threads_are_refused() {
+        let e = ThreadPool::try_new(max_threads() + 1).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("at most {}", max_threads())), "{msg}");
+        assert!(matches!(e, PoolError::TooMany { .. }));
+        assert_eq!(ThreadPool::try_new(0).unwrap().threads(), cores());
+        assert_eq!(ThreadPool::try_new(max_threads()).unwrap().threads(), max_threads());
+    }
+
+    #[test]
+    fn a_thread_that_cannot_start_is_an_error() {
+        // The third worker fails to start: the two started ones are stopped and joined, nothing panics.
+        let started = Arc::new(AtomicUsize::new(0));
+        let mut n = 0;
+        let r = ThreadPool::start(4, &mut |name, f| {
+            n += 1;
+            if n == 3 {
+                return Err(std::io::Error::new(std::io::ErrorKind::WouldBlock, "no more threads"));
+            }
+            let started = started.clone();
+            std::thread::Builder::new().name(name).spawn(move || {
+                started.fetch_add(1, SeqCst);
+                f()
+            })
+        });
+        let e = r.err().expect("an error");
+        assert_eq!(e.to_string(), "cannot start worker thread 3 of 4: no more threads");
+        assert_eq!(started.load(SeqCst), 2);
     }
 
     #[test]
