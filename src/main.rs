@@ -102,6 +102,9 @@ enum Cmd {
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Draw one box per block instance instead of its nodes.
+        #[arg(long)]
+        collapse: bool,
     },
     /// Run a model on an NHWC float32 .npy batch; print the top-5 classes of each item.
     Run {
@@ -174,6 +177,7 @@ impl Common {
             input_shape: self.input_shape.as_ref().map(|s| s.0.clone()),
             projection: self.no_auto_projection.then_some(ProjectionPolicy::Error),
             seed: self.seed,
+            ..Default::default()
         }
     }
 }
@@ -230,7 +234,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let opts = common.options(None);
             let mut failed = 0;
             for path in &specs {
-                let bytes = std::fs::read(path).map_err(|e| Fail(format!("{}: {e}", path.display())))?;
+                let bytes = resnetc_compiler::read_spec(path, &opts)?;
                 let (ok, diags) = resnetc_compiler::check(&path.display().to_string(), &bytes, &opts);
                 if !diags.0.is_empty() {
                     eprintln!("{diags}");
@@ -238,7 +242,10 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 match ok {
                     Some((_, g, projections)) => {
                         for p in &projections {
-                            println!("{}: note: {p}", path.display());
+                            println!(
+                                "{}: note: {p}",
+                                p.loc.as_ref().map_or(path.display().to_string(), |l| l.to_string())
+                            );
                         }
                         println!(
                             "{}: ok: {} nodes, {} parameters, {} MACs per image, {} warning(s)",
@@ -246,12 +253,12 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                             g.g.node_count(),
                             report::thousands(g.params() as u64),
                             report::thousands(g.macs()),
-                            diags.warnings().count()
+                            diags.warning_count()
                         );
                     }
                     None => {
                         failed += 1;
-                        eprintln!("{}: {} error(s)", path.display(), diags.errors().count());
+                        eprintln!("{}: {} error(s)", path.display(), diags.error_count());
                     }
                 }
             }
@@ -424,15 +431,16 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             print!("{}", report::summary(&m.graph));
             Ok(())
         }
-        Cmd::Dot { spec, common, output, after } => {
+        Cmd::Dot { spec, common, output, after, collapse } => {
+            let dot = if collapse { report::dot_collapsed } else { report::dot };
             check_pass(after.as_deref())?;
             let m = load(&spec, &common.options(None))?;
             let text = match after {
                 Some(p) => {
                     let o = m.optimize(Some(&p))?;
-                    report::dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
+                    dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
                 }
-                None => report::dot(&m.graph),
+                None => dot(&m.graph),
             };
             match output {
                 Some(o) => std::fs::write(&o, text).map_err(|e| Fail(format!("{}: {e}", o.display()))),

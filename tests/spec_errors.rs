@@ -108,7 +108,7 @@ layers:
 
 #[test]
 fn tab_indentation() {
-    one_error("input: [8, 8, 3]\nlayers:\n\t- {op: relu}\n", 3, 2, &["invalid YAML", "tabs"]);
+    one_error("input: [8, 8, 3]\nlayers:\n\t- {op: relu}\n", 3, 1, &["invalid YAML", "a tab in the indentation"]);
 }
 
 #[test]
@@ -1118,7 +1118,13 @@ layers:
     );
     let (ok, d) = check(FILE, y.as_bytes(), &Options::default());
     assert!(!d.has_errors(), "{d}");
-    assert!(d.0.is_empty(), "{d}");
+    // A projection straight from the model input is legal, but suspicious: a warning at the shortcut.
+    assert_eq!(d.0.len(), 1, "{d}");
+    assert_eq!(
+        d.0[0].to_string(),
+        "t.yaml:4:36: warning: node `sum`: its shortcut is the model input `input` [8, 8, 3]: a 1x1 projection with \
+         stride 2x2 is inserted from the raw input to `sum` [4, 4, 8]; is the shortcut linked to the right node?"
+    );
     let (_, g, p) = ok.unwrap();
     assert_eq!(p.len(), 2);
     assert_eq!(p[0].name, "sum_shortcut_proj");
