@@ -327,32 +327,34 @@ const SUGGEST_BUDGET: usize = 1 << 20;
 /// other (of at least 3 letters). Bounded work: candidates whose length differs by more than that are
 /// skipped without comparing, distances are computed in a band, and the search has a budget.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let w: Vec<char> = word.to_lowercase().chars().collect();
+    let w: Vec<char> = word.chars().flat_map(char::to_lowercase).collect();
     if w.len() > SUGGEST_MAX_LEN {
         return None;
     }
     let mut budget = SUGGEST_BUDGET;
     let mut best: Option<(usize, &str)> = None;
+    let (mut c_lower, mut rows) = (Vec::new(), Vec::new());
     for c in candidates {
         if c.len() > 4 * SUGGEST_MAX_LEN {
             continue;
         }
         let prefix = word.len() >= 3 && (c.starts_with(word) || word.starts_with(c));
-        let cl: Vec<char> = c.to_lowercase().chars().collect();
-        if cl.len() > SUGGEST_MAX_LEN {
-            continue;
-        }
-        let limit = (cl.len().max(w.len()) / 3).max(1);
+        let cl = c.chars().count();
+        let limit = (cl.max(w.len()) / 3).max(1);
         let d = if prefix {
             // One word extends the other: the distance is the length difference.
-            Some(cl.len().abs_diff(w.len()))
+            Some(cl.abs_diff(w.len()))
+        } else if cl.abs_diff(w.len()) > limit || cl > SUGGEST_MAX_LEN {
+            None
         } else {
-            let cost = w.len().min(cl.len()).max(1) * (2 * limit + 1);
+            let cost = w.len().max(1) * (2 * limit + 1);
             if cost > budget {
                 break;
             }
             budget -= cost;
-            banded_distance(&w, &cl, limit)
+            c_lower.clear();
+            c_lower.extend(c.chars().flat_map(char::to_lowercase));
+            banded_distance(&w, &c_lower, limit, &mut rows)
         };
         if let Some(d) = d {
             if best.is_none_or(|(bd, _)| d < bd) {
@@ -366,39 +368,41 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 /// Optimal string alignment distance when it is at most `limit`, else None: insertions, deletions,
 /// substitutions and transpositions of two neighbouring characters each cost 1 (so `frist` is one edit
 /// from `first`). Only cells within `limit` of the diagonal are computed; the rest are "too far".
-fn banded_distance(a: &[char], b: &[char], limit: usize) -> Option<usize> {
+/// `rows` is scratch space, reused between calls.
+fn banded_distance(a: &[char], b: &[char], limit: usize, rows: &mut Vec<usize>) -> Option<usize> {
     if a.len().abs_diff(b.len()) > limit {
         return None;
     }
     let far = limit + 1;
     let width = b.len() + 1;
-    // Three rolling rows: i-2, i-1, i.
-    let mut rows = vec![vec![far; width]; 3];
-    for (j, x) in rows[0].iter_mut().enumerate().take(limit.min(b.len()) + 1) {
+    // Three rolling rows (i-2, i-1, i), side by side.
+    rows.clear();
+    rows.resize(3 * width, far);
+    for (j, x) in rows[..width].iter_mut().enumerate().take(limit.min(b.len()) + 1) {
         *x = j;
     }
     for i in 1..=a.len() {
         let (lo, hi) = (i.saturating_sub(limit).max(1), (i + limit).min(b.len()));
-        let (cur, prev, prev2) = (i % 3, (i + 2) % 3, (i + 1) % 3);
-        rows[cur].fill(far);
+        let (cur, prev, prev2) = ((i % 3) * width, ((i + 2) % 3) * width, ((i + 1) % 3) * width);
+        rows[cur..cur + width].fill(far);
         if i <= limit {
-            rows[cur][0] = i;
+            rows[cur] = i;
         }
-        let mut row_min = rows[cur][0];
+        let mut row_min = rows[cur];
         for j in lo..=hi {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (rows[prev][j - 1] + cost).min(rows[prev][j] + 1).min(rows[cur][j - 1] + 1);
+            let mut v = (rows[prev + j - 1] + cost).min(rows[prev + j] + 1).min(rows[cur + j - 1] + 1);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(rows[prev2][j - 2] + 1);
+                v = v.min(rows[prev2 + j - 2] + 1);
             }
-            rows[cur][j] = v.min(far);
-            row_min = row_min.min(rows[cur][j]);
+            rows[cur + j] = v.min(far);
+            row_min = row_min.min(rows[cur + j]);
         }
         if row_min > limit {
             return None;
         }
     }
-    let d = rows[a.len() % 3][b.len()];
+    let d = rows[(a.len() % 3) * width + b.len()];
     (d <= limit).then_some(d)
 }
 
@@ -448,7 +452,7 @@ mod tests {
                 let (a, b): (Vec<char>, Vec<char>) = (x.chars().collect(), y.chars().collect());
                 let want = full(&a, &b);
                 for limit in 1..6 {
-                    let got = banded_distance(&a, &b, limit);
+                    let got = banded_distance(&a, &b, limit, &mut vec![]);
                     assert_eq!(got, (want <= limit).then_some(want), "{x} / {y} limit {limit}");
                 }
             }

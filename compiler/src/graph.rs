@@ -362,8 +362,9 @@ fn build_with(spec: &Spec, policy: ProjectionPolicy, out: &mut Reporter) -> Opti
             input
         }
     };
-    // Cycles: report each strongly connected component once, at its first node in spec order.
-    for scc in petgraph::algo::tarjan_scc(&g) {
+    // Cycles: report each strongly connected component once, at its first node in spec order (Kosaraju:
+    // iterative, where petgraph's Tarjan recurses once per node of a long chain).
+    for scc in petgraph::algo::kosaraju_scc(&g) {
         let self_loop = scc.len() == 1 && g.find_edge(scc[0], scc[0]).is_some();
         if scc.len() > 1 || self_loop {
             let mut members = scc.clone();

@@ -133,7 +133,7 @@ fn node_line(g: &Graph, n: NodeIndex, s: &mut String, depth: usize) {
 }
 
 /// Edges between the boxes `id` gives (edges inside one box left out, parallel ones merged; dashed if
-/// any of them is a shortcut).
+/// all of them are shortcuts).
 fn write_edges(g: &Graph, s: &mut String, id: impl Fn(NodeIndex) -> String) {
     let mut edges: Vec<_> = (&g.g).edge_references().collect();
     edges.sort_by_key(|e| (e.target().index(), e.weight().port));
@@ -146,7 +146,7 @@ fn write_edges(g: &Graph, s: &mut String, id: impl Fn(NodeIndex) -> String) {
         }
         let key = (a, b);
         match seen.get_mut(&key) {
-            Some(sc) => *sc |= e.weight().shortcut,
+            Some(all_shortcuts) => *all_shortcuts &= e.weight().shortcut,
             None => {
                 seen.insert(key.clone(), e.weight().shortcut);
                 order.push(key);

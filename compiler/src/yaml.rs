@@ -50,9 +50,26 @@ impl YValue {
     /// The value for "found X" in messages: its kind and, briefly, the value itself
     /// (`the string "abc"`, `the list [1, 2, 3]`, `the integer -1`).
     pub fn describe(&self) -> String {
-        let mut text = self.to_string();
-        if text.chars().count() > 40 {
-            text = text.chars().take(37).collect::<String>() + "...";
+        // At most 40 characters of the value, without formatting a huge one in full.
+        struct Capped(String);
+        impl fmt::Write for Capped {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for c in s.chars() {
+                    if self.0.chars().count() >= 40 {
+                        return Err(fmt::Error);
+                    }
+                    self.0.push(c);
+                }
+                Ok(())
+            }
+        }
+        let mut capped = Capped(String::new());
+        let mut text = match fmt::write(&mut capped, format_args!("{self}")) {
+            Ok(()) => capped.0,
+            Err(_) => capped.0.chars().take(37).collect::<String>() + "...",
+        };
+        if text.chars().any(char::is_control) {
+            text = text.chars().flat_map(char::escape_debug).collect();
         }
         match self {
             YValue::Null => "nothing (null)".into(),

@@ -168,6 +168,9 @@ impl<'a> Expander<'a> {
     pub(super) fn use_block(&mut self, e: &YNode, env: &Env, prev: Option<String>) -> Option<String> {
         self.failed.clear();
         let e = self.substitute(e, env);
+        if self.exhausted {
+            return prev;
+        }
         if !self.failed.is_empty() {
             // A template in the use itself failed (reported): expanding with a hole would mislead.
             return self.placeholder("block use", &e.loc);
@@ -363,6 +366,16 @@ impl<'a> Expander<'a> {
                 let values = self.range(v)?;
                 if values.is_empty() {
                     self.err(&v.loc, format!("`for` gives `{key}` no values: the block would be left out"));
+                    return None;
+                }
+                if values.len() > MAX_ITERATIONS {
+                    self.err(
+                        &v.loc,
+                        format!(
+                            "`for` gives `{key}` {} values, more than the limit of {MAX_ITERATIONS} per use",
+                            values.len()
+                        ),
+                    );
                     return None;
                 }
                 Some(Iterations { param: Some(key), values: values.into_iter().map(Some).collect() })

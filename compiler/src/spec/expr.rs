@@ -30,13 +30,13 @@ pub enum Value {
 }
 
 impl Value {
-    /// Its size in bytes of text, roughly (what the expansion budget counts): scalars 8, strings their
-    /// length, lists the sum of their items.
+    /// About the memory it takes once substituted into a spec (what the expansion budget counts): 64
+    /// bytes per value, plus the text of strings.
     pub fn size(&self) -> usize {
         match self {
-            Value::Str(s) => s.len().max(8),
-            Value::List(v) => 8 + v.iter().map(Value::size).sum::<usize>(),
-            _ => 8,
+            Value::Str(s) => 64 + s.len(),
+            Value::List(v) => 64 + v.iter().map(Value::size).sum::<usize>(),
+            _ => 64,
         }
     }
 }

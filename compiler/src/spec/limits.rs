@@ -40,7 +40,7 @@ enum Field {
 }
 
 /// Bytes of node fields allowed per node of the node limit, on average (see [`Limits::max_expanded_bytes`]).
-const BYTES_PER_NODE: usize = 1024;
+const BYTES_PER_NODE: usize = 2048;
 /// Deeper block nesting than this would risk the stack, whatever the environment asks for.
 const HARD_MAX_BLOCK_DEPTH: usize = 1000;
 
@@ -77,9 +77,10 @@ impl Limits {
         Ok(l)
     }
 
-    /// The total size of the node fields the blocks may expand to (strings by their length, other
-    /// values 8 bytes each): 1 KiB per node of the node limit, so raising that raises this too. It bounds
-    /// the work of a node with a huge field written inside a block that is used many times.
+    /// The total size of the node fields the blocks may expand to (64 bytes per value plus the text of
+    /// strings, about what they take in memory): 2 KiB per node of the node limit (a ResNet node takes
+    /// about 1 KiB), so raising that raises this too. It bounds the time and memory spent on a node with
+    /// a huge field inside a block that is used many times, or on arguments that double at every level.
     pub fn max_expanded_bytes(&self) -> usize {
         self.max_nodes.saturating_mul(BYTES_PER_NODE)
     }

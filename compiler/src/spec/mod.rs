@@ -239,6 +239,8 @@ struct Expander<'a> {
     nodes: Vec<NodeSpec>,
     /// Every name defined so far, with where it was defined.
     names: HashMap<String, Loc>,
+    /// The names given to unnamed nodes (for the message when a written name repeats one).
+    generated: HashSet<String>,
     /// The next number of each automatic name (`conv2d` → 3 gives `conv2d_3`).
     auto_names: HashMap<&'static str, usize>,
     /// Blocks being expanded, to refuse recursive use.
@@ -283,6 +285,7 @@ pub fn parse_spec(
         problems: 0,
         nodes: vec![],
         names: HashMap::new(),
+        generated: HashSet::new(),
         auto_names: HashMap::new(),
         stack: vec![],
         instance: None,
@@ -511,6 +514,7 @@ impl<'a> Expander<'a> {
         if self.exhausted {
             return YNode { loc: n.loc.clone(), value: YValue::Null };
         }
+        // What the substituted value costs, about: 64 bytes per value plus the text of strings.
         let (value, bytes) = match &n.value {
             YValue::Str(s) if expr::is_template(s) => match expr::expand(s, env) {
                 Ok(v) => {
@@ -520,17 +524,17 @@ impl<'a> Expander<'a> {
                 Err(e) => {
                     self.report(&n.loc, &e.to_string(), || e.message(env), vec![]);
                     self.failed.insert(n.loc.clone());
-                    (YValue::Null, 8)
+                    (YValue::Null, 64)
                 }
             },
-            YValue::Str(s) => (YValue::Str(s.clone()), s.len().max(8)),
-            YValue::Seq(s) => (YValue::Seq(s.iter().map(|x| self.substitute(x, env)).collect()), 8),
+            YValue::Str(s) => (YValue::Str(s.clone()), 64 + s.len()),
+            YValue::Seq(s) => (YValue::Seq(s.iter().map(|x| self.substitute(x, env)).collect()), 64),
             YValue::Map(m) => {
                 let m = m.iter().map(|(k, v)| (k.clone(), self.substitute(v, env))).collect::<Vec<_>>();
-                let keys: usize = m.iter().map(|(k, _)| k.as_str().map_or(8, |s| s.len().max(8))).sum();
-                (YValue::Map(m), 8 + keys)
+                let keys: usize = m.iter().map(|(k, _)| 64 + k.as_str().map_or(0, str::len)).sum();
+                (YValue::Map(m), 64 + keys)
             }
-            other => (other.clone(), 8),
+            other => (other.clone(), 64),
         };
         self.charge(bytes, &n.loc);
         YNode { loc: n.loc.clone(), value }
@@ -541,7 +545,7 @@ impl<'a> Expander<'a> {
         self.expanded_bytes = self.expanded_bytes.saturating_add(bytes);
         if self.expanded_bytes > self.limits.max_expanded_bytes() {
             let msg = format!(
-                "the blocks expand to more than {} bytes of node fields (the limit: 1 KiB per node of the node \
+                "the blocks expand to more than {} bytes of node fields (the limit: 2 KiB per node of the node \
                  limit of {}); {}",
                 thousands(self.limits.max_expanded_bytes() as u64),
                 thousands(self.limits.max_nodes as u64),
@@ -619,6 +623,9 @@ impl<'a> Expander<'a> {
         self.misspelled.clear();
         self.failed.clear();
         let n = self.substitute(raw, env);
+        if self.exhausted {
+            return (prev, None);
+        }
         // A failed template makes the node broken even when its error was reported for an earlier use.
         let templates_ok = self.failed.is_empty();
         let op_text = n.get("op").and_then(|o| o.as_str()).unwrap_or("").to_string();
@@ -659,11 +666,22 @@ impl<'a> Expander<'a> {
                 Some(s) => s,
                 None => return (self.placeholder("node", &n.loc), None),
             },
-            None => self.auto_name(&op_text),
+            None => {
+                let name = self.auto_name(&op_text);
+                self.generated.insert(name.clone());
+                name
+            }
         };
         if let Some(first) = self.names.get(&name) {
             let at = n.get("name").map(|x| x.loc.clone()).unwrap_or(n.loc.clone());
-            let mut msg = format!("duplicate node name `{name}`: already defined at {first}");
+            let mut msg = if self.generated.contains(&name) {
+                format!(
+                    "duplicate node name `{name}`: already defined at {first}, where `{name}` is the name given to an \
+                     unnamed node (as Keras names them); name that node, or choose another name here"
+                )
+            } else {
+                format!("duplicate node name `{name}`: already defined at {first}")
+            };
             let repeated = self.instance.as_ref().is_some_and(|i| i.rep > 1);
             let templated = raw.get("name").and_then(|x| x.as_str()).is_some_and(expr::is_template);
             if repeated && !templated {
