@@ -309,6 +309,14 @@ fn build_with(spec: &Spec, policy: ProjectionPolicy, out: &mut Reporter) -> Opti
         names: by_name.keys().cloned().collect(),
         projection_names: spec.nodes.iter().filter_map(|n| n.projection.as_deref()).collect(),
     };
+    // What "did you mean" searches, in a fixed order (the first of equally close names wins): the input,
+    // the nodes in spec order, then the names of nodes with errors of their own.
+    let mut broken: Vec<&str> = spec.broken.iter().map(|s| s.as_str()).filter(|b| !b.starts_with('<')).collect();
+    broken.sort();
+    let known: Vec<&str> = std::iter::once(spec.input.name.as_str())
+        .chain(spec.nodes.iter().map(|n| n.name.as_str()))
+        .chain(broken)
+        .collect();
     // Anything that depends on a node with errors is skipped, not reported again.
     let mut poisoned: HashSet<NodeIndex> = HashSet::new();
     if spec.broken.contains(&spec.input.name) {
@@ -329,11 +337,10 @@ fn build_with(spec: &Spec, policy: ProjectionPolicy, out: &mut Reporter) -> Opti
                     let node = &g[n];
                     out.node(node, Some(&r.loc), "refers to an unknown node", |full| {
                         // Any name the spec defines (nodes with errors of their own too), never the node itself.
-                        let known = by_name.keys().chain(spec.broken.iter().filter(|b| !b.starts_with('<')));
                         let hint = if full {
                             None
                         } else {
-                            did_you_mean(&r.name, known.map(|s| s.as_str()).filter(|s| *s != ns.name))
+                            did_you_mean(&r.name, known.iter().copied().filter(|s| *s != ns.name))
                         };
                         let hint = hint.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
                         Diagnostic::error(
@@ -350,7 +357,7 @@ fn build_with(spec: &Spec, policy: ProjectionPolicy, out: &mut Reporter) -> Opti
         Some(&o) => o,
         None => {
             if !spec.broken.contains(&spec.output.0) {
-                let hint = did_you_mean(&spec.output.0, by_name.keys().map(|s| s.as_str()))
+                let hint = did_you_mean(&spec.output.0, known.iter().copied())
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
                 out.rep
@@ -389,9 +396,10 @@ fn build_with(spec: &Spec, policy: ProjectionPolicy, out: &mut Reporter) -> Opti
     }
     // An explicit projection name on an `add` that needed none. Not for nodes a block made: a block may
     // name the projection that only some of its uses need.
-    for ns in spec.nodes.iter().filter(|n| n.instance.is_none()) {
-        if let Some(p) = &ns.projection {
-            if !out.rep.projections.iter().any(|x| x.add == ns.name) && !out.rep.diagnostics.has_errors() {
+    let projected: HashSet<&str> = out.rep.projections.iter().map(|x| x.add.as_str()).collect();
+    if !out.rep.diagnostics.has_errors() {
+        for ns in spec.nodes.iter().filter(|n| n.instance.is_none() && !projected.contains(n.name.as_str())) {
+            if let Some(p) = &ns.projection {
                 out.rep.diagnostics.push(Diagnostic::warning(
                     Some(ns.loc.clone()),
                     format!(

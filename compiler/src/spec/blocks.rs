@@ -480,8 +480,10 @@ impl<'a> Expander<'a> {
         let used_at = e.get("use").map_or(&e.loc, |u| &u.loc).clone();
         let declares = |p: &str| block_params.iter().any(|(q, _)| q == p);
         let declares_rep = declares(REP);
-        // Every instance holds its own copy of the arguments: that counts against the expansion budget.
-        let args_bytes: usize = args.values.values().map(Value::size).sum();
+        // Every instance holds its own copy of the defaults and arguments: that counts against the
+        // expansion budget.
+        let defaults = block_params.iter().filter_map(|(_, d)| d.as_ref());
+        let env_bytes: usize = defaults.chain(args.values.values()).map(Value::size).sum();
         let reps = iterations.values.len();
         for (i, value) in iterations.values.into_iter().enumerate() {
             if self.exhausted {
@@ -494,7 +496,7 @@ impl<'a> Expander<'a> {
                 }
             }
             local.extend(args.values.clone());
-            self.charge(args_bytes, &used_at);
+            self.charge(env_bytes, &used_at);
             let mut texts = args.texts.clone();
             if let (Some(k), Some(v)) = (&iterations.param, value) {
                 texts.push((k.clone(), short_text(&v)));

@@ -7,8 +7,6 @@
 //! `RESNETC_MAX_*` environment variables, or a library user with [`crate::Options::limits`]. The README's
 //! "Limits" table lists every limit with the error a user sees.
 
-use std::fmt;
-
 /// Limits on a spec and its expansion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -100,16 +98,6 @@ pub enum Limit {
     Nodes = 1,
     BlockDepth = 2,
     NameLen = 3,
-}
-
-impl fmt::Display for Limits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spec {} bytes, {} nodes, block depth {}, names {} bytes",
-            self.max_spec_bytes, self.max_nodes, self.max_block_depth, self.max_name_len
-        )
-    }
 }
 
 /// Reads a spec file, refusing what is not a regular file (a directory, a device such as /dev/zero, a

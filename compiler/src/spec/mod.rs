@@ -609,7 +609,9 @@ impl<'a> Expander<'a> {
         if let Some(l) = label {
             let tag = format!("`{l}`");
             for d in self.diags.0[start..].iter_mut().filter(|d| d.is_error() || d.is_warning()) {
-                if !d.message.starts_with("node `") && !d.message.contains(&tag) && !d.message.is_empty() {
+                let named =
+                    d.message.starts_with("node `") || d.message.starts_with(&format!("duplicate node name {tag}"));
+                if !named && !d.message.is_empty() {
                     d.message = format!("node {tag}: {}", d.message);
                 }
             }
