@@ -1,7 +1,8 @@
 //! A mutation fuzzer for the spec front end: proptest mutates the shipped specs (specs/*.yaml and
 //! tests/fixtures/*.yaml) — bytes flipped, lines dropped, swapped and repeated, numbers replaced by
 //! extremes, hostile snippets inserted — and checks every mutant:
-//! - `check` does not panic (proptest catches the panic and shrinks the mutant to a small one);
+//! - `check` does not panic (proptest catches the panic and shrinks the mutant to a small one), with the
+//!   default limits and with tiny ones that the mutants reach;
 //! - it answers in bounded time (a case over [`CASE_LIMIT`] fails: a hang, not a slow machine);
 //! - every error and warning is located in the spec, with a message free of Rust debug output;
 //! - a spec that passes gives a graph that verifies, a summary and both DOT pictures;
@@ -19,6 +20,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use resnetc_compiler::spec::Limits;
 use resnetc_compiler::{check, report, Options};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -240,10 +242,22 @@ fn mutate(text: &str, ms: &[Mutation]) -> Vec<u8> {
 /// Debug output that must never reach a user.
 const NOISE: &[&str] = &["Some(", "None", "YValue", "Value::", "Ident(", "Op('", "BudgetBreach", "{ nodes:"];
 
-/// Checks one mutant; Err says what is wrong with how it was handled.
+/// Limits small enough that mutants of the shipped specs reach them (node count, block depth, names).
+fn tiny_limits() -> Options {
+    let limits = Limits { max_spec_bytes: 1 << 20, max_nodes: 150, max_block_depth: 2, max_name_len: 14 };
+    Options { limits: Some(limits), ..Default::default() }
+}
+
+/// Checks one mutant, with the default limits and with tiny ones; Err says what is wrong with how it
+/// was handled.
 fn check_mutant(bytes: &[u8]) -> Result<(), TestCaseError> {
+    check_with(bytes, &Options::default())?;
+    check_with(bytes, &tiny_limits())
+}
+
+fn check_with(bytes: &[u8], opts: &Options) -> Result<(), TestCaseError> {
     let t = Instant::now();
-    let (ok, diags) = check(FILE, bytes, &Options::default());
+    let (ok, diags) = check(FILE, bytes, opts);
     let lines = bytes.split(|&c| c == b'\n').count() as u32;
     for d in &diags.0 {
         if !(d.is_error() || d.is_warning()) {
@@ -254,6 +268,7 @@ fn check_mutant(bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(&*loc.file, FILE, "{}", text);
         prop_assert!(loc.line >= 1 && loc.line <= lines + 1, "line {} of {}: {}", loc.line, lines, text);
         prop_assert!(!d.message.is_empty(), "an empty message at {}", loc);
+        prop_assert!(text.len() < 4000, "a message of {} bytes: {}...", text.len(), &text[..200]);
         for n in NOISE {
             prop_assert!(!text.contains(n), "debug output `{}` in: {}", n, text);
         }

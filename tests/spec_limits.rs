@@ -272,6 +272,12 @@ fn names_with_control_characters_are_refused() {
     assert_error(y, 3, 24, &["an input name `a\\u{1}` contains the control character"]);
     let y = "model: \"m\\x1b[31m\"\ninput: [8, 8, 3]\nlayers:\n  - {op: relu}\n";
     assert_error(y, 1, 8, &["`model` `m\\u{1b}[31m` contains the control character"]);
+    let y = "input: {shape: [8, 8, 3], name: \"in\\0\"}\nlayers:\n  - {op: relu}\n";
+    let d = diags(y);
+    assert!(
+        d.errors().next().unwrap().message.contains("the input's `name` `in\\0` contains the control character"),
+        "{d}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------

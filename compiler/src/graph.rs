@@ -485,10 +485,14 @@ fn infer_shapes(graph: &mut Graph, poisoned: &mut HashSet<NodeIndex>, cx: &mut C
                 out.node(node, None, &key, |_| {
                     let mut d = Diagnostic::error(node.loc.clone(), format!("node `{}`: {}", node.name, e.0));
                     if !shapes.is_empty() {
-                        let desc: Vec<String> = ins
+                        let mut desc: Vec<String> = ins
                             .iter()
+                            .take(10)
                             .map(|&i| format!("`{}` {}", graph.g[i].name, fmt_shape(&graph.g[i].shape)))
                             .collect();
+                        if ins.len() > 10 {
+                            desc.push(format!("and {} more", ins.len() - 10));
+                        }
                         d = d.note(format!("input(s): {}", desc.join(", ")));
                     }
                     d

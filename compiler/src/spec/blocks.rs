@@ -3,8 +3,9 @@
 //!
 //! A use is expanded in four steps, one method each: [`Expander::lookup_block`] finds the block and
 //! refuses recursion and nesting past the depth limit; [`Expander::arguments`] checks `with` against the
-//! block's parameters; [`Expander::iterations`] reads `for` or `repeat`; [`Expander::instantiate`] binds
-//! the parameters of each instance (defaults, arguments, the iterated value, `input` and `rep`) and
+//! block's parameters; [`Expander::iterations`] reads `for` or `repeat` (and
+//! [`Expander::all_parameters_given`] checks that the required ones have values); [`Expander::instantiate`]
+//! binds the parameters of each instance (defaults, arguments, the iterated value, `input` and `rep`) and
 //! expands the block's nodes with them.
 
 use super::{hint, to_value, BlockInstance, Expander, Limit, BLOCK_KEYS, OPS, REP, USE_KEYS};
@@ -189,27 +190,7 @@ impl<'a> Expander<'a> {
         else {
             return self.placeholder("block use", &e.loc);
         };
-        let missing: Vec<String> = block_params
-            .iter()
-            .filter(|(p, default)| {
-                default.is_none()
-                    && !args.values.contains_key(p)
-                    && iterations.param.as_ref() != Some(p)
-                    && p != "input"
-                    && p != REP
-            })
-            .map(|(p, _)| format!("`{p}`"))
-            .collect();
-        if !missing.is_empty() {
-            let bloc = self.blocks.get(&bname).map(|b| b.loc.to_string()).unwrap_or_default();
-            let use_loc = e.get("use").map_or(&e.loc, |u| &u.loc).clone();
-            self.err(
-                &use_loc,
-                format!(
-                    "block `{bname}` is missing parameter(s) {} (give them in `with:`; the block is defined at {bloc})",
-                    missing.join(", ")
-                ),
-            );
+        if !self.all_parameters_given(&e, &bname, &block_params, &args, &iterations) {
             return self.placeholder("block use", &e.loc);
         }
         let start = args.input.clone().or(prev);
@@ -323,6 +304,46 @@ impl<'a> Expander<'a> {
             }
         }
         Some(args)
+    }
+
+    /// Whether every required parameter has a value (from `with`, or `for`); reports those that do not.
+    fn all_parameters_given(
+        &mut self,
+        e: &YNode,
+        bname: &str,
+        block_params: &[(String, Option<Value>)],
+        args: &Arguments,
+        iterations: &Iterations,
+    ) -> bool {
+        let mut missing: Vec<String> = block_params
+            .iter()
+            .filter(|(p, default)| {
+                default.is_none()
+                    && !args.values.contains_key(p)
+                    && iterations.param.as_ref() != Some(p)
+                    && p != "input"
+                    && p != REP
+            })
+            .map(|(p, _)| format!("`{p}`"))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        if missing.len() > 20 {
+            let more = missing.len() - 20;
+            missing.truncate(20);
+            missing.push(format!("and {more} more"));
+        }
+        let bloc = self.blocks.get(bname).map(|b| b.loc.to_string()).unwrap_or_default();
+        let use_loc = e.get("use").map_or(&e.loc, |u| &u.loc).clone();
+        self.err(
+            &use_loc,
+            format!(
+                "block `{bname}` is missing parameter(s) {} (give them in `with:`; the block is defined at {bloc})",
+                missing.join(", ")
+            ),
+        );
+        false
     }
 
     /// A use's instances, from `for: {param: [values] | "a..c" | "2..5"}` or `repeat: N` (one instance

@@ -133,7 +133,7 @@ impl Expander<'_> {
                     }
                 }
                 let name = match n.get("name") {
-                    Some(x) => self.string(x, "the input's `name`")?,
+                    Some(x) => self.name(x, "the input's `name`")?,
                     None => "input".into(),
                 };
                 match n.get("shape") {

@@ -125,7 +125,10 @@ impl BlockInstance {
 
     /// How a picture labels it: `identity_block(stage=2, block=b)`, `unit() #2` for a repetition.
     pub fn label(&self) -> String {
-        let args: Vec<String> = self.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args: Vec<String> = self.args.iter().take(8).map(|(k, v)| format!("{k}={v}")).collect();
+        if self.args.len() > 8 {
+            args.push("...".into());
+        }
         let rep = if self.reps > 1 && !self.iterated { format!(" #{}", self.rep) } else { String::new() };
         format!("{}({}){rep}", self.block, args.join(", "))
     }
