@@ -6,6 +6,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ndarray::{ArrayD, Axis};
 use resnetc_compiler::backend::BackendOptions;
+use resnetc_compiler::codegen::x86::Isa;
 use resnetc_compiler::spec::ProjectionPolicy;
 use resnetc_compiler::{report, Error, Model, Options};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ enum Cmd {
         /// Threads the compiled model's kernels are split over (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// CPU tier of the kernels: avx512, avx2, f32x4 (cranelift's portable kernels) or auto (the widest
+        /// this CPU runs).
+        #[arg(long, default_value = "auto", value_parser = parse_isa)]
+        isa: Isa,
     },
     /// Time the JIT-compiled model: compile time, latency median/min, GFLOP/s and share of the f32x4 FMA peak.
     Bench {
@@ -82,6 +87,10 @@ enum Cmd {
         /// that interleave runs of two engines one by one, see compiler/benches/compare_ort_paired.py).
         #[arg(long, conflicts_with_all = ["profile", "json"])]
         paced: bool,
+        /// CPU tier of the kernels: avx512, avx2, f32x4 (cranelift's portable kernels) or auto (the widest
+        /// this CPU runs).
+        #[arg(long, default_value = "auto", value_parser = parse_isa)]
+        isa: Isa,
     },
     /// Print a table like Keras's model.summary(): layer, op, output shape, parameters, MACs.
     Summary {
@@ -127,6 +136,10 @@ enum Cmd {
         /// Threads each kernel is split over (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// CPU tier of the kernels: avx512, avx2, f32x4 (cranelift's portable kernels) or auto (the widest
+        /// this CPU runs).
+        #[arg(long, default_value = "auto", value_parser = parse_isa)]
+        isa: Isa,
     },
 }
 
@@ -267,7 +280,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Compile { spec, common, weights, json, dump_after, emit, threads } => {
+        Cmd::Compile { spec, common, weights, json, dump_after, emit, threads, isa } => {
             check_pass(dump_after.as_deref())?;
             let mut m = load(&spec, &common.options(weights))?;
             // The report needs the model's graph only: its weights move into the optimizer.
@@ -277,11 +290,16 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 print!("{d}");
                 return Ok(());
             }
-            let bo = BackendOptions { threads, keep_ir: emit.is_some(), ..Default::default() };
-            let c = resnetc_compiler::backend::compile(&o, &bo)?;
+            let bo = BackendOptions { threads, keep_ir: emit.is_some(), isa, ..Default::default() };
+            let planned = o.lower(&bo)?;
+            if dump_after.as_deref() == Some(resnetc_compiler::lower::STAGE) {
+                print!("{}", planned.lowered.dump());
+                return Ok(());
+            }
+            let c = resnetc_compiler::backend::compile(&planned.lowered, &planned.plan, &o.weights, &bo)?;
             if emit.is_some() {
                 for (i, k) in c.kernels.iter().enumerate() {
-                    println!("; kernel {i}: `{}` ({})", k.node, k.op);
+                    println!("; kernel {i}: `{}` ({} {})", k.name, k.op, k.algorithm);
                     println!("{}", k.clif.as_deref().unwrap_or(""));
                 }
                 return Ok(());
@@ -290,7 +308,8 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let fusions: serde_json::Map<String, serde_json::Value> =
                 o.report.rewrites.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
             let stages: Vec<(&str, f64)> =
-                m.stages_ms.iter().chain(&o.stages_ms).chain(&c.stages_ms).copied().collect();
+                m.stages_ms.iter().chain(&o.stages_ms).chain(&planned.stages_ms).chain(&c.stages_ms).copied().collect();
+            let plan = &c.plan;
             if json {
                 let v = serde_json::json!({
                     "model": g.model,
@@ -299,13 +318,19 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     "kernels": c.kernels.len(),
                     "functions": c.functions,
                     "packed_weight_bytes": c.consts_bytes,
-                    "work_bytes": c.plan.buffers.iter().filter(|b| b.kind == resnetc_compiler::plan::BufferKind::Work).map(|b| b.bytes).sum::<usize>(),
-                    "arena_with_work_bytes": c.plan.arena_bytes,
+                    "kernel_list": c.kernels.iter().map(|k| serde_json::json!({
+                        "name": k.name, "node": k.node, "op": k.op, "algorithm": k.algorithm.to_string(),
+                        "tiling": k.tiling, "tasks": k.ntasks, "macs": k.macs, "packed_weight_bytes": k.packed_bytes,
+                        "work_bytes_per_thread": k.work_floats * 4,
+                    })).collect::<Vec<_>>(),
+                    "work_bytes": plan.work_bytes,
+                    "threads": c.threads(),
+                    "arena_with_work_bytes": plan.arena_with_work_bytes(1),
                     "fusions": fusions,
                     "projections": m.projections.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-                    "arena_bytes": o.plan.arena_bytes,
-                    "arena_lower_bound_bytes": o.plan.lower_bound_bytes,
-                    "activation_bytes_total": o.plan.total_bytes,
+                    "arena_bytes": plan.arena_bytes,
+                    "arena_lower_bound_bytes": plan.lower_bound_bytes,
+                    "activation_bytes_total": plan.total_bytes,
                     "weight_bytes": o.weights.bytes(),
                     "params": g.params(),
                     "macs": g.macs(),
@@ -328,25 +353,26 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                     println!("    {k:<24} {v}");
                 }
                 let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
-                for &n in &o.plan.steps {
-                    *kinds.entry(o.graph.node(n).op.kind()).or_default() += 1;
+                for k in &c.kernels {
+                    *kinds.entry(k.op).or_default() += 1;
                 }
                 let kinds: Vec<String> = kinds.iter().map(|(k, v)| format!("{v} {k}")).collect();
                 println!(
                     "  kernels          {} ({}); {} distinct functions compiled",
-                    o.plan.steps.len(),
+                    c.kernels.len(),
                     kinds.join(", "),
                     c.functions
                 );
                 println!(
                     "  arena            {} bytes per image (lower bound {}, all activations {})",
-                    report::thousands(o.plan.arena_bytes as u64),
-                    report::thousands(o.plan.lower_bound_bytes as u64),
-                    report::thousands(o.plan.total_bytes as u64)
+                    report::thousands(plan.arena_bytes as u64),
+                    report::thousands(plan.lower_bound_bytes as u64),
+                    report::thousands(plan.total_bytes as u64)
                 );
                 println!(
-                    "  with work        {} bytes per image (kernels' per-thread scratch, {} thread(s))",
-                    report::thousands(c.plan.arena_bytes as u64),
+                    "  with work        {} bytes for one image ({} bytes of per-thread scratch x {} thread(s))",
+                    report::thousands(plan.arena_with_work_bytes(1) as u64),
+                    report::thousands(plan.work_bytes as u64),
                     c.threads()
                 );
                 println!(
@@ -359,7 +385,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile, paced } => {
+        Cmd::Bench { spec, common, weights, batch, threads, iters, json, profile, paced, isa } => {
             if batch == 0 || iters == 0 {
                 return Err(Fail("error: --batch and --iters must be at least 1".into()));
             }
@@ -367,7 +393,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let mut m = load(&spec, &common.options(weights))?;
             // Only the JIT runs: the model's weights move into the compiler.
             let w = std::mem::take(&mut m.weights);
-            let c = m.compile_weights(w, &BackendOptions { threads, ..Default::default() })?;
+            let c = m.compile_weights(w, &BackendOptions { threads, isa, ..Default::default() })?;
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
             let shape: Vec<usize> = std::iter::once(batch).chain(m.input_shape().iter().copied()).collect();
             let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&shape), |i| {
@@ -408,13 +434,18 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             if json {
                 let v = serde_json::json!({
-                    "model": m.graph.model, "batch": batch, "threads": c.threads(), "iters": iters,
+                    "model": m.graph.model, "batch": batch, "threads": c.threads(), "isa": c.isa().name(), "iters": iters,
                     "compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gflops": gflops,
                     "peak_gflops": peak, "peak_fraction": gflops / peak,
                 });
                 println!("{v}");
             } else {
-                println!("model {} batch {batch}, {} thread(s), {iters} iterations", m.graph.model, c.threads());
+                println!(
+                    "model {} batch {batch}, {} thread(s), {} kernels, {iters} iterations",
+                    m.graph.model,
+                    c.threads(),
+                    c.isa()
+                );
                 let st: Vec<String> = c.stages_ms.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
                 println!("  compile   {compile_ms:.1} ms ({} ms)", st.join(", "));
                 println!("  latency   median {median:.2} ms, min {min:.2} ms");
@@ -436,6 +467,9 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             check_pass(after.as_deref())?;
             let m = load(&spec, &common.options(None))?;
             let text = match after {
+                Some(p) if p == resnetc_compiler::lower::STAGE => {
+                    m.optimize(None)?.lower(&BackendOptions::default())?.lowered.dot()
+                }
                 Some(p) => {
                     let o = m.optimize(Some(&p))?;
                     dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
@@ -450,7 +484,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 }
             }
         }
-        Cmd::Run { spec, common, weights, input, output, backend, threads } => {
+        Cmd::Run { spec, common, weights, input, output, backend, threads, isa } => {
             let m = load(&spec, &common.options(weights))?;
             let x: ArrayD<f32> = ndarray_npy::read_npy(&input).map_err(|e| {
                 let e = e.to_string();
@@ -464,7 +498,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             let y = match backend {
                 Backend::Reference => m.run_reference(x.view())?,
                 Backend::Jit => {
-                    let c = m.compile(&BackendOptions { threads, ..Default::default() })?;
+                    let c = m.compile(&BackendOptions { threads, isa, ..Default::default() })?;
                     eprintln!("compiled {} kernels in {:.1} ms", c.kernels.len(), t0.elapsed().as_secs_f64() * 1e3);
                     c.run(x.view())?
                 }
@@ -484,17 +518,20 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
 fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usize, per_core: f64) -> Result<(), Fail> {
     let shape: Vec<usize> = std::iter::once(1).chain(m.input_shape().iter().copied()).collect();
     let x = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&shape), 0.5);
-    // Per step, then per kernel (a node may run as several steps).
+    // One program step per kernel; a node that runs as several kernels (an add chain, a split softmax) is
+    // one row, under its first kernel.
     let mut step_secs = vec![0f64; c.program.steps().len()];
     for _ in 0..iters {
         c.program.profile(x.view(), &mut step_secs).map_err(|e| Fail(format!("error: {e}")))?;
     }
     let mut secs = vec![0f64; c.kernels.len()];
-    for (t, &k) in step_secs.iter().zip(&c.step_kernel) {
-        secs[k] += t;
+    let mut first_of_node: std::collections::HashMap<&str, usize> = Default::default();
+    for (i, (k, t)) in c.kernels.iter().zip(&step_secs).enumerate() {
+        secs[*first_of_node.entry(k.node.as_str()).or_insert(i)] += t;
     }
     let total: f64 = secs.iter().sum();
-    let mut rows: Vec<(usize, f64)> = secs.iter().copied().enumerate().collect();
+    let mut rows: Vec<(usize, f64)> =
+        secs.iter().copied().enumerate().filter(|&(i, _)| first_of_node.values().any(|&f| f == i)).collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!("{:<36} {:<52} {:>9} {:>6} {:>8} {:>6}", "kernel", "op", "ms", "%", "GFLOP/s", "%peak");
     for (i, t) in rows {
@@ -505,7 +542,7 @@ fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usiz
         println!(
             "{:<36} {:<52} {:>9.3} {:>6.1} {:>8.1} {:>6.1}",
             k.node,
-            k.op,
+            format!("{} {}", k.op, if k.tiling.is_empty() { String::new() } else { k.algorithm.to_string() }),
             ms,
             100.0 * t / total,
             gf,
@@ -516,15 +553,20 @@ fn print_profile(m: &Model, c: &resnetc_compiler::backend::Compiled, iters: usiz
     Ok(())
 }
 
-/// Refuses a `--dump-after`/`--after` that names no pass, listing the passes.
+/// Refuses a `--dump-after`/`--after` that names no pass (or the `lower` stage), listing them.
 fn check_pass(p: Option<&str>) -> Result<(), Fail> {
     match p {
-        Some(p) if !resnetc_compiler::passes::is_pass(p) => {
-            let names: Vec<&str> = resnetc_compiler::passes::PASSES.iter().map(|x| x.name).collect();
+        Some(p) if !resnetc_compiler::passes::is_pass(p) && p != resnetc_compiler::lower::STAGE => {
+            let mut names: Vec<&str> = resnetc_compiler::passes::PASSES.iter().map(|x| x.name).collect();
+            names.push(resnetc_compiler::lower::STAGE);
             Err(Fail(format!("error: unknown pass `{p}`; the passes are: {}", names.join(", "))))
         }
         _ => Ok(()),
     }
+}
+
+fn parse_isa(s: &str) -> Result<Isa, String> {
+    s.parse::<Isa>().map_err(|e| e.to_string())
 }
 
 fn fmt(s: &[usize]) -> String {

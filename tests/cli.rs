@@ -267,14 +267,29 @@ fn run_with_an_input_of_the_wrong_shape() {
 
 #[test]
 fn compile_json() {
-    let o = resnetc(&["compile", "specs/notebook_resnet50.yaml", "--json"]);
+    let o = resnetc(&["compile", "specs/notebook_resnet50.yaml", "--json", "--threads", "2"]);
     assert_exit(&o, 0);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("valid JSON");
     assert_eq!(v["model"], "notebook_resnet50");
     assert_eq!(v["params"], 23_600_006);
     assert_eq!(v["input_shape"], serde_json::json!([64, 64, 3]));
     assert_eq!(v["output_shape"], serde_json::json!([6]));
-    assert_eq!(v["functions"], 24);
+    // 53 convs, 2 pools, the dense layer and (on two threads) its softmax; equal plans share a function.
+    assert_eq!(v["functions"], 25);
+    let kernels = v["kernel_list"].as_array().expect("a kernel list");
+    assert_eq!(kernels.len(), 57);
+    let algos = |a: &str| kernels.iter().filter(|k| k["algorithm"] == a).count();
+    assert_eq!(algos("winograd stem F(3x3,4x4)"), 1, "{kernels:?}");
+    assert_eq!(kernels[0]["name"], "conv1+bn_conv1");
+    assert!(kernels.iter().all(|k| k["packed_weight_bytes"].as_u64().is_some() && k["macs"].as_u64().is_some()));
+    let (macs, packed): (u64, u64) = kernels
+        .iter()
+        .fold((0, 0), |(m, p), k| (m + k["macs"].as_u64().unwrap(), p + k["packed_weight_bytes"].as_u64().unwrap()));
+    assert_eq!((macs, packed), (v["macs"].as_u64().unwrap(), v["packed_weight_bytes"].as_u64().unwrap()));
+    assert_eq!(
+        v["arena_with_work_bytes"].as_u64().unwrap(),
+        v["arena_bytes"].as_u64().unwrap() + 2 * v["work_bytes"].as_u64().unwrap()
+    );
     // Winograd kernels keep their weights transformed (16/9 or 36/9 of the 3x3 kernels' size): the packed
     // weights are larger than the model's, by a share set by its 3x3 layers (here ~21 %).
     let (w, packed) = (v["weight_bytes"].as_f64().unwrap(), v["packed_weight_bytes"].as_f64().unwrap());

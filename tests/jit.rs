@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{input, randomize, root, worst};
+use common::{input, randomize, root, tiers, worst};
 use ndarray::ArrayD;
 use resnetc_compiler::backend::BackendOptions;
+use resnetc_compiler::lower::Algorithm;
 use resnetc_compiler::{Model, Options};
 
 fn opts() -> BackendOptions {
@@ -14,31 +15,34 @@ fn opts() -> BackendOptions {
 
 #[test]
 fn jit_matches_reference_on_every_shipped_spec() {
-    // Kernels of one layer shape share one compiled function, whichever worker compiles them. Bottleneck
+    // Kernels of one plan share one compiled function, whichever worker compiles them. Bottleneck
     // models: stem, max pool, per stage 5 distinct convs (first block's 1x1 reduce, shortcut, 3x3, 1x1
-    // expand + add; identity blocks' 1x1 reduce), pool, dense = 24 however deep. Basic-block models: stem,
-    // max pool, stage 2's two 3x3 convs, per later stage 4 (strided 3x3, shortcut, 3x3 + add, identity
-    // blocks' first 3x3), pool, dense = 18.
+    // expand + add; identity blocks' 1x1 reduce), pool, dense, and on two threads its softmax = 25 however
+    // deep. Basic-block models: stem, max pool, stage 2's two 3x3 convs, per later stage 4 (strided 3x3,
+    // shortcut, 3x3 + add, identity blocks' first 3x3), pool, dense, softmax = 19.
     for (name, hw, functions) in [
-        ("notebook_resnet50", 64, 24),
-        ("resnet18", 40, 18),
-        ("resnet34", 32, 18),
-        ("resnet50", 32, 24),
-        ("resnet101", 32, 24),
-        ("resnet152", 32, 24),
+        ("notebook_resnet50", 64, 25),
+        ("resnet18", 40, 19),
+        ("resnet34", 32, 19),
+        ("resnet50", 32, 25),
+        ("resnet101", 32, 25),
+        ("resnet152", 32, 25),
     ] {
         let o = Options { input_shape: Some(vec![hw, hw, 3]), ..Default::default() };
         let mut m = Model::from_file(root(&format!("specs/{name}.yaml")), &o).unwrap();
         randomize(&mut m.weights, 11);
         let x = input(&[hw, hw, 3], 2, 3);
         let want = m.run_reference(x.view()).unwrap();
-        let c = m.compile(&opts()).unwrap();
-        assert_eq!(c.functions, functions, "{name}: distinct functions compiled for {} kernels", c.kernels.len());
-        let stems = c.kernels.iter().filter(|k| k.op.ends_with("[winograd stem]")).count();
-        assert_eq!(stems, 1, "{name}: the 7x7 stride-2 stem runs as the polyphase Winograd kernel");
-        let got = c.run(x.view()).unwrap();
-        let (d, s) = worst(&got, &want);
-        assert!(d <= 1e-4 * s + 1e-6, "{name}: JIT differs from the reference by {d} (scale {s})");
+        for isa in tiers() {
+            let c = m.compile(&BackendOptions { isa, ..opts() }).unwrap();
+            let n = c.kernels.len();
+            assert_eq!(c.functions, functions, "{name} on {isa}: distinct functions compiled for {n} kernels");
+            let stems = c.kernels.iter().filter(|k| k.algorithm == Algorithm::Stem).count();
+            assert_eq!(stems, 1, "{name}: the 7x7 stride-2 stem runs as the polyphase Winograd kernel");
+            let got = c.run(x.view()).unwrap();
+            let (d, s) = worst(&got, &want);
+            assert!(d <= 1e-4 * s + 1e-6, "{name} on {isa}: JIT differs from the reference by {d} (scale {s})");
+        }
     }
 }
 
@@ -53,7 +57,8 @@ fn winograd_can_be_turned_off() {
     let want = m.run_reference(x.view()).unwrap();
     for winograd in [false, true] {
         let c = m.compile(&BackendOptions { winograd, ..opts() }).unwrap();
-        let tagged = c.kernels.iter().filter(|k| k.op.contains("[winograd")).count();
+        let tagged =
+            c.kernels.iter().filter(|k| matches!(k.algorithm, Algorithm::Winograd(_) | Algorithm::Stem)).count();
         assert_eq!(tagged > 0, winograd, "{tagged} Winograd kernels with winograd = {winograd}");
         let (d, s) = worst(&c.run(x.view()).unwrap(), &want);
         assert!(d <= 1e-4 * s + 1e-6, "winograd = {winograd}: JIT differs from the reference by {d} (scale {s})");
@@ -68,9 +73,11 @@ fn jit_matches_keras_on_fixtures() {
         let m = Model::from_file(root(&format!("tests/fixtures/{name}.yaml")), &o).unwrap();
         let x: ArrayD<f32> = ndarray_npy::read_npy(root(&format!("tests/fixtures/{name}_x.npy"))).unwrap();
         let y: ArrayD<f32> = ndarray_npy::read_npy(root(&format!("tests/fixtures/{name}_y.npy"))).unwrap();
-        let c = m.compile(&opts()).unwrap();
-        let (d, s) = worst(&c.run(x.view()).unwrap(), &y);
-        assert!(d <= 1e-5 * s + 1e-6, "{name}: JIT differs from Keras by {d} (scale {s})");
+        for isa in tiers() {
+            let c = m.compile(&BackendOptions { isa, ..opts() }).unwrap();
+            let (d, s) = worst(&c.run(x.view()).unwrap(), &y);
+            assert!(d <= 1e-5 * s + 1e-6, "{name} on {isa}: JIT differs from Keras by {d} (scale {s})");
+        }
     }
 }
 
@@ -96,4 +103,23 @@ fn compiled_model_is_shared_across_threads() {
             assert_eq!(h.join().unwrap(), want);
         }
     });
+}
+
+/// Asking for a tier the CPU lacks is an error that names the tier and what is missing; every tier it has
+/// compiles and reports itself.
+#[test]
+fn isa_tiers_are_checked_and_reported() {
+    use resnetc_compiler::codegen::x86::Isa;
+    let m = Model::from_file(root("tests/fixtures/tiny_resnet.yaml"), &Options::default()).unwrap();
+    for isa in Isa::ALL {
+        match m.compile(&BackendOptions { isa, ..opts() }) {
+            Ok(c) => assert_eq!(c.isa(), isa),
+            Err(e) => {
+                assert!(isa.check_supported().is_err(), "{isa}: {e}");
+                let e = e.to_string();
+                assert!(e.contains(isa.name()) && e.contains("needs"), "{e}");
+            }
+        }
+    }
+    assert!(m.compile(&BackendOptions { isa: Isa::F32x4, ..opts() }).is_ok());
 }

@@ -5,7 +5,8 @@
 //! (`NAME_x.npy`) and Keras's `predict` output for it (`NAME_y.npy`); `params.json` holds Keras's
 //! `count_params()` per fixture. The graph as written and the optimized graph both run on the reference
 //! interpreter. The full-size reference models (`~/.cache/resnetc-peers/models`, or the directory
-//! `RESNETC_PEERS` names) are checked too when they are there, and skipped otherwise.
+//! `RESNETC_PEERS` names; made outside the repository by the developers' peers set-up) are checked by the
+//! `#[ignore]`d `peers_*` tests: `cargo test --release --test keras_fixtures -- --include-ignored`.
 
 use ndarray::ArrayD;
 use resnetc_compiler::{Model, Options};
@@ -122,16 +123,13 @@ fn peers() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// Checks `spec` against the peers' `NAME.safetensors`, `NAME_x.npy`, `NAME_y.npy`, or says why it skipped.
+/// Checks `spec` against the peers' `NAME.safetensors`, `NAME_x.npy`, `NAME_y.npy`; fails when they are not
+/// there (these tests are `#[ignore]`d: run them where the peers are).
 fn check_peer(spec: &str, name: &str) {
-    let Some(dir) = peers() else {
-        eprintln!("skipped: no reference models (~/.cache/resnetc-peers/models, or set RESNETC_PEERS)");
-        return;
-    };
+    let dir = peers().expect("no reference models in ~/.cache/resnetc-peers/models (or set RESNETC_PEERS)");
     let files = [format!("{name}.safetensors"), format!("{name}_x.npy"), format!("{name}_y.npy")].map(|f| dir.join(f));
     if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        eprintln!("skipped: {} is missing", missing.display());
-        return;
+        panic!("{} is missing", missing.display());
     }
     let model = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("specs").join(spec), &files[0]);
     let (x, want) = (read_npy(&files[1]), read_npy(&files[2]));
@@ -139,16 +137,24 @@ fn check_peer(spec: &str, name: &str) {
     assert_close(&format!("{spec} on {}", files[0].display()), &got, &want);
     let opt = model.optimize(None).unwrap_or_else(|e| panic!("{spec}: the optimizer failed: {e}"));
     assert_close(&format!("{spec} (optimized)"), &opt.run_reference(x.view()), &want);
+    for isa in resnetc_compiler::codegen::x86::Isa::available() {
+        for threads in [1, 2] {
+            let o = resnetc_compiler::backend::BackendOptions { threads, isa, ..Default::default() };
+            let c = model.compile(&o).unwrap_or_else(|e| panic!("{spec}: does not compile: {e}"));
+            let got = c.run(x.view()).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_close(&format!("{spec} (JIT, {isa}, {threads} thread(s))"), &got, &want);
+        }
+    }
 }
 
-/// The notebook ResNet50 (64x64x3) against Keras, when the peers' models are there (CI has none).
+/// The notebook ResNet50 (64x64x3) against Keras (needs the peers' models; CI has none).
 #[test]
+#[ignore]
 fn peers_notebook_resnet50() {
     check_peer("notebook_resnet50.yaml", "seed");
 }
 
-/// keras.applications.ResNet50 (224x224x3) against Keras: ~20 s in the reference interpreter, so not in CI.
-/// Run with `cargo test --release --test keras_fixtures -- --ignored`.
+/// keras.applications.ResNet50 (224x224x3) against Keras: ~20 s in the reference interpreter.
 #[test]
 #[ignore]
 fn peers_imagenet_resnet50() {

@@ -10,7 +10,8 @@
 //! the polyphase Winograd kernel unless `CONV_STEM_WINOGRAD=0` (`CONV_AB="CONV_STEM_WINOGRAD=0"`: 1.78x).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
+use resnetc_compiler::codegen::{JitCode, Kernel, LayerWeights, Session, SessionOptions};
+use resnetc_compiler::lower::{select_conv, KernelOp, Rules};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs, ThreadPool};
 use std::time::{Duration, Instant};
@@ -107,7 +108,6 @@ impl Bench {
 
     /// `overrides`: `(CONV_* variable, value)` pairs that take precedence over the environment (`CONV_AB`).
     fn with_overrides(s: &Shape, threads: usize, overrides: &[(String, usize)]) -> Bench {
-        let mut opts = SessionOptions::default();
         // Tuning knobs: CONV_UNROLL=n, CONV_MR=rows, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels.
         let env = |k: &str| {
             overrides
@@ -116,7 +116,10 @@ impl Bench {
                 .map(|&(_, v)| v)
                 .or_else(|| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()))
         };
-        let t = &mut opts.conv_tiling;
+        // The lowering's rules for this thread count (3x3 stride-1 layers stay direct: `benches/winograd.rs`
+        // compares them with Winograd), with the tuning knobs applied.
+        let mut r = Rules { winograd_min_map: usize::MAX, ..Rules::for_threads(threads) };
+        let t = &mut r.gemm;
         t.unroll = env("CONV_UNROLL").unwrap_or(t.unroll);
         t.mr_max = env("CONV_MR").unwrap_or(t.mr_max);
         t.fma_b_first = env("CONV_FMA_B_FIRST").map_or(t.fma_b_first, |v| v != 0);
@@ -124,14 +127,15 @@ impl Bench {
         t.mc_tiles = env("CONV_MC").unwrap_or(t.mc_tiles);
         t.nc_panels = env("CONV_NC").unwrap_or(t.nc_panels);
         t.min_tasks = env("CONV_MIN_TASKS").unwrap_or(t.min_tasks);
-        t.strassen_max_m = env("CONV_STRASSEN_MAX_M").unwrap_or(t.strassen_max_m);
-        t.strassen_min_m = env("CONV_STRASSEN_MIN_M").unwrap_or(t.strassen_min_m);
-        t.strassen_min_k = env("CONV_STRASSEN_MIN_K").unwrap_or(t.strassen_min_k);
-        t.strassen_min_n = env("CONV_STRASSEN_MIN_N").unwrap_or(t.strassen_min_n);
-        t.strassen_task_rows = env("CONV_STRASSEN_TASK_ROWS").unwrap_or(t.strassen_task_rows);
-        t.stem_winograd = env("CONV_STEM_WINOGRAD").map_or(t.stem_winograd, |v| v != 0);
-        t.strassen_min_tasks = env("CONV_STRASSEN_MIN_TASKS").unwrap_or(threads);
-        let mut sess = Session::with_options(opts).unwrap();
+        r.strassen_max_m = env("CONV_STRASSEN_MAX_M").unwrap_or(r.strassen_max_m);
+        r.strassen_min_m = env("CONV_STRASSEN_MIN_M").unwrap_or(r.strassen_min_m);
+        r.strassen_min_k = env("CONV_STRASSEN_MIN_K").unwrap_or(r.strassen_min_k);
+        r.strassen_min_n = env("CONV_STRASSEN_MIN_N").unwrap_or(r.strassen_min_n);
+        r.strassen.task_rows = env("CONV_STRASSEN_TASK_ROWS").unwrap_or(r.strassen.task_rows);
+        r.strassen.min_tasks = env("CONV_STRASSEN_MIN_TASKS").unwrap_or(threads);
+        // The stem runs as the polyphase Winograd kernel unless CONV_STEM_WINOGRAD=0.
+        r.winograd = env("CONV_STEM_WINOGRAD").is_none_or(|v| v != 0);
+        let mut sess = Session::with_options(SessionOptions::default()).unwrap();
         let mut conv = Conv::new(s.cout, [s.k, s.k], [s.stride, s.stride], Padding::Same, true);
         conv.relu = true;
         // CONV_RES=1: with a fused residual add (and relu after it), as ResNet's block ends.
@@ -142,7 +146,9 @@ impl Bench {
         }
         let wt: Vec<f32> = (0..s.k * s.k * s.cin * s.cout).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
         let bias = vec![0.1f32; s.cout];
-        let kernel = sess.conv(s.name, &conv, [s.hw, width(s), s.cin], &wt, Some(&bias)).unwrap();
+        let algo = select_conv(&conv, [s.hw, width(s), s.cin], &r).unwrap();
+        let kernel =
+            sess.compile(s.name, KernelOp::Conv(algo).family(), &LayerWeights::kernel(&wt, Some(&bias))).unwrap();
         let code = sess.finish().unwrap();
         let [oh, ow, n] = [kernel.out_shape[0], kernel.out_shape[1], kernel.out_shape[2]];
         let flops = 2.0 * (oh * ow * n) as f64 * (s.k * s.k * s.cin) as f64;

@@ -1,13 +1,15 @@
 //! Winograd vs direct (GEMM) convolution on the 3x3 stride-1 `same` shapes of ResNet-50 (224x224 input) and of
 //! the notebook model (64x64 input), single-threaded.
 //!
-//! Prints, per shape, effective GFLOP/s (direct-convolution flops 2*H*W*Cout*9*Cin / time) of `Session::conv`,
-//! of `Session::conv_winograd` with F(2x2,3x3) and with F(4x4,3x3), and the speedups. Each figure is the best of
+//! Prints, per shape, effective GFLOP/s (direct-convolution flops 2*H*W*Cout*9*Cin / time) of the GEMM kernel
+//! (`codegen::conv`), of the Winograd kernel (`codegen::winograd`) with F(2x2,3x3) and with F(4x4,3x3), and
+//! the speedups. Each figure is the best of
 //! `WINO_BENCH_REPS` (default 5) runs of ~60 ms (the machine is shared: minimum times). `WINO_BENCH_FILTER=substr`
 //! picks shapes, `WINO_MIN_TASKS=n` sets `WinogradTiling::min_tasks`. No criterion groups: the table is the result.
 
-use resnetc_compiler::codegen::winograd::{WinogradTile, WinogradTiling};
-use resnetc_compiler::codegen::{JitCode, Kernel, Session, SessionOptions};
+use resnetc_compiler::codegen::conv::{ConvPlan, GemmTiling};
+use resnetc_compiler::codegen::winograd::{WinogradPlan, WinogradTile, WinogradTiling};
+use resnetc_compiler::codegen::{JitCode, Kernel, LayerWeights, Session, SessionOptions};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs};
 use std::time::{Duration, Instant};
@@ -48,8 +50,12 @@ impl Bench {
         conv.relu_after_add = true;
         let wt: Vec<f32> = (0..9 * cin * cout).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
         let bias = vec![0.1f32; cout];
+        let w = LayerWeights::kernel(&wt, Some(&bias));
         let kernel = match which {
-            Which::Direct => sess.conv("direct", &conv, [hw, hw, cin], &wt, Some(&bias)).unwrap(),
+            Which::Direct => {
+                let plan = ConvPlan::new(&conv, [hw, hw, cin], &GemmTiling::default()).unwrap();
+                sess.compile("direct", &plan, &w).unwrap()
+            }
             Which::Wino(t) => {
                 let min_tasks = std::env::var("WINO_MIN_TASKS")
                     .ok()
@@ -67,7 +73,8 @@ impl Bench {
                     cout_panels: env("WINO_COUT_PANELS").unwrap_or(d.cout_panels),
                     ..d
                 };
-                sess.conv_winograd_with("wino", &conv, [hw, hw, cin], &wt, Some(&bias), &tiling).unwrap()
+                let plan = WinogradPlan::new(&conv, [hw, hw, cin], &tiling).unwrap();
+                sess.compile("wino", &plan, &w).unwrap()
             }
         };
         let code = sess.finish().unwrap();

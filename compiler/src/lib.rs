@@ -9,17 +9,22 @@
 //! 5. [`interp`] — the reference interpreter (with [`reference`], one plain ndarray function per op);
 //! 6. [`passes`] — the optimizer: padding and BatchNorm folding, conv/add/relu fusion, verified after
 //!    every pass;
-//! 7. [`plan`] — kernel order, activation lifetimes and arena offsets;
-//! 8. [`codegen`] and [`backend`] — one cranelift kernel per node, assembled into a runtime program.
+//! 7. [`lower`] — kernel selection: the kernel-level program, every node with the algorithm and tiling
+//!    that will run (add chains, split softmax), verified;
+//! 8. [`plan`] — the one memory plan: value lifetimes, arena offsets, per-thread work buffers;
+//! 9. [`backend`] with [`codegen`] — one cranelift kernel per lowered node (shared code for equal plans),
+//!    assembled into a runtime program.
 //!
-//! [`Model`] runs these stages for library users; every error a user can cause comes back as an
-//! [`Error`] whose Display is `FILE:LINE:COL: error: ...` lines.
+//! [`Model`] runs these stages for library users ([`Model::compile`]: `optimize` → `lower` → `plan` →
+//! `backend::compile`); every error a user can cause comes back as an [`Error`] whose Display is
+//! `FILE:LINE:COL: error: ...` lines.
 
 pub mod backend;
 pub mod codegen;
 pub mod diag;
 pub mod graph;
 pub mod interp;
+pub mod lower;
 pub mod ops;
 pub mod passes;
 pub mod plan;
@@ -51,9 +56,33 @@ pub enum Error {
     /// A bad option value (e.g. an input shape override that is not H,W,C).
     #[error("{0}")]
     Option(String),
-    /// A compiler bug caught by a consistency check.
-    #[error(transparent)]
-    Internal(#[from] passes::PassError),
+    /// Ops left after optimization that the back end has no kernel for: `(node, op)` each.
+    #[error("error: the JIT back end has no kernel for {} node(s) left after optimization: {}; use --backend reference", .0.len(), .0.iter().map(|(n, op)| format!("`{n}` ({op})")).collect::<Vec<_>>().join(", "))]
+    Unsupported(Vec<(String, String)>),
+    /// A compiler bug caught by a consistency check, with the stage that found it.
+    #[error("internal error in stage `{stage}` (a compiler bug): {reason}")]
+    Internal { stage: &'static str, reason: String },
+}
+
+impl Error {
+    pub(crate) fn internal(stage: &'static str, reason: impl Into<String>) -> Error {
+        Error::Internal { stage, reason: reason.into() }
+    }
+}
+
+impl From<passes::PassError> for Error {
+    fn from(e: passes::PassError) -> Error {
+        Error::Internal { stage: e.pass, reason: e.to_string() }
+    }
+}
+
+impl From<lower::LowerError> for Error {
+    fn from(e: lower::LowerError) -> Error {
+        match e {
+            lower::LowerError::Unsupported(nodes) => Error::Unsupported(nodes),
+            lower::LowerError::Internal(reason) => Error::Internal { stage: "lower", reason },
+        }
+    }
 }
 
 /// How to load a model.
@@ -96,13 +125,20 @@ pub struct Model {
     pub stages_ms: Vec<(&'static str, f64)>,
 }
 
-/// The optimized, planned model: what the back end turns into kernels.
+/// The optimized model: what the lowering stage turns into kernels.
 #[derive(Clone, Debug)]
 pub struct Optimized {
     pub graph: Graph,
     /// The optimizer's own weights (folded tensors included); the model's weights are untouched.
     pub weights: Weights,
     pub report: passes::OptReport,
+    pub stages_ms: Vec<(&'static str, f64)>,
+}
+
+/// The lowered and planned model: what the back end emits.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub lowered: lower::Lowered,
     pub plan: plan::Plan,
     pub stages_ms: Vec<(&'static str, f64)>,
 }
@@ -111,6 +147,20 @@ impl Optimized {
     /// Runs the optimized graph on the reference interpreter.
     pub fn run_reference(&self, x: ArrayViewD<f32>) -> ArrayD<f32> {
         interp::run(&self.graph, &self.weights, x)
+    }
+
+    /// The `lower` and `plan` stages for the back end's options: each kernel's algorithm and tiling, then
+    /// the memory plan, both verified.
+    pub fn lower(&self, o: &backend::BackendOptions) -> Result<Planned, Error> {
+        let t0 = std::time::Instant::now();
+        o.isa.check_supported().map_err(|e| Error::Option(format!("error: --isa {}: {e}", o.isa)))?;
+        let rules = lower::Rules { winograd: o.winograd, ..lower::Rules::for_target(o.isa, o.resolved_threads()) };
+        let lowered = lower::lower(&self.graph, &rules)?;
+        let t1 = std::time::Instant::now();
+        let plan = plan::plan(&lowered);
+        plan.verify().map_err(|reason| Error::internal("plan", reason))?;
+        let stages_ms = vec![("lower", (t1 - t0).as_secs_f64() * 1e3), ("plan", t1.elapsed().as_secs_f64() * 1e3)];
+        Ok(Planned { lowered, plan, stages_ms })
     }
 }
 
@@ -194,15 +244,17 @@ impl Model {
     /// [`Model::optimize_weights`]).
     pub fn compile_weights(&self, weights: Weights, o: &backend::BackendOptions) -> Result<backend::Compiled, Error> {
         let opt = self.optimize_weights(weights, None)?;
-        let mut c = backend::compile(&opt, o)?;
+        let planned = opt.lower(o)?;
+        let mut c = backend::compile(&planned.lowered, &planned.plan, &opt.weights, o)?;
         let mut stages = self.stages_ms.clone();
         stages.extend(opt.stages_ms.iter().copied());
+        stages.extend(planned.stages_ms.iter().copied());
         stages.extend(c.stages_ms.iter().copied());
         c.stages_ms = stages;
         Ok(c)
     }
 
-    /// Runs the optimizer and the memory planner. `dump_after` captures the graph after that pass.
+    /// Runs the optimizer. `dump_after` captures the graph after that pass.
     pub fn optimize(&self, dump_after: Option<&str>) -> Result<Optimized, Error> {
         self.optimize_weights(self.weights.clone(), dump_after)
     }
@@ -213,11 +265,8 @@ impl Model {
     pub fn optimize_weights(&self, weights: Weights, dump_after: Option<&str>) -> Result<Optimized, Error> {
         let t0 = std::time::Instant::now();
         let (graph, weights, report) = passes::optimize(&self.graph, weights, dump_after)?;
-        let t1 = std::time::Instant::now();
-        let plan = plan::plan(&graph, &|_| 0);
-        plan.verify().map_err(|reason| passes::PassError { pass: "memory plan", reason })?;
-        let stages_ms = vec![("optimize", (t1 - t0).as_secs_f64() * 1e3), ("plan", t1.elapsed().as_secs_f64() * 1e3)];
-        Ok(Optimized { graph, weights, report, plan, stages_ms })
+        let stages_ms = vec![("optimize", t0.elapsed().as_secs_f64() * 1e3)];
+        Ok(Optimized { graph, weights, report, stages_ms })
     }
 
     /// The per-item input shape `[H, W, C]`.

@@ -1,16 +1,20 @@
-//! The memory plan: kernels in order, each activation's lifetime, and arena offsets with reuse.
+//! The memory plan, made once on the lowered program: where every value lives, and how large the arena
+//! and the per-thread work buffers are.
 //!
-//! Input is the optimized graph (one kernel per conv/pool/dense node; `flatten` is a free reshape that
-//! aliases its input's buffer; the model input stays in the caller's memory) and each kernel's work-buffer
-//! size. Output is a [`Plan`]: the kernel order, and for every buffer its byte size, the steps it is live
-//! and its offset in one arena (64-byte aligned). Offsets are assigned greedily, largest buffer first, at
-//! the lowest address free for its whole lifetime; the plan reports the arena size beside the lower bound
-//! (the largest total of simultaneously live buffers) and the sum of all buffers. Sizes are per batch item.
+//! What enters: a [`Lowered`] program (kernels in execution order over numbered values, each kernel's
+//! per-thread work buffer from its plan). What leaves: a [`Plan`]: for every value its location — the
+//! caller's input, the caller's output, or an offset in the activation arena — and the sizes the runtime
+//! allocates, which are exactly [`Plan::arena_with_work_bytes`]: the activations of each batch item
+//! (`arena_bytes`) times the items run together, plus one work buffer of `work_bytes` per thread (kernels
+//! run one at a time, so one buffer of the largest kernel's size serves all of them).
+//!
+//! Each arena value is live from the kernel that writes it to the last kernel that reads it. Offsets are
+//! assigned greedily, largest value first, at the lowest 64-byte-aligned address free for its whole
+//! lifetime (best fit); the plan reports the arena beside its lower bound (the largest total of values
+//! live at once) and the sum of all values. A kernel never shares memory with a value it reads, since both
+//! are live at that kernel.
 
-use crate::graph::Graph;
-use crate::ops::Op;
-use petgraph::stable_graph::NodeIndex;
-use std::collections::HashMap;
+use crate::lower::{Lowered, ValueId};
 
 pub const ALIGN: usize = 64;
 
@@ -18,21 +22,22 @@ fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
+/// Where a value lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BufferKind {
-    /// A node's output.
-    Activation,
-    /// Scratch a kernel needs while it runs (e.g. packed input tiles).
-    Work,
+pub enum Place {
+    /// The model input, in the caller's memory.
+    Input,
+    /// The model output, in the caller's memory.
+    Output,
+    /// The activation arena, at this byte offset per batch item.
+    Arena(usize),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// An arena value and its lifetime (kernel indices, inclusive).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Buffer {
-    /// The node that writes it (or whose kernel uses it, for work buffers).
-    pub node: NodeIndex,
-    pub kind: BufferKind,
+    pub value: ValueId,
     pub bytes: usize,
-    /// First and last step (inclusive) it is live.
     pub first: usize,
     pub last: usize,
     pub offset: usize,
@@ -40,103 +45,42 @@ pub struct Buffer {
 
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
-    /// Nodes run as kernels, in order.
-    pub steps: Vec<NodeIndex>,
+    /// The place of every value, by value id.
+    pub places: Vec<Place>,
+    /// The arena values.
     pub buffers: Vec<Buffer>,
-    /// Buffer index of each node's output (aliases resolved; the model input has none).
-    pub value: HashMap<NodeIndex, usize>,
-    /// Buffer index of each step's work buffer, if it needs one.
-    pub work: HashMap<NodeIndex, usize>,
+    /// Activation bytes per batch item: the arena's size.
     pub arena_bytes: usize,
     pub lower_bound_bytes: usize,
     pub total_bytes: usize,
+    /// Bytes of one thread's work buffer (the largest kernel's, 64-byte aligned).
+    pub work_bytes: usize,
+    pub threads: usize,
 }
 
-/// Nodes that need no kernel: their output is their input's buffer.
-pub fn is_alias(op: &Op) -> bool {
-    matches!(op, Op::Flatten)
-}
-
-/// Plans the graph. `work_bytes(node)` is the scratch a node's kernel needs (0 for none).
-pub fn plan(g: &Graph, work_bytes: &dyn Fn(NodeIndex) -> usize) -> Plan {
-    let mut p = Plan::default();
-    let order = g.topo();
-    let mut step_of: HashMap<NodeIndex, usize> = HashMap::new();
-    // Where each node's value lives: itself, or (for aliases) its input's owner. None = the model input.
-    let mut owner: HashMap<NodeIndex, Option<NodeIndex>> = HashMap::new();
-    for &n in &order {
-        let op = &g.node(n).op;
-        if matches!(op, Op::Input { .. }) {
-            owner.insert(n, None);
-        } else if is_alias(op) {
-            let src = g.inputs(n)[0];
-            owner.insert(n, owner[&src]);
-        } else {
-            owner.insert(n, Some(n));
-            step_of.insert(n, p.steps.len());
-            p.steps.push(n);
+/// Plans the memory of `l` for its rules' thread count.
+pub fn plan(l: &Lowered) -> Plan {
+    let mut p = Plan { places: vec![Place::Arena(0); l.values.len()], threads: l.rules.threads, ..Plan::default() };
+    p.places[l.input] = Place::Input;
+    p.places[l.output] = Place::Output;
+    let mut buffer_of = vec![None; l.values.len()];
+    for (i, k) in l.kernels.iter().enumerate() {
+        if p.places[k.output] != Place::Output {
+            buffer_of[k.output] = Some(p.buffers.len());
+            let bytes = l.values[k.output].len() * 4;
+            p.buffers.push(Buffer { value: k.output, bytes, first: i, last: i, offset: 0 });
         }
-    }
-    let last_step = p.steps.len().saturating_sub(1);
-    for &n in &p.steps {
-        let bytes = g.node(n).shape.iter().product::<usize>() * 4;
-        p.value.insert(n, p.buffers.len());
-        p.buffers.push(Buffer {
-            node: n,
-            kind: BufferKind::Activation,
-            bytes,
-            first: step_of[&n],
-            last: step_of[&n],
-            offset: 0,
-        });
-    }
-    // Extend lifetimes to the last reader (through aliases); the output lives to the end.
-    for &n in &order {
-        for i in g.inputs(n) {
-            if let Some(Some(o)) = owner.get(&i) {
-                let reader = match step_of.get(&n) {
-                    Some(&s) => s,
-                    // An alias reads nothing itself; its readers extend the owner below.
-                    None => continue,
-                };
-                let b = p.value[o];
-                p.buffers[b].last = p.buffers[b].last.max(reader);
+        for &v in &k.inputs {
+            if let Some(b) = buffer_of[v] {
+                p.buffers[b].last = p.buffers[b].last.max(i);
             }
         }
-    }
-    // Readers of aliases.
-    for &n in &order {
-        if let (Some(&s), ins) = (step_of.get(&n), g.inputs(n)) {
-            for i in ins {
-                if is_alias(&g.node(i).op) {
-                    if let Some(Some(o)) = owner.get(&i) {
-                        let b = p.value[o];
-                        p.buffers[b].last = p.buffers[b].last.max(s);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(Some(o)) = owner.get(&g.output) {
-        let b = p.value[o];
-        p.buffers[b].last = last_step;
-        p.value.insert(g.output, b);
-    }
-    for &n in &order {
-        if let Some(Some(o)) = owner.get(&n) {
-            let b = p.value[o];
-            p.value.insert(n, b);
-        }
-    }
-    for &n in &p.steps {
-        let w = work_bytes(n);
-        if w > 0 {
-            p.work.insert(n, p.buffers.len());
-            let s = step_of[&n];
-            p.buffers.push(Buffer { node: n, kind: BufferKind::Work, bytes: w, first: s, last: s, offset: 0 });
-        }
+        p.work_bytes = p.work_bytes.max(align(k.work_bytes()));
     }
     assign_offsets(&mut p);
+    for b in &p.buffers {
+        p.places[b.value] = Place::Arena(b.offset);
+    }
     p
 }
 
@@ -181,18 +125,26 @@ fn assign_offsets(p: &mut Plan) {
 }
 
 impl Plan {
-    /// Checks that no two buffers alive at the same step overlap in the arena.
+    /// Bytes the runtime allocates to run `items` batch items together on the plan's threads.
+    pub fn arena_with_work_bytes(&self, items: usize) -> usize {
+        self.arena_bytes * items + self.work_bytes * self.threads
+    }
+
+    /// Checks that no two buffers alive at the same kernel overlap, and alignment.
     pub fn verify(&self) -> Result<(), String> {
         for (i, a) in self.buffers.iter().enumerate() {
             for b in &self.buffers[i + 1..] {
                 let time = a.first <= b.last && b.first <= a.last;
                 let space = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
                 if time && space && a.bytes > 0 && b.bytes > 0 {
-                    return Err(format!("buffers of {:?} and {:?} overlap while both are live", a.node, b.node));
+                    return Err(format!("values {} and {} overlap while both are live", a.value, b.value));
                 }
             }
             if a.offset % ALIGN != 0 {
-                return Err(format!("buffer of {:?} is not {ALIGN}-byte aligned", a.node));
+                return Err(format!("value {} is not {ALIGN}-byte aligned", a.value));
+            }
+            if a.offset + align(a.bytes) > self.arena_bytes {
+                return Err(format!("value {} ends past the arena", a.value));
             }
         }
         Ok(())

@@ -118,12 +118,22 @@ fn w1<'a>(a: &'a ArrayViewD<'_, f32>) -> ArrayView1<'a, f32> {
     a.view().into_dimensionality::<Ix1>().expect("checked against op.weights")
 }
 
-/// Relu that lets NaN through (so the oracle never hides a NaN a kernel produced).
+/// Relu as Keras computes it: NaN passes through (IEEE: NaN is not less than 0).
 fn relu(v: f32) -> f32 {
     if v < 0.0 {
         0.0
     } else {
         v
+    }
+}
+
+/// IEEE 754-2019 `maximum`: NaN if either operand is NaN (Keras's max pooling propagates NaN; `f32::max`
+/// would drop it).
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
     }
 }
 
@@ -245,7 +255,7 @@ fn pool(p: &Pool, x: ArrayView4<f32>, max: bool) -> Array4<f32> {
         for (_, iy) in taps(oy, sh, kh, pads.top, h) {
             for (_, ix) in taps(ox, sw, kw, pads.left, w) {
                 let v = x[[b, iy, ix, ch]];
-                best = best.max(v);
+                best = max_nan(best, v);
                 sum += v as f64;
                 count += 1;
             }
@@ -264,7 +274,7 @@ fn global_pool(x: ArrayView4<f32>, max: bool) -> Array2<f32> {
     Array2::from_shape_fn((n, c), |(b, ch)| {
         let window = x.slice(ndarray::s![b, .., .., ch]);
         if max {
-            window.fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+            window.fold(f32::NEG_INFINITY, |m, &v| max_nan(m, v))
         } else {
             (window.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64) as f32
         }

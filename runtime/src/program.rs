@@ -7,13 +7,20 @@
 //! [`Program`].
 //!
 //! Data enters through [`Program::run`] (an `ndarray` with a leading batch dimension) or [`Program::run_slice`];
-//! for each batch item the steps run in order, each split over the thread pool; results leave as a new array
-//! (or in the caller's slice). Kernels read the input in place and write the output in place: only the steps'
-//! intermediate results live in the arena.
+//! the batch runs in chunks of up to [`Program::max_chunk`] items, and within a chunk the steps run in order,
+//! each step once for all the chunk's items, its `items x ntasks` tasks split over the thread pool. Results
+//! leave as a new array (or in the caller's slice). Kernels read the input in place and write the output in
+//! place: only the steps' intermediate results live in the arena.
+//!
+//! Memory: [`Buf`] offsets are per batch item, as the memory planner computed them. In the arena, a buffer
+//! at offset `o` of `len` floats holds item `i` of a chunk of `n` at `o * n + i * align_floats(len)` (64-byte
+//! aligned items; scaling the planned offsets by `n` keeps buffers that never overlap apart); the per-thread
+//! work buffers follow the activations. So a chunk of `n` items allocates exactly
+//! [`Program::arena_bytes`]`(n)`: `n` times the planned activation bytes plus `threads` work buffers.
 //!
 //! A `Program` is `Send + Sync`; `run` may be called from several threads at once. Each call takes an
-//! [`Arena`] (activations + per-thread work buffers) from a free list behind a mutex, allocating a new one only
-//! when all are in use, so a steady stream of calls allocates nothing but its output array.
+//! [`Arena`] from a free list behind a mutex, allocating a new one only when none is free and large enough,
+//! so a steady stream of calls allocates nothing but its output array.
 
 use crate::abi::{align_floats, KernelArgs, KernelFn, ALIGN, ALIGN_FLOATS};
 use crate::pool::ThreadPool;
@@ -195,7 +202,7 @@ impl std::fmt::Debug for AlignedBuf {
     }
 }
 
-/// Where a step's buffer lives, per batch item.
+/// Where a step's buffer lives, per batch item (see the module docs for the layout of a batch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loc {
     /// The model input of the current batch item, at this float offset.
@@ -345,12 +352,13 @@ impl ProgramBuilder {
         let mut work_floats = 0;
         for s in &self.steps {
             let check = |b: &Buf, what: &str| -> Result<(), RuntimeError> {
-                let (off, cap) = match b.loc {
-                    Loc::Input(o) => (o, in_len),
-                    Loc::Output(o) => (o, out_len),
-                    Loc::Arena(o) => (o, self.arena_floats),
+                // Arena items are 64-byte aligned: a buffer takes `align_floats(len)` per item there.
+                let (off, len, cap) = match b.loc {
+                    Loc::Input(o) => (o, b.len, in_len),
+                    Loc::Output(o) => (o, b.len, out_len),
+                    Loc::Arena(o) => (o, align_floats(b.len), self.arena_floats),
                 };
-                match off.checked_add(b.len) {
+                match off.checked_add(len) {
                     Some(end) if end <= cap => Ok(()),
                     _ => Err(RuntimeError::BadStep(format!(
                         "step `{}`: {what} {:?} of {} floats does not fit in its region of {cap} floats",
@@ -395,17 +403,19 @@ impl ProgramBuilder {
             work_floats,
             threads,
             arenas: Mutex::new(Vec::new()),
+            allocated: Default::default(),
             pool,
             _code: self.code,
         })
     }
 }
 
+/// Whether two buffers overlap in a chunk of any size (arena items take `align_floats(len)`).
 fn overlaps(a: Buf, b: Buf) -> bool {
     let range = |x: Buf| match x.loc {
         Loc::Input(o) => (0, o, o + x.len),
         Loc::Output(o) => (1, o, o + x.len),
-        Loc::Arena(o) => (2, o, o + x.len),
+        Loc::Arena(o) => (2, o, o + align_floats(x.len)),
     };
     let (ra, a0, a1) = range(a);
     let (rb, b0, b1) = range(b);
@@ -415,7 +425,13 @@ fn overlaps(a: Buf, b: Buf) -> bool {
 /// Activations and per-thread work buffers of one `run` call.
 pub struct Arena {
     buf: AlignedBuf,
+    /// Batch items whose activations fit.
+    items: usize,
 }
+
+/// Activation bytes of one chunk at most (unless a single item needs more): a large batch runs in chunks,
+/// so that its arena stays bounded (ResNet-50: 7.2 MB per image, 35 images per chunk).
+pub const CHUNK_BYTES: usize = 256 << 20;
 
 /// A runnable model: steps, constants, the code they call, and a pool of arenas. See the module docs.
 pub struct Program {
@@ -428,8 +444,42 @@ pub struct Program {
     work_floats: usize,
     threads: usize,
     arenas: Mutex<Vec<Arena>>,
+    /// Bytes of the largest arena allocated so far (see [`Program::allocated_arena_bytes`]).
+    allocated: std::sync::atomic::AtomicUsize,
     pool: Arc<ThreadPool>,
     _code: Option<Box<dyn Any + Send + Sync>>,
+}
+
+/// Where the items of one chunk are: the model input and output of its first item (dense, `in_len` and
+/// `out_len` floats per item), the arena base, and the item count.
+#[derive(Clone, Copy)]
+struct Chunk {
+    input: *const f32,
+    output: *mut f32,
+    arena: *mut f32,
+    items: usize,
+    in_len: usize,
+    out_len: usize,
+}
+
+// SAFETY: the pointers are only dereferenced by kernels, which write disjoint parts of the output (see
+// `run_chunk`); the chunk is shared by the pool's threads for one step at a time.
+unsafe impl Send for Chunk {}
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    /// The address of item `i` of `b`.
+    ///
+    /// # Safety
+    /// `b` was checked against its region by `ProgramBuilder::build`, `i < items`, and the chunk's
+    /// regions hold `items` items.
+    unsafe fn at(&self, b: Buf, i: usize) -> *mut f32 {
+        match b.loc {
+            Loc::Input(o) => self.input.add(i * self.in_len + o) as *mut f32,
+            Loc::Output(o) => self.output.add(i * self.out_len + o),
+            Loc::Arena(o) => self.arena.add(o * self.items + i * align_floats(b.len)),
+        }
+    }
 }
 
 impl Program {
@@ -442,9 +492,25 @@ impl Program {
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
-    /// Bytes of one arena (activations + work buffers of all threads).
-    pub fn arena_bytes(&self) -> usize {
-        (self.arena_floats + self.threads * self.work_floats) * 4
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Batch items run together: as many as fit in [`CHUNK_BYTES`] of activations, at least one.
+    pub fn max_chunk(&self) -> usize {
+        (CHUNK_BYTES / (self.arena_floats * 4).max(1)).max(1)
+    }
+
+    /// Bytes of the arena a run of `batch` items allocates: the activations of one chunk of
+    /// `min(batch, max_chunk)` items and the work buffers of all threads.
+    pub fn arena_bytes(&self, batch: usize) -> usize {
+        (self.arena_floats * batch.clamp(1, self.max_chunk()) + self.threads * self.work_floats) * 4
+    }
+
+    /// Bytes of the largest arena (activations and work buffers) this program has allocated so far: what the
+    /// memory plan must account for.
+    pub fn allocated_arena_bytes(&self) -> usize {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs a batch: `input` has shape `[N, ..input_shape]`; returns `[N, ..output_shape]`.
@@ -475,17 +541,23 @@ impl Program {
                 found: format!("{} and {}", input.len(), output.len()),
             });
         }
-        let mut arena =
-            self.arenas.lock().unwrap().pop().unwrap_or_else(|| Arena {
-                buf: AlignedBuf::zeroed(self.arena_floats + self.threads * self.work_floats),
-            });
-        for b in 0..batch {
-            let inp = input[b * in_len..].as_ptr();
-            let outp = output[b * out_len..].as_mut_ptr();
-            // SAFETY: the build step checked every buffer against its region's size.
-            unsafe { self.run_item(inp, outp, &mut arena, None) };
+        let chunk = batch.clamp(1, self.max_chunk());
+        let mut arena = self.take_arena(chunk);
+        for first in (0..batch).step_by(chunk) {
+            let items = chunk.min(batch - first);
+            let c = Chunk {
+                input: input[first * in_len..].as_ptr(),
+                output: output[first * out_len..].as_mut_ptr(),
+                arena: arena.buf.as_mut_ptr(),
+                items,
+                in_len,
+                out_len,
+            };
+            // SAFETY: the build step checked every buffer against its region's size; the slices hold `items`
+            // items from `first` on, the arena `chunk >= items`.
+            unsafe { self.run_chunk(c, None) };
         }
-        self.arenas.lock().unwrap().push(arena);
+        self.give_arena(arena);
         Ok(())
     }
 
@@ -504,47 +576,70 @@ impl Program {
         }
         let input = input.as_standard_layout();
         let mut out = vec![0f32; self.output_shape.iter().product()];
-        let mut arena =
-            self.arenas.lock().unwrap().pop().unwrap_or_else(|| Arena {
-                buf: AlignedBuf::zeroed(self.arena_floats + self.threads * self.work_floats),
-            });
-        let inp = input.as_slice().expect("standard layout").as_ptr();
+        let mut arena = self.take_arena(1);
+        let c = Chunk {
+            input: input.as_slice().expect("standard layout").as_ptr(),
+            output: out.as_mut_ptr(),
+            arena: arena.buf.as_mut_ptr(),
+            items: 1,
+            in_len: self.input_shape.iter().product(),
+            out_len: out.len(),
+        };
         // SAFETY: as in run_slice; the shapes were checked above.
-        unsafe { self.run_item(inp, out.as_mut_ptr(), &mut arena, Some(seconds)) };
-        self.arenas.lock().unwrap().push(arena);
+        unsafe { self.run_chunk(c, Some(seconds)) };
+        self.give_arena(arena);
         Ok(())
     }
 
-    unsafe fn run_item(&self, input: *const f32, output: *mut f32, arena: &mut Arena, mut times: Option<&mut [f64]>) {
-        let base = arena.buf.as_mut_ptr();
-        let work_base = base.add(self.arena_floats) as usize;
-        let resolve = |l: Loc| -> *mut f32 {
-            match l {
-                Loc::Input(o) => input.add(o) as *mut f32,
-                Loc::Output(o) => output.add(o),
-                Loc::Arena(o) => base.add(o),
+    /// An arena for chunks of `items` items: a free one large enough, or a new one.
+    fn take_arena(&self, items: usize) -> Arena {
+        let mut free = self.arenas.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().position(|a| a.items >= items) {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                let buf = AlignedBuf::zeroed(self.arena_bytes(items) / 4);
+                self.allocated.fetch_max(buf.len() * 4, std::sync::atomic::Ordering::Relaxed);
+                Arena { buf, items }
             }
+        }
+    }
+
+    fn give_arena(&self, arena: Arena) {
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
+    }
+
+    /// Runs every step on the items of `c`, each step's `items x ntasks` tasks over the pool.
+    unsafe fn run_chunk(&self, c: Chunk, mut times: Option<&mut [f64]>) {
+        let work_base = c.arena.add(self.arena_floats * c.items) as usize;
+        let consts = |s: &Step| {
+            s.consts.map_or(std::ptr::null(), |r| {
+                let base = if r.block == 0 { &self.consts } else { &self.blocks[r.block - 1] };
+                base.as_ptr().add(r.offset)
+            })
         };
         for (i, s) in self.steps.iter().enumerate() {
             let t0 = times.as_ref().map(|_| std::time::Instant::now());
-            let args = KernelArgs {
-                input: s.input.map_or(std::ptr::null(), |b| resolve(b.loc) as *const f32),
-                input2: s.input2.map_or(std::ptr::null(), |b| resolve(b.loc) as *const f32),
-                output: resolve(s.output.loc),
-                consts: s.consts.map_or(std::ptr::null(), |c| {
-                    let base = if c.block == 0 { &self.consts } else { &self.blocks[c.block - 1] };
-                    base.as_ptr().add(c.offset)
-                }),
+            // An address, so that the closures below are `Sync`.
+            let cst = consts(s) as usize;
+            let args = |item: usize| KernelArgs {
+                input: s.input.map_or(std::ptr::null(), |b| c.at(b, item) as *const f32),
+                input2: s.input2.map_or(std::ptr::null(), |b| c.at(b, item) as *const f32),
+                output: c.at(s.output, item),
+                consts: cst as *const f32,
             };
             let (kernel, ntasks, wf) = (s.kernel, s.ntasks, self.work_floats);
-            if ntasks <= 1 || self.threads <= 1 {
-                kernel(&args, work_base as *mut f32, 0, ntasks);
+            let total = ntasks * c.items;
+            if total <= 1 || self.threads <= 1 {
+                for item in 0..c.items {
+                    kernel(&args(item), work_base as *mut f32, 0, ntasks);
+                }
             } else {
-                let args_addr = &args as *const KernelArgs as usize;
-                self.pool.parallel_for_indexed(ntasks, &|t, thread| {
+                self.pool.parallel_for_indexed(total, &|t, thread| {
                     let work = (work_base + thread * wf * 4) as *mut f32;
+                    let (item, task) = (t / ntasks, t % ntasks);
                     // SAFETY: each thread has its own work buffer; tasks write disjoint outputs.
-                    unsafe { kernel(args_addr as *const KernelArgs, work, t, t + 1) };
+                    unsafe { kernel(&args(item), work, task, task + 1) };
                 });
             }
             if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {

@@ -47,3 +47,14 @@ pub fn assert_close(got: &ArrayD<f32>, want: &ArrayD<f32>, rel: f32, what: &str)
     let (d, s) = worst(got, want);
     assert!(d <= rel * s + 1e-7, "{what}: worst difference {d} vs scale {s}");
 }
+
+/// The CPU tiers this machine runs, widest first; the tiers it lacks are named on stderr (never silently
+/// passed).
+pub fn tiers() -> Vec<resnetc_compiler::codegen::x86::Isa> {
+    use resnetc_compiler::codegen::x86::Isa;
+    let have = Isa::available();
+    for isa in Isa::ALL.into_iter().filter(|i| !have.contains(i)) {
+        eprintln!("tier {isa} skipped: {}", isa.check_supported().unwrap_err());
+    }
+    have
+}

@@ -1,5 +1,5 @@
-//! Elementwise and data-movement kernels (simple, not tuned): relu, batch norm, add, copy, zero padding and
-//! softmax over the last axis.
+//! Elementwise and data-movement kernels (simple, not tuned): relu, add, copy ([`FlatPlan`]), batch norm
+//! ([`BatchNormPlan`]), zero padding ([`ZeroPadPlan`]) and softmax over the last axis ([`SoftmaxPlan`]).
 //!
 //! - Relu, add and copy run over the flat tensor in blocks of [`BLOCK`] floats, one task per block, four
 //!   lanes at a time (f32x4) with a scalar tail in the last block. Relu is `x < 0 ? 0 : x`, so a NaN passes
@@ -10,150 +10,90 @@
 //!   f32 operations (no FMA), so results match it bit for bit.
 //! - Zero padding writes whole output rows (zeros, the input row, zeros), one task per group of rows; every
 //!   output element is written on every call (arena buffers are reused).
-//! - Softmax copies each row of the last axis to the output and normalizes it there with the host helper
-//!   [`super::dense::softmax_in_place`], one task per group of rows.
+//! - Softmax copies each row of the last axis to the output and normalizes it there with the session's
+//!   in-place softmax helper, one task per group of rows.
 
+use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
 use super::util::*;
-use super::{CodegenError, Kernel, Session};
 use crate::ops::Pads;
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use cranelift_module::Module;
 use resnetc_runtime::AlignedBuf;
 
 /// Floats per task of the elementwise kernels (a multiple of 4).
 pub const BLOCK: usize = 8192;
 /// Floats per task of the softmax kernel (rows are grouped up to this size).
 const SOFTMAX_BLOCK: usize = 2048;
-/// Runs of at most this many f32x4 stores are unrolled; longer ones loop.
-const UNROLL: usize = 4;
 
-/// The per-channel weights of an inference-mode batch normalization (each `[C]`).
-#[derive(Clone, Copy, Debug)]
-pub struct BatchNormWeights<'a> {
-    pub gamma: &'a [f32],
-    pub beta: &'a [f32],
-    pub moving_mean: &'a [f32],
-    pub moving_variance: &'a [f32],
-    pub epsilon: f32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flat {
-    Relu,
-    Add,
-    Copy,
-}
-
-fn elems(name: &str, shape: &[usize]) -> Result<usize, CodegenError> {
+/// Elements of a non-empty shape without zero dimensions.
+fn elems(shape: &[usize]) -> Result<usize, String> {
     if shape.is_empty() || shape.contains(&0) {
-        return Err(CodegenError::invalid(name, "zero-sized dimension"));
+        return Err("zero-sized dimension".into());
     }
     Ok(shape.iter().product())
 }
 
-/// Stores `n` zeros at `dst + 4 * off` (bytes); `n` and `off` are compile-time constants.
-fn zero_run(b: &mut FunctionBuilder, dst: Value, off: usize, n: usize) {
-    if n == 0 {
-        return;
+/// `[lo, hi)` of the items (blocks of `per_task`) that task `t` covers, clipped to `total`.
+fn task_range(b: &mut FunctionBuilder, t: Value, per_task: usize, total: usize) -> (Value, Value) {
+    let lo = b.ins().imul_imm_s(t, per_task as i64);
+    let hi = b.ins().iadd_imm_s(lo, per_task as i64);
+    let n = iconst(b, total);
+    (lo, b.ins().umin(hi, n))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flat {
+    /// `x < 0 ? 0 : x` (NaN passes through).
+    Relu,
+    /// `input + input2`.
+    Add,
+    Copy,
+}
+
+/// Relu, add or copy over a tensor of any shape, flat.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlatPlan {
+    pub op: Flat,
+    pub shape: Vec<usize>,
+}
+
+impl FlatPlan {
+    pub fn new(op: Flat, shape: &[usize]) -> Result<FlatPlan, String> {
+        elems(shape)?;
+        Ok(FlatPlan { op, shape: shape.to_vec() })
     }
-    let z4 = zero4(b);
-    let nv = n / 4;
-    if nv <= UNROLL {
-        for i in 0..nv {
-            b.ins().store(mf_rw(), z4, dst, (4 * (off + 4 * i)) as i32);
-        }
-    } else {
-        let base = b.ins().iadd_imm_s(dst, (4 * off) as i64);
-        let lo = iconst(b, 0);
-        let hi = iconst(b, nv);
-        for_range(b, lo, hi, &[], |b, i, _| {
-            let d = addr(b, base, i, 16, 0);
-            b.ins().store(mf_rw(), z4, d, 0);
-            vec![]
-        });
-    }
-    let z = b.ins().f32const(0.0);
-    for j in nv * 4..n {
-        b.ins().store(mf_rw(), z, dst, (4 * (off + j)) as i32);
+
+    fn len(&self) -> usize {
+        self.shape.iter().product()
     }
 }
 
-/// Copies `n` floats from `src` to `dst + 4 * off` (bytes); `n` and `off` are compile-time constants.
-fn copy_run(b: &mut FunctionBuilder, src: Value, dst: Value, off: usize, n: usize) {
-    if n == 0 {
-        return;
-    }
-    let nv = n / 4;
-    if nv <= UNROLL {
-        for i in 0..nv {
-            let v = b.ins().load(types::F32X4, mf_input(), src, (16 * i) as i32);
-            b.ins().store(mf_rw(), v, dst, (4 * (off + 4 * i)) as i32);
-        }
-    } else {
-        let base = b.ins().iadd_imm_s(dst, (4 * off) as i64);
-        let lo = iconst(b, 0);
-        let hi = iconst(b, nv);
-        for_range(b, lo, hi, &[], |b, i, _| {
-            let s = addr(b, src, i, 16, 0);
-            let v = b.ins().load(types::F32X4, mf_input(), s, 0);
-            let d = addr(b, base, i, 16, 0);
-            b.ins().store(mf_rw(), v, d, 0);
-            vec![]
-        });
-    }
-    for j in nv * 4..n {
-        let x = b.ins().load(types::F32, mf_input_scalar(), src, (4 * j) as i32);
-        b.ins().store(mf_rw(), x, dst, (4 * (off + j)) as i32);
-    }
-}
-
-/// `[lo, hi)` of the items (blocks of `per_task`) that tasks `[start, end)` cover, clipped to `total`.
-fn task_range(b: &mut FunctionBuilder, start: Value, end: Value, per_task: usize, total: usize) -> (Value, Value) {
-    let lo = b.ins().imul_imm_s(start, per_task as i64);
-    let hi = b.ins().imul_imm_s(end, per_task as i64);
-    let t = iconst(b, total);
-    (lo, b.ins().umin(hi, t))
-}
-
-impl Session {
-    /// Relu over a tensor of any shape: `x < 0 ? 0 : x` (NaN passes through).
-    pub fn relu(&mut self, name: &str, shape: &[usize]) -> Result<Kernel, CodegenError> {
-        self.flat(name, shape, Flat::Relu)
+impl KernelFamily for FlatPlan {
+    fn ntasks(&self) -> usize {
+        self.len().div_ceil(BLOCK)
     }
 
-    /// Elementwise sum of two tensors of `shape`: `input + input2` (the kernel reads `KernelArgs::input2`).
-    pub fn add(&mut self, name: &str, shape: &[usize]) -> Result<Kernel, CodegenError> {
-        self.flat(name, shape, Flat::Add)
+    fn out_shape(&self) -> Vec<usize> {
+        self.shape.clone()
     }
 
-    /// Copies a tensor of `shape` (e.g. when the model output is the model input itself).
-    pub fn copy(&mut self, name: &str, shape: &[usize]) -> Result<Kernel, CodegenError> {
-        self.flat(name, shape, Flat::Copy)
+    fn reads_input2(&self) -> bool {
+        self.op == Flat::Add
     }
 
-    fn flat(&mut self, name: &str, shape: &[usize], op: Flat) -> Result<Kernel, CodegenError> {
-        let n = elems(name, shape)?;
-        let ntasks = n.div_ceil(BLOCK);
-        let id = self.begin(name)?;
-        let fcfg = self.module.isa().frontend_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let [a, _work, start, end] = entry(&mut b);
-        let [inp, inp2, out, _] = load_args(&mut b, a);
-        let (lo, hi) = task_range(&mut b, start, end, BLOCK, n);
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let n = self.len();
+        let TaskEnv { inp, res: inp2, out, .. } = *env;
+        let (lo, hi) = task_range(b, task, BLOCK, n);
         // Blocks start at multiples of 4, so only the last one has a scalar tail.
         let vend = b.ins().band_imm_s(hi, -4i64);
+        let op = self.op;
         let chunk = |b: &mut FunctionBuilder, i: Value, lanes: usize| {
             let src = addr(b, inp, i, 4, 0);
             let x = load_lanes(b, mf_input(), src, 0, lanes);
             let y = match op {
-                Flat::Relu => {
-                    let z = zero4(b);
-                    let neg = b.ins().fcmp(FloatCC::LessThan, x, z);
-                    let m = b.ins().bitcast(types::F32X4, MemFlagsData::new(), neg);
-                    b.ins().band_not(x, m)
-                }
+                Flat::Relu => relu4(b, x),
                 Flat::Add => {
                     let src2 = addr(b, inp2, i, 4, 0);
                     let x2 = load_lanes(b, mf_input(), src2, 0, lanes);
@@ -164,27 +104,68 @@ impl Session {
             let dst = addr(b, out, i, 4, 0);
             store_lanes(b, mf_rw(), y, dst, 0, lanes);
         };
-        for_range_step(&mut b, lo, vend, 4, &[], |b, i, _| {
+        for_range_step(b, lo, vend, 4, &[], |b, i, _| {
             chunk(b, i, 4);
             vec![]
         });
         if !n.is_multiple_of(4) {
-            for_range(&mut b, vend, hi, &[], |b, i, _| {
+            for_range(b, vend, hi, &[], |b, i, _| {
                 chunk(b, i, 1);
                 vec![]
             });
         }
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
-        self.end(id, name, AlignedBuf::default(), ntasks, 0, op == Flat::Add, shape.to_vec())
+    }
+}
+
+/// Inference-mode batch normalization over the last axis of a tensor of any shape:
+/// `y = (x - mean) * (gamma / sqrt(var + eps)) + beta`, in the reference's f32 operation order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormPlan {
+    pub shape: Vec<usize>,
+    pub epsilon: f32,
+}
+
+impl Eq for BatchNormPlan {}
+
+impl BatchNormPlan {
+    pub fn new(shape: &[usize], epsilon: f32) -> Result<BatchNormPlan, String> {
+        elems(shape)?;
+        Ok(BatchNormPlan { shape: shape.to_vec(), epsilon })
     }
 
-    /// Inference-mode batch normalization over the last axis of a tensor of any shape:
-    /// `y = (x - mean) * (gamma / sqrt(var + eps)) + beta`, in the reference's f32 operation order.
-    pub fn batch_norm(&mut self, name: &str, shape: &[usize], w: &BatchNormWeights) -> Result<Kernel, CodegenError> {
-        let n = elems(name, shape)?;
-        let c = *shape.last().expect("non-empty shape");
+    fn channels(&self) -> usize {
+        *self.shape.last().expect("non-empty shape")
+    }
+
+    /// Channels rounded up to a multiple of 4: the stride of the three constant vectors.
+    fn c4(&self) -> usize {
+        self.channels().div_ceil(4) * 4
+    }
+
+    /// Pixels per task.
+    fn pixels_per_task(&self) -> usize {
+        (BLOCK / self.channels()).max(1)
+    }
+}
+
+impl KernelFamily for BatchNormPlan {
+    fn ntasks(&self) -> usize {
+        let pixels = self.shape.iter().product::<usize>() / self.channels();
+        pixels.div_ceil(self.pixels_per_task())
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
+    fn packed_floats(&self) -> usize {
+        3 * self.c4()
+    }
+
+    /// Constants: mean, scale, beta, each padded to a multiple of 4 channels.
+    fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
+        let (c, c4) = (self.channels(), self.c4());
+        let w = w.batch_norm.ok_or("no batch norm weights")?;
         for (what, t) in [
             ("gamma", w.gamma),
             ("beta", w.beta),
@@ -192,27 +173,24 @@ impl Session {
             ("moving_variance", w.moving_variance),
         ] {
             if t.len() != c {
-                return Err(CodegenError::invalid(name, format!("{what} has {} floats, expected {c}", t.len())));
+                return Err(format!("{what} has {} floats, expected {c}", t.len()));
             }
         }
-        // Constants: mean, scale, beta, each padded to a multiple of 4 channels.
-        let c4 = c.div_ceil(4) * 4;
-        let mut consts = vec![0f32; 3 * c4];
+        let mut consts = AlignedBuf::zeroed(3 * c4);
         for ch in 0..c {
             consts[ch] = w.moving_mean[ch];
-            consts[c4 + ch] = w.gamma[ch] / (w.moving_variance[ch] + w.epsilon).sqrt();
+            consts[c4 + ch] = w.gamma[ch] / (w.moving_variance[ch] + self.epsilon).sqrt();
             consts[2 * c4 + ch] = w.beta[ch];
         }
-        let npix = n / c;
-        let ppt = (BLOCK / c).max(1);
-        let ntasks = npix.div_ceil(ppt);
-        let id = self.begin(name)?;
-        let fcfg = self.module.isa().frontend_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let [a, _work, start, end] = entry(&mut b);
-        let [inp, _, out, cst] = load_args(&mut b, a);
-        let (lo, hi) = task_range(&mut b, start, end, ppt, npix);
-        for_range(&mut b, lo, hi, &[], |b, p, _| {
+        Ok(consts)
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let (c, c4) = (self.channels(), self.c4());
+        let npix = self.shape.iter().product::<usize>() / c;
+        let TaskEnv { inp, out, cst, .. } = *env;
+        let (lo, hi) = task_range(b, task, self.pixels_per_task(), npix);
+        for_range(b, lo, hi, &[], |b, p, _| {
             let src = addr(b, inp, p, c * 4, 0);
             let dst = addr(b, out, p, c * 4, 0);
             let chunk = |b: &mut FunctionBuilder, coff: Value, lanes: usize| {
@@ -240,27 +218,51 @@ impl Session {
             }
             vec![]
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
-        self.end(id, name, AlignedBuf::from_slice(&consts), ntasks, 0, false, shape.to_vec())
+    }
+}
+
+/// Keras ZeroPadding2D of an `[h, w, c]` input: `[h + top + bottom, w + left + right, c]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ZeroPadPlan {
+    pub pads: Pads,
+    pub input: [usize; 3],
+}
+
+impl ZeroPadPlan {
+    pub fn new(pads: &Pads, input: [usize; 3]) -> Result<ZeroPadPlan, String> {
+        elems(&input)?;
+        Ok(ZeroPadPlan { pads: *pads, input })
     }
 
-    /// Keras ZeroPadding2D of an `[H, W, C]` input: `[H + top + bottom, W + left + right, C]`.
-    pub fn zero_padding(&mut self, name: &str, pads: &Pads, input: [usize; 3]) -> Result<Kernel, CodegenError> {
-        let [h, w, c] = input;
-        elems(name, &input)?;
-        let (oh, ow) = (h + pads.top + pads.bottom, w + pads.left + pads.right);
+    fn out_hw(&self) -> (usize, usize) {
+        let [h, w, _] = self.input;
+        (h + self.pads.top + self.pads.bottom, w + self.pads.left + self.pads.right)
+    }
+
+    fn rows_per_task(&self) -> usize {
+        let (_, ow) = self.out_hw();
+        (BLOCK / (ow * self.input[2])).max(1)
+    }
+}
+
+impl KernelFamily for ZeroPadPlan {
+    fn ntasks(&self) -> usize {
+        self.out_hw().0.div_ceil(self.rows_per_task())
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        let (oh, ow) = self.out_hw();
+        vec![oh, ow, self.input[2]]
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let [h, w, c] = self.input;
+        let (oh, ow) = self.out_hw();
+        let pads = self.pads;
         let row = ow * c;
-        let rpt = (BLOCK / row).max(1);
-        let ntasks = oh.div_ceil(rpt);
-        let id = self.begin(name)?;
-        let fcfg = self.module.isa().frontend_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let [a, _work, start, end] = entry(&mut b);
-        let [inp, _, out, _] = load_args(&mut b, a);
-        let (lo, hi) = task_range(&mut b, start, end, rpt, oh);
-        for_range(&mut b, lo, hi, &[], |b, oy, _| {
+        let TaskEnv { inp, out, .. } = *env;
+        let (lo, hi) = task_range(b, task, self.rows_per_task(), oh);
+        for_range(b, lo, hi, &[], |b, oy, _| {
             let dst = addr(b, out, oy, row * 4, 0);
             // `oy - top` as unsigned: below `h` exactly for the rows holding input.
             let iy = b.ins().iadd_imm_s(oy, -(pads.top as i64));
@@ -269,54 +271,77 @@ impl Session {
                 b,
                 inside,
                 |b| {
-                    zero_run(b, dst, 0, pads.left * c);
+                    let left = b.ins().iadd_imm_s(dst, 0);
+                    zero_run(b, left, pads.left * c);
                     let src = addr(b, inp, iy, w * c * 4, 0);
-                    copy_run(b, src, dst, pads.left * c, w * c);
-                    zero_run(b, dst, (pads.left + w) * c, pads.right * c);
+                    let mid = b.ins().iadd_imm_s(dst, (pads.left * c * 4) as i64);
+                    copy_run(b, src, mid, w * c);
+                    let right = b.ins().iadd_imm_s(dst, ((pads.left + w) * c * 4) as i64);
+                    zero_run(b, right, pads.right * c);
                 },
-                |b| zero_run(b, dst, 0, row),
+                |b| zero_run(b, dst, row),
             );
             vec![]
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
-        self.end(id, name, AlignedBuf::default(), ntasks, 0, false, vec![oh, ow, c])
+    }
+}
+
+/// Softmax over the last axis of a tensor of any shape (each row of the last axis on its own).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SoftmaxPlan {
+    pub shape: Vec<usize>,
+}
+
+impl SoftmaxPlan {
+    pub fn new(shape: &[usize]) -> Result<SoftmaxPlan, String> {
+        elems(shape)?;
+        Ok(SoftmaxPlan { shape: shape.to_vec() })
     }
 
-    /// Softmax over the last axis of a tensor of any shape (each row of the last axis on its own).
-    pub fn softmax_rows(&mut self, name: &str, shape: &[usize]) -> Result<Kernel, CodegenError> {
-        let total = elems(name, shape)?;
-        let n = *shape.last().expect("non-empty shape");
-        let rows = total / n;
-        let rpt = (SOFTMAX_BLOCK / n).max(1);
-        let ntasks = rows.div_ceil(rpt);
-        let f = self.softmax_import()?;
-        let id = self.begin(name)?;
-        let fr = self.module.declare_func_in_func(f, &mut self.ctx.func);
-        let fcfg = self.module.isa().frontend_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let [a, _work, start, end] = entry(&mut b);
-        let [inp, _, out, _] = load_args(&mut b, a);
-        let (lo, hi) = task_range(&mut b, start, end, rpt, rows);
-        for_range(&mut b, lo, hi, &[], |b, r, _| {
+    fn row_len(&self) -> usize {
+        *self.shape.last().expect("non-empty shape")
+    }
+
+    fn rows_per_task(&self) -> usize {
+        (SOFTMAX_BLOCK / self.row_len()).max(1)
+    }
+}
+
+impl KernelFamily for SoftmaxPlan {
+    fn ntasks(&self) -> usize {
+        let rows = self.shape.iter().product::<usize>() / self.row_len();
+        rows.div_ceil(self.rows_per_task())
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
+    fn helpers(&self) -> Helpers {
+        Helpers { softmax: true, ..Default::default() }
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let n = self.row_len();
+        let rows = self.shape.iter().product::<usize>() / n;
+        let TaskEnv { inp, out, .. } = *env;
+        let f = env.softmax.expect("the driver imports the softmax helper");
+        let (lo, hi) = task_range(b, task, self.rows_per_task(), rows);
+        for_range(b, lo, hi, &[], |b, r, _| {
             let src = addr(b, inp, r, n * 4, 0);
             let dst = addr(b, out, r, n * 4, 0);
-            copy_run(b, src, dst, 0, n);
+            copy_run(b, src, dst, n);
             let nv = iconst(b, n);
-            b.ins().call(fr, &[dst, nv]);
+            b.ins().call(f, &[dst, nv]);
             vec![]
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(fcfg);
-        self.end(id, name, AlignedBuf::default(), ntasks, 0, false, shape.to_vec())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{JitCode, SessionOptions};
+    use super::super::family::{BatchNormWeights, LayerWeights};
+    use super::super::{JitCode, Kernel, Session, SessionOptions};
     use super::*;
     use resnetc_runtime::{AlignedBuf, KernelArgs};
 
@@ -371,9 +396,10 @@ mod tests {
     fn codegen_relu_add_copy_match_scalar_code() {
         for n in [1, 3, 4, 7, 64, BLOCK - 1, BLOCK + 5, 2 * BLOCK] {
             let mut s = session();
-            let relu = s.relu("relu", &[n]).unwrap();
-            let add = s.add("add", &[n]).unwrap();
-            let copy = s.copy("copy", &[n]).unwrap();
+            let none = LayerWeights::default();
+            let relu = s.compile("relu", &FlatPlan::new(Flat::Relu, &[n]).unwrap(), &none).unwrap();
+            let add = s.compile("add", &FlatPlan::new(Flat::Add, &[n]).unwrap(), &none).unwrap();
+            let copy = s.compile("copy", &FlatPlan::new(Flat::Copy, &[n]).unwrap(), &none).unwrap();
             let code = s.finish().unwrap();
             assert!(add.uses_input2 && !relu.uses_input2);
             assert_eq!(relu.ntasks, n.div_ceil(BLOCK));
@@ -406,7 +432,8 @@ mod tests {
                 epsilon: eps,
             };
             let mut s = session();
-            let k = s.batch_norm("bn", &shape, &w).unwrap();
+            let plan = BatchNormPlan::new(&shape, eps).unwrap();
+            let k = s.compile("bn", &plan, &LayerWeights { batch_norm: Some(w), ..Default::default() }).unwrap();
             let code = s.finish().unwrap();
             let x = rnd(n, 5);
             let want: Vec<f32> = x
@@ -431,7 +458,7 @@ mod tests {
         ] {
             let [h, w, c] = input;
             let mut s = session();
-            let k = s.zero_padding("pad", &pads, input).unwrap();
+            let k = s.compile("pad", &ZeroPadPlan::new(&pads, input).unwrap(), &LayerWeights::default()).unwrap();
             let code = s.finish().unwrap();
             let (oh, ow) = (h + pads.top + pads.bottom, w + pads.left + pads.right);
             assert_eq!(k.out_shape, vec![oh, ow, c]);
@@ -454,7 +481,7 @@ mod tests {
             let n = *shape.last().unwrap();
             let total: usize = shape.iter().product();
             let mut s = session();
-            let k = s.softmax_rows("sm", &shape).unwrap();
+            let k = s.compile("sm", &SoftmaxPlan::new(&shape).unwrap(), &LayerWeights::default()).unwrap();
             let code = s.finish().unwrap();
             let x: Vec<f32> = rnd(total, 3).iter().map(|v| 5.0 * v).collect();
             let got = call(&code, &k, &x, None);

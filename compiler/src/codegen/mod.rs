@@ -1,50 +1,57 @@
 //! Cranelift code generation: shape-specialized JIT kernels following the runtime's kernel ABI.
 //!
-//! A [`Session`] owns one `JITModule` (ISA flags from `cranelift_native`, `opt_level=speed`) and one reused
-//! `Context` / `FunctionBuilderContext`. Each `Session::conv`, `Session::max_pool`, … call takes an op, its
-//! input shape and its weights (Keras layouts, flat `f32`), emits one function, and returns a [`Kernel`]:
-//! the packed constants the function reads, its task count, its per-thread work-buffer size and its output
-//! shape. [`Session::finish`] finalizes the module and returns the [`JitCode`] that owns the machine code and
-//! hands out [`resnetc_runtime::KernelFn`] pointers; give it to `ProgramBuilder::keep_alive`.
+//! What enters: a kernel family's plan (made by the lowering stage, `crate::lower`) and the layer's weights.
+//! What leaves: a [`Kernel`] (packed constants, task count, per-thread work buffer, output shape, and the id
+//! of its machine code) and, when the session finishes, the [`JitCode`] that owns the code.
+//!
+//! A [`Session`] owns one `JITModule` (ISA flags from `cranelift_native`, `opt_level=speed`, its code in one
+//! reserved address range so that calls between its functions are always in reach) and one reused
+//! `Context` / `FunctionBuilderContext`. [`Session::compile`] (in [`family`]) is the one entry: every kernel
+//! family implements [`family::KernelFamily`] and the driver packs, compiles (or reuses) and returns the
+//! kernel. Kernels whose plans are equal share one function (`Session::compile_once`), within a session and
+//! across the sessions that share a [`CodeCache`] (the back end's parallel workers): ResNet-50's 56 kernels
+//! need 24 compilations.
 //!
 //! Every kernel follows `resnetc_runtime::abi`: `fn(args: *const KernelArgs, work: *mut f32, start, end)`.
 //! With `SessionOptions::keep_ir`, each kernel carries its cranelift IR as text (`--emit clif`).
-//! Convolutions whose code would be identical (same op, shapes and epilogue; the weights live in the
-//! constants, not in the code) share one function (`Session::compile_once`), within a session and across the
-//! sessions that share a [`CodeCache`] (the back end's parallel workers): ResNet-50's 53 conv kernels need
-//! 21 compilations.
 //!
-//! - [`conv`]: convolution as a GEMM with a 12x4 f32x4 micro-kernel and a fused epilogue; [`winograd`]:
-//!   3x3 stride-1 convolutions as Winograd F(2x2)/F(4x4) with the same micro-kernel (one K-loop emitter,
-//!   `util::emit_k_loop`); [`strassen`]: one level of Strassen for large 1x1 convolutions; [`stem`]: 7x7
-//!   stride-2 convolutions of 1-4 channels as Winograd F(3x3, 4x4) on their polyphase form.
-//! - Weight prefetch: cranelift has no prefetch instruction, so each session defines a tiny machine-code
-//!   function (`prefetcht0 [rdi]; ret`) with the `preserve_all` convention, which kernels streaming weights
-//!   from memory call from their K loops without disturbing any register (`Session::prefetch_import`).
-//! - [`pool`]: max/avg pooling (Keras same-padding semantics) and global pooling.
-//! - [`dense`]: dense layers (GEMV over weights packed by 4 units) with relu/softmax.
+//! Shared pieces, each in one module: [`family`] (the interface and driver), [`gemm`] (the micro-kernel
+//! tile, K loop and fused epilogue of every convolution family), [`transform`] (Winograd matrices and
+//! transforms), `util` (IR helpers: loops, loads, copies). The families, which never import each other:
+//! [`conv`] (direct/implicit GEMM), [`strassen`] (one level of Strassen for large 1x1 convolutions),
+//! [`winograd`] (3x3 stride-1 as F(2x2)/F(4x4)), [`stem`] (7x7 stride-2 of few channels as F(3x3, 4x4)
+//! on the polyphase input), [`dense`], [`pool`], [`elementwise`].
+//!
+//! Session helpers: cranelift has no prefetch instruction, so each session defines a tiny machine-code
+//! function (`prefetcht0 [rdi]; ret`) with the `preserve_all` convention, which kernels streaming weights
+//! from memory call from their K loops without disturbing any register (`Session::prefetch_import`); and
+//! softmax calls the host function [`softmax_in_place`].
 
 pub mod conv;
 pub mod dense;
 pub mod elementwise;
+pub mod family;
+pub mod gemm;
 pub mod pool;
 pub mod stem;
 pub mod strassen;
+pub mod transform;
 mod util;
 pub mod winograd;
+pub mod x86;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use cranelift_codegen::ir::{types, AbiParam, Signature, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::FunctionBuilderContext;
-use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use resnetc_runtime::{AlignedBuf, Buf, KernelFn, ProgramBuilder, Step};
 
-pub use conv::ConvTiling;
+pub use family::{KernelFamily, LayerWeights};
 
 /// Errors from code generation.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +72,7 @@ fn cl<E: std::fmt::Display>(e: E) -> CodegenError {
     CodegenError::Cranelift(e.to_string())
 }
 
-/// Options of a code-generation session.
+/// Options of a code-generation session (none of them changes the generated code).
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     /// Run cranelift's IR verifier on every function (on in tests).
@@ -74,28 +81,38 @@ pub struct SessionOptions {
     pub keep_ir: bool,
     /// Keep each kernel's machine code listing (VCode) in [`Kernel::asm`].
     pub keep_asm: bool,
-    /// Convolution blocking parameters.
-    pub conv_tiling: ConvTiling,
-    /// `WinogradTiling::min_tasks` of [`Session::conv_winograd`]: its extra tasks repeat the input
-    /// transform, so one thread wants 1.
-    pub winograd_min_tasks: usize,
-    /// Threads the kernels will run on (task balancing, see `WinogradTiling::threads`).
-    pub threads: usize,
 }
 
 #[allow(clippy::derivable_impls)] // `verify` differs between debug and release builds
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions {
-            verify: cfg!(debug_assertions),
-            keep_ir: false,
-            keep_asm: false,
-            conv_tiling: ConvTiling::default(),
-            winograd_min_tasks: winograd::WinogradTiling::default().min_tasks,
-            threads: 1,
-        }
+        SessionOptions { verify: cfg!(debug_assertions), keep_ir: false, keep_asm: false }
     }
 }
+
+/// In-place softmax over `n` floats (called from JIT code).
+///
+/// # Safety
+/// `p` must be null or point to `n` writable floats.
+pub unsafe extern "C" fn softmax_in_place(p: *mut f32, n: usize) {
+    if p.is_null() || n == 0 {
+        return;
+    }
+    // SAFETY: the kernel passes its own output buffer of `n` floats.
+    let s = unsafe { std::slice::from_raw_parts_mut(p, n) };
+    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in s.iter_mut() {
+        *v = (*v - m).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    s.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Address space reserved for one session's code: ResNet-152's kernels take a few MB; calls between a
+/// session's functions are `rel32`, so they must stay within 2 GiB of each other.
+const CODE_RESERVE: usize = 256 << 20;
 
 /// Handle of a kernel: the session that compiled it (numbered process-wide) and the function in that session's
 /// module; resolve it with the [`JitCode`] of that session ([`JitCode::kernel`]).
@@ -108,16 +125,19 @@ pub struct KernelId {
 /// Session numbers, so that a kernel id names the module its code lives in.
 static NEXT_SESSION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Kernels compiled so far, by what their code depends on (see [`Session::compile_once`]); shared by the
-/// sessions that compile one model in parallel ([`Session::with_cache`]), so that a layer shape is compiled
-/// once per model rather than once per worker.
+/// What the sessions compiling one model share ([`Session::with_cache`]): the kernels compiled so far, by what
+/// their code depends on (see [`Session::compile_once`]), so that a layer shape is compiled once per model
+/// rather than once per worker; and the code region of the wide micro-kernels those kernels call.
 #[derive(Clone, Default)]
-pub struct CodeCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Kernel>>>);
+pub struct CodeCache {
+    kernels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Kernel>>>,
+    region: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<x86::CodeRegion>>>,
+}
 
 impl CodeCache {
     /// Distinct functions compiled under a key so far.
     pub fn len(&self) -> usize {
-        self.0.lock().map_or(0, |m| m.len())
+        self.kernels.lock().map_or(0, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -199,11 +219,13 @@ impl Kernel {
     }
 }
 
-/// Owns the finalized JIT code; drop it only after every program using its kernels is gone.
+/// Owns the finalized JIT code (and the micro-kernels' code region its kernels call); drop it only after every
+/// program using its kernels is gone.
 pub struct JitCode {
     session: u32,
     module: Option<JITModule>,
     funcs: Vec<(FuncId, KernelFn)>,
+    _region: Option<std::sync::Arc<x86::CodeRegion>>,
 }
 
 // SAFETY: after finalization the module is never touched again except to free its memory on drop (which
@@ -269,7 +291,13 @@ impl Session {
         fb.set("is_pic", "false").map_err(cl)?;
         let isa = cranelift_native::builder().map_err(cl)?.finish(settings::Flags::new(fb)).map_err(cl)?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-        jb.symbol("resnetc_softmax", dense::softmax_in_place as *const u8);
+        jb.symbol("resnetc_softmax", softmax_in_place as *const u8);
+        // All of this session's functions in one reserved range: the kernels call the prefetch stub with
+        // `rel32` calls, which the default provider (separate mappings, anywhere in the address space) could
+        // place out of reach on a fragmented address space.
+        let arena = ArenaMemoryProvider::new_with_size(CODE_RESERVE)
+            .map_err(|e| CodegenError::Cranelift(format!("cannot reserve {CODE_RESERVE} bytes for code: {e}")))?;
+        jb.memory_provider(Box::new(arena));
         let module = JITModule::new(jb);
         let ctx = module.make_context();
         Ok(Session {
@@ -311,11 +339,8 @@ impl Session {
         build: impl FnOnce(&mut Session, AlignedBuf) -> Result<Kernel, CodegenError>,
     ) -> Result<Kernel, CodegenError> {
         let sharing = !self.opts.keep_ir && !self.opts.keep_asm;
-        // The options shape the code too (tilings, task counts): sessions with other options sharing the
-        // cache never reuse each other's kernels.
-        let key = format!("{key} {:?}", self.opts);
         let code = self.code.clone();
-        let cache = || code.0.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = || code.kernels.lock().unwrap_or_else(|e| e.into_inner());
         if sharing {
             if let Some(k) = cache().get(&key) {
                 return Ok(k.same_code(name, consts));
@@ -367,6 +392,25 @@ impl Session {
         b.finalize(fcfg);
     }
 
+    /// The code region of the wide micro-kernels, shared with the sessions sharing this one's cache (created on
+    /// first use).
+    pub(crate) fn code_region(&mut self) -> Result<std::sync::Arc<x86::CodeRegion>, CodegenError> {
+        if let Some(r) = self.code.region.get() {
+            return Ok(r.clone());
+        }
+        let r = std::sync::Arc::new(x86::CodeRegion::new().map_err(|e| CodegenError::Cranelift(e.to_string()))?);
+        Ok(self.code.region.get_or_init(|| r).clone())
+    }
+
+    /// The signature of a wide micro-kernel: `(a, b, c, bias, residual)`, SystemV (`x86::GemmFn`).
+    pub(crate) fn ukernel_signature(&self) -> Signature {
+        let mut sig = Signature::new(cranelift_codegen::isa::CallConv::SystemV);
+        for _ in 0..5 {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        sig
+    }
+
     /// The imported `resnetc_softmax(ptr, n)` helper, declared once per session.
     pub(crate) fn softmax_import(&mut self) -> Result<FuncId, CodegenError> {
         if let Some(f) = self.softmax_fn {
@@ -400,16 +444,9 @@ impl Session {
         Ok(f)
     }
 
-    /// [`Session::begin`] for a kernel that may call the prefetch stub: with `prefetch`, also returns the
-    /// stub's reference inside the new function.
-    pub(crate) fn begin_with_prefetch(
-        &mut self,
-        name: &str,
-        prefetch: bool,
-    ) -> Result<(FuncId, Option<cranelift_codegen::ir::FuncRef>), CodegenError> {
-        let stub = if prefetch { Some(self.prefetch_import()?) } else { None };
-        let id = self.begin(name)?;
-        Ok((id, stub.map(|f| self.module.declare_func_in_func(f, &mut self.ctx.func))))
+    /// Declares the session function `f` inside the function being built (after [`Session::begin`]).
+    pub(crate) fn import_in_func(&mut self, f: FuncId) -> cranelift_codegen::ir::FuncRef {
+        self.module.declare_func_in_func(f, &mut self.ctx.func)
     }
 
     /// Compiles the function in `self.ctx` (built after [`Session::begin`]) into the module.
@@ -451,9 +488,13 @@ impl Session {
         })
     }
 
-    /// Finalizes all kernels and returns the code owner.
+    /// Finalizes all kernels (and makes the micro-kernels they call executable) and returns the code owner.
     pub fn finish(mut self) -> Result<JitCode, CodegenError> {
         self.module.finalize_definitions().map_err(cl)?;
+        let region = self.code.region.get().cloned();
+        if let Some(r) = &region {
+            r.seal().map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+        }
         let funcs = self
             .funcs
             .iter()
@@ -463,7 +504,7 @@ impl Session {
                 (f, unsafe { std::mem::transmute::<*const u8, KernelFn>(p) })
             })
             .collect();
-        Ok(JitCode { session: self.number, module: Some(self.module), funcs })
+        Ok(JitCode { session: self.number, module: Some(self.module), funcs, _region: region })
     }
 }
 

@@ -17,32 +17,22 @@
 //!
 //! Work buffer: `36 * nt * cinv` (V) + `36 * nt * 4` (M) + `36 * cinv` (scratch) floats.
 
+use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
+use super::gemm::*;
+use super::transform::{transform2d, AT34, BT4, G34};
 use super::util::*;
-use super::winograd::{transform2d, BT4};
-use super::{CodegenError, Kernel, Session};
+use super::x86::GemmUkernel;
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use resnetc_runtime::abi::align_floats;
 use resnetc_runtime::AlignedBuf;
 
-/// G of F(3x3, 4x4) (points 0, ±1, ±2, ∞; its Bᵀ is F(4x4, 3x3)'s).
-const G34: [[f64; 4]; 6] = [
-    [1. / 4., 0., 0., 0.],
-    [-1. / 6., -1. / 6., -1. / 6., -1. / 6.],
-    [-1. / 6., 1. / 6., -1. / 6., 1. / 6.],
-    [1. / 24., 1. / 12., 1. / 6., 1. / 3.],
-    [1. / 24., -1. / 12., 1. / 6., -1. / 3.],
-    [0., 0., 0., 1.],
-];
-/// Aᵀ of F(3x3, 4x4).
-const AT34: [[f64; 6]; 3] = [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 1.]];
-
 /// Transformed tile side, output tile side.
 const A: usize = 6;
 const M: usize = 3;
 
-/// Whether [`Session::conv_stem`] handles this convolution: 7x7, stride 2, 1 to 4 input channels, no
+/// Whether [`StemPlan`] can compute this convolution: 7x7, stride 2, 1 to 4 input channels, no
 /// residual, a non-empty output.
 pub fn stem_applies(conv: &Conv, input: [usize; 3]) -> bool {
     let [h, w, c] = input;
@@ -54,8 +44,10 @@ pub fn stem_applies(conv: &Conv, input: [usize; 3]) -> bool {
 }
 
 /// Everything about one stem convolution that the generated code bakes in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StemPlan {
+    /// The GEMM micro-kernel tile: U is packed in panels of `gemm_tile.nr` channels.
+    pub gemm_tile: Tile,
     pub h: usize,
     pub w: usize,
     pub cin: usize,
@@ -75,12 +67,11 @@ pub struct StemPlan {
     /// Tiles per task (= micro-kernel rows), tasks.
     pub nt: usize,
     pub ntb: usize,
-    pub bias: bool,
-    pub relu: bool,
+    pub epi: Epilogue,
 }
 
 impl StemPlan {
-    pub fn new(conv: &Conv, input: [usize; 3]) -> Result<StemPlan, String> {
+    pub fn new(conv: &Conv, input: [usize; 3], gemm_tile: Tile) -> Result<StemPlan, String> {
         if !stem_applies(conv, input) {
             return Err("the stem kernel needs a 7x7, stride-2 convolution of 1-4 channels without residual".into());
         }
@@ -89,9 +80,11 @@ impl StemPlan {
         let (oh, ow) = ((h + p.top + p.bottom - 7) / 2 + 1, (w + p.left + p.right - 7) / 2 + 1);
         let (tiles_h, tiles_w) = (oh.div_ceil(M), ow.div_ceil(M));
         let ntiles = tiles_h * tiles_w;
-        let nt = ntiles.div_ceil(ntiles.div_ceil(12));
+        let nt = ntiles.div_ceil(ntiles.div_ceil(gemm_tile.mr));
+        let nr = gemm_tile.nr;
         let cout = conv.filters;
         Ok(StemPlan {
+            gemm_tile,
             h,
             w,
             cin,
@@ -101,16 +94,15 @@ impl StemPlan {
             cout,
             pt: p.top,
             pl: p.left,
-            npan: cout.div_ceil(4),
-            nfullpan: cout / 4,
-            ntail: cout % 4,
+            npan: cout.div_ceil(nr),
+            nfullpan: cout / nr,
+            ntail: cout % nr,
             tiles_h,
             tiles_w,
             ntiles,
             nt,
             ntb: ntiles.div_ceil(nt),
-            bias: conv.bias,
-            relu: conv.relu,
+            epi: Epilogue::of(conv),
         })
     }
 
@@ -119,21 +111,17 @@ impl StemPlan {
     }
 
     fn m_floats(&self) -> usize {
-        align_floats(A * A * self.nt * 4)
-    }
-
-    pub fn work_floats(&self) -> usize {
-        self.v_floats() + self.m_floats() + align_floats(A * A * self.cinv)
+        align_floats(A * A * self.nt * self.gemm_tile.nr)
     }
 
     pub fn bias_offset(&self) -> usize {
-        A * A * self.npan * self.cinv * 4
+        A * A * self.npan * self.cinv * self.gemm_tile.nr
     }
 
     /// Transforms and packs the Keras kernel `[7, 7, cin, cout]` (and bias) into `U[xi][panel][ci][4]` + bias.
     pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
         let (cin, cout, cinv) = (self.cin, self.cout, self.cinv);
-        let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * 4);
+        let mut out = AlignedBuf::zeroed(self.packed_floats());
         let mut k4 = [0f64; 16];
         for ci in 0..cinv {
             let (phase, c) = (ci / cin, ci % cin);
@@ -154,8 +142,8 @@ impl StemPlan {
                                 u += ga * gb * k4[a * 4 + bb];
                             }
                         }
-                        let (xi, p) = (i * A + j, n / 4);
-                        out[((xi * self.npan + p) * cinv + ci) * 4 + n % 4] = u as f32;
+                        let (xi, p, nr) = (i * A + j, n / self.gemm_tile.nr, self.gemm_tile.nr);
+                        out[((xi * self.npan + p) * cinv + ci) * nr + n % nr] = u as f32;
                     }
                 }
             }
@@ -166,7 +154,8 @@ impl StemPlan {
 }
 
 #[derive(Clone, Copy)]
-struct Ptrs {
+struct Ptrs<'a> {
+    env: &'a TaskEnv<'a>,
     inp: Value,
     out: Value,
     cst: Value,
@@ -175,29 +164,37 @@ struct Ptrs {
     scr: Value,
 }
 
-impl Session {
-    /// Compiles a 7x7 stride-2 convolution of 1-4 input channels (check [`stem_applies`]); same arguments and
-    /// result as [`Session::conv`].
-    pub fn conv_stem(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-    ) -> Result<Kernel, CodegenError> {
-        let p = StemPlan::new(conv, input).map_err(|e| CodegenError::invalid(name, e))?;
-        super::conv::check_weights(name, conv, 49 * p.cin * p.cout, p.cout, kernel, bias)?;
-        let consts = p.pack_weights(kernel, bias);
-        self.compile_once(format!("stem {conv:?} {input:?}"), name, consts, |s, consts| {
-            let id = s.begin(name)?;
-            s.build_task_loop(|b, [inp, _res, out, cst], work, task| {
-                let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
-                let scr = b.ins().iadd_imm_s(mm, (p.m_floats() * 4) as i64);
-                emit_task(b, &p, Ptrs { inp, out, cst, v: work, mm, scr }, task)
-            });
-            s.end(id, name, consts, p.ntb, p.work_floats(), false, vec![p.oh, p.ow, p.cout])
-        })
+impl KernelFamily for StemPlan {
+    fn ntasks(&self) -> usize {
+        self.ntb
+    }
+
+    /// V, M and the patch scratch.
+    fn work_floats(&self) -> usize {
+        self.v_floats() + self.m_floats() + align_floats(A * A * self.cinv)
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        vec![self.oh, self.ow, self.cout]
+    }
+
+    fn packed_floats(&self) -> usize {
+        self.bias_offset() + self.npan * self.gemm_tile.nr
+    }
+
+    fn helpers(&self) -> Helpers {
+        Helpers { ukernels: self.gemm_tile.is_wide(), ..Default::default() }
+    }
+
+    fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
+        let (kernel, bias) = w.checked(49 * self.cin * self.cout, self.epi.bias, self.cout)?;
+        Ok(self.pack_weights(kernel, bias))
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let mm = b.ins().iadd_imm_s(env.work, (self.v_floats() * 4) as i64);
+        let scr = b.ins().iadd_imm_s(mm, (self.m_floats() * 4) as i64);
+        emit_task(b, self, Ptrs { env, inp: env.inp, out: env.out, cst: env.cst, v: env.work, mm, scr }, task)
     }
 }
 
@@ -215,7 +212,7 @@ fn emit_task(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, task: Value) {
     });
     let (lo, hi) = (iconst(b, 0), iconst(b, p.nfullpan));
     for_range(b, lo, hi, &[], |b, pan, _| {
-        emit_panel(b, p, ptrs, pan, count, t0, 4);
+        emit_panel(b, p, ptrs, pan, count, t0, p.gemm_tile.nr);
         vec![]
     });
     if p.ntail > 0 {
@@ -305,13 +302,32 @@ fn emit_input_transform(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, t: Va
 /// The 36 GEMMs of panel `pan` over the task's tiles, then the output transform and epilogue of its
 /// `count` tiles (the first is `t0`); `lanes` output channels of the panel are real.
 fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, count: Value, t0: Value, lanes: usize) {
+    let nr = p.gemm_tile.nr;
     let (lo, hi) = (iconst(b, 0), iconst(b, A * A));
     for_range(b, lo, hi, &[], |b, xi, _| {
         let xp = b.ins().imul_imm_s(xi, p.npan as i64);
         let xp = b.ins().iadd(xp, pan);
-        let ub = addr(b, ptrs.cst, xp, p.cinv * 16, 0);
+        let ub = addr(b, ptrs.cst, xp, p.cinv * nr * 4, 0);
         let vb = addr(b, ptrs.v, xi, p.nt * p.cinv * 4, 0);
-        let mb = addr(b, ptrs.mm, xi, p.nt * 16, 0);
+        let mb = addr(b, ptrs.mm, xi, p.nt * nr * 4, 0);
+        if p.gemm_tile.is_wide() {
+            // Whole panels into M (U's padding columns are zero; their results are never read).
+            let uk = GemmUkernel {
+                isa: p.gemm_tile.isa,
+                rows: p.nt,
+                nr,
+                lanes: nr,
+                k: p.cinv,
+                a_row_stride: p.cinv * 4,
+                b_k_stride: nr * 4,
+                c_row_stride: nr * 4,
+                accumulate: false,
+                epilogue: Epilogue::default().wide(),
+                prefetch_b: None,
+            };
+            call_wide(b, ptrs.env, &WideCall { uk, a: vb, b: ub, c: mb, bias: None, residual: None });
+            return vec![];
+        }
         let accs: Vec<Value> = (0..p.nt).map(|_| zero4(b)).collect();
         let sets = accumulator_sets(p.nt);
         let kl = KLoop {
@@ -333,10 +349,6 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
         vec![]
     });
     let at: Vec<Vec<f64>> = AT34.iter().map(|r| r.to_vec()).collect();
-    let bias = p.bias.then(|| {
-        let bo = addr(b, ptrs.cst, pan, 16, (p.bias_offset() * 4) as i64);
-        b.ins().load(types::F32X4, mf_packed(), bo, 0)
-    });
     let lo = iconst(b, 0);
     for_range(b, lo, count, &[], |b, i, _| {
         let t = b.ins().iadd(t0, i);
@@ -346,36 +358,59 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
         let yw = b.ins().imul_imm_s(oy0, p.ow as i64);
         let pix = b.ins().iadd(yw, ox0);
         let e = b.ins().imul_imm_s(pix, p.cout as i64);
-        let col = b.ins().imul_imm_s(pan, 4);
+        let col = b.ins().imul_imm_s(pan, nr as i64);
         let e = b.ins().iadd(e, col);
-        let op = addr(b, ptrs.out, e, 4, 0);
-        let mrow = addr(b, ptrs.mm, i, 16, 0);
-        let mf = mf_rw().with_aligned();
-        let mv: Vec<Value> =
-            (0..A * A).map(|xi| b.ins().load(types::F32X4, mf, mrow, (xi * p.nt * 16) as i32)).collect();
-        let y = transform2d(b, &at, &mv, A);
+        let mrow = addr(b, ptrs.mm, i, nr * 4, 0);
         let c1 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, oy0, p.oh as i64 - M as i64);
         let c2 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, ox0, p.ow as i64 - M as i64);
         let full = b.ins().band(c1, c2);
-        let store_all = |b: &mut FunctionBuilder, masked: bool| {
-            for (q, &yv) in y.iter().enumerate() {
-                let (dy, dx) = (q / M, q % M);
-                let off = ((dy * p.ow + dx) * p.cout * 4) as i32;
-                let store = |b: &mut FunctionBuilder| {
-                    let v = conv_epilogue(b, yv, bias, p.relu, None, false);
-                    store_lanes(b, mf_rw(), v, op, off, lanes);
-                };
-                if masked {
-                    let yok = b.ins().icmp_imm_s(IntCC::SignedLessThan, oy0, p.oh as i64 - dy as i64);
-                    let xok = b.ins().icmp_imm_s(IntCC::SignedLessThan, ox0, p.ow as i64 - dx as i64);
-                    let ok = b.ins().band(yok, xok);
-                    if_then(b, ok, store);
-                } else {
-                    store(b);
+        // Quad `g` of the panel: channels pan*nr + 4g .. + q_lanes.
+        let quad = |b: &mut FunctionBuilder, g: Value, q_lanes: usize| {
+            let ge = b.ins().imul_imm_s(g, 4);
+            let e = b.ins().iadd(e, ge);
+            let op = addr(b, ptrs.out, e, 4, 0);
+            let mq = addr(b, mrow, g, 16, 0);
+            let mf = mf_rw().with_aligned();
+            let mv: Vec<Value> =
+                (0..A * A).map(|xi| b.ins().load(types::F32X4, mf, mq, (xi * p.nt * nr * 4) as i32)).collect();
+            let y = transform2d(b, &at, &mv, A);
+            let bias = p.epi.bias.then(|| {
+                let ch = b.ins().imul_imm_s(pan, nr as i64);
+                let ch = b.ins().iadd(ch, ge);
+                let bo = addr(b, ptrs.cst, ch, 4, (p.bias_offset() * 4) as i64);
+                b.ins().load(types::F32X4, mf_packed(), bo, 0)
+            });
+            let store_all = |b: &mut FunctionBuilder, masked: bool| {
+                for (q, &yv) in y.iter().enumerate() {
+                    let (dy, dx) = (q / M, q % M);
+                    let off = ((dy * p.ow + dx) * p.cout * 4) as i32;
+                    let store = |b: &mut FunctionBuilder| {
+                        let v = conv_epilogue(b, yv, bias, p.epi.relu, None, false);
+                        store_lanes(b, mf_rw(), v, op, off, q_lanes);
+                    };
+                    if masked {
+                        let yok = b.ins().icmp_imm_s(IntCC::SignedLessThan, oy0, p.oh as i64 - dy as i64);
+                        let xok = b.ins().icmp_imm_s(IntCC::SignedLessThan, ox0, p.ow as i64 - dx as i64);
+                        let ok = b.ins().band(yok, xok);
+                        if_then(b, ok, store);
+                    } else {
+                        store(b);
+                    }
                 }
-            }
+            };
+            if_else(b, full, |b| store_all(b, false), |b| store_all(b, true));
         };
-        if_else(b, full, |b| store_all(b, false), |b| store_all(b, true));
+        if lanes >= 4 {
+            let (z, nq) = (iconst(b, 0), iconst(b, lanes / 4));
+            for_range(b, z, nq, &[], |b, g, _| {
+                quad(b, g, 4);
+                vec![]
+            });
+        }
+        if lanes % 4 > 0 {
+            let g = iconst(b, lanes / 4);
+            quad(b, g, lanes % 4);
+        }
         vec![]
     });
 }
@@ -383,7 +418,7 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codegen::SessionOptions;
+    use crate::codegen::{Session, SessionOptions};
     use crate::ops::{Padding, Pads};
 
     fn rnd(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -392,14 +427,14 @@ mod tests {
 
     /// Runs the stem kernel on random data and returns its largest error relative to the largest output of a
     /// direct f64 convolution.
-    fn check(h: usize, w: usize, cin: usize, cout: usize, padding: Padding, relu: bool) -> f64 {
+    fn check(h: usize, w: usize, cin: usize, cout: usize, padding: Padding, relu: bool, tile: Tile) -> f64 {
         let mut conv = Conv::new(cout, [7, 7], [2, 2], padding, true);
         conv.relu = relu;
         let input = [h, w, cin];
-        let p = StemPlan::new(&conv, input).unwrap();
+        let p = StemPlan::new(&conv, input, tile).unwrap();
         let (x, k, bias) = (rnd(h * w * cin, 1, 2.0), rnd(49 * cin * cout, 2, 0.3), rnd(cout, 3, 0.5));
         let mut s = Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() }).unwrap();
-        let kern = s.conv_stem("stem", &conv, input, &k, Some(&bias)).unwrap();
+        let kern = s.compile("stem", &p, &LayerWeights::kernel(&k, Some(&bias))).unwrap();
         assert_eq!(kern.out_shape, vec![p.oh, p.ow, cout]);
         let code = s.finish().unwrap();
         // Guards around the output, NaN-filled work buffer, tasks one at a time in reverse order.
@@ -447,10 +482,12 @@ mod tests {
             (9, 16, 4, 9, explicit(0, 2, 1, 0), false),
             (11, 8, 3, 1, Padding::Same, false),
         ];
-        for (h, w, cin, cout, pad, relu) in cases {
-            let e = check(h, w, cin, cout, pad, relu);
-            eprintln!("{h}x{w}x{cin} -> {cout}: relative error {e:e}");
-            assert!(e < 1e-5, "{h}x{w}x{cin} -> {cout} {pad:?}: relative error {e:e}");
+        for isa in crate::codegen::tests::tiers() {
+            for &(h, w, cin, cout, pad, relu) in &cases {
+                let e = check(h, w, cin, cout, pad, relu, Tile::of(isa));
+                eprintln!("{isa}: {h}x{w}x{cin} -> {cout}: relative error {e:e}");
+                assert!(e < 1e-5, "{isa}: {h}x{w}x{cin} -> {cout} {pad:?}: relative error {e:e}");
+            }
         }
     }
 

@@ -33,9 +33,9 @@
 //! - Numerics: one level adds a few roundings per output (the left sums, the compile-time right sums and
 //!   the quadrant sums); ResNet-50 with it agrees with Keras to 2.3e-6 of the largest logit, as without.
 
-use super::conv::{ConvTiling, Ptrs, NR};
+use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
+use super::gemm::*;
 use super::util::*;
-use super::{CodegenError, Kernel, Session};
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -74,7 +74,7 @@ const TARGETS: [&[(usize, bool)]; 7] = [
 ];
 
 /// Everything about one Strassen convolution that the generated code bakes in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StrassenPlan {
     pub w: usize,
     pub cin: usize,
@@ -99,17 +99,31 @@ pub struct StrassenPlan {
     /// Panels per chunk (the quadrant scratch holds one chunk), chunks.
     pub ncp: usize,
     pub nchunks: usize,
-    pub bias: bool,
-    pub relu: bool,
-    pub residual: bool,
-    pub relu_after_add: bool,
+    pub epi: Epilogue,
 }
 
-/// Whether [`Session::conv`] runs this convolution through [`StrassenPlan`]: an unpadded 1x1 conv (any
-/// stride) with `t.strassen_min_m..=t.strassen_max_m` output pixels, at least `t.strassen_min_k` input
-/// and `t.strassen_min_n` output channels, and channel counts that split into whole vectors (cin and cout
-/// multiples of 8).
-pub fn strassen_applies(conv: &Conv, input: [usize; 3], t: &ConvTiling) -> bool {
+/// Blocking of Strassen convolutions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StrassenTiling {
+    /// Tasks at least (each task forms its left operands once; more would repeat that work).
+    pub min_tasks: usize,
+    /// Rows of the top half per task at most, so that a task's left operands (`7 x rows x K/2` floats)
+    /// stay in L2.
+    pub task_rows: usize,
+    /// Micro-kernel rows at most (<= `MR`).
+    pub mr_max: usize,
+}
+
+impl Default for StrassenTiling {
+    fn default() -> Self {
+        StrassenTiling { min_tasks: 1, task_rows: 128, mr_max: MR }
+    }
+}
+
+/// Whether [`StrassenPlan`] can compute this convolution: an unpadded 1x1 conv (any stride) with at least
+/// 2 output pixels and channel counts that split into whole vectors (cin and cout multiples of 8). Where
+/// it pays is the lowering's decision (`lower::Rules`).
+pub fn strassen_applies(conv: &Conv, input: [usize; 3]) -> bool {
     let [h, w, cin] = input;
     if conv.kernel != [1, 1] || h == 0 || w == 0 || conv.strides.contains(&0) {
         return false;
@@ -118,16 +132,12 @@ pub fn strassen_applies(conv: &Conv, input: [usize; 3], t: &ConvTiling) -> bool 
         return false;
     }
     let m = h.div_ceil(conv.strides[0]) * w.div_ceil(conv.strides[1]);
-    (t.strassen_min_m.max(2)..=t.strassen_max_m).contains(&m)
-        && cin >= t.strassen_min_k
-        && conv.filters >= t.strassen_min_n
-        && cin.is_multiple_of(8)
-        && conv.filters.is_multiple_of(8)
+    m >= 2 && cin.is_multiple_of(8) && conv.filters.is_multiple_of(8)
 }
 
 impl StrassenPlan {
-    pub fn new(conv: &Conv, input: [usize; 3], t: &ConvTiling) -> Result<StrassenPlan, String> {
-        if !strassen_applies(conv, input, t) {
+    pub fn new(conv: &Conv, input: [usize; 3], t: &StrassenTiling) -> Result<StrassenPlan, String> {
+        if !strassen_applies(conv, input) {
             return Err("Strassen needs an unpadded 1x1 conv with channel counts divisible by 8".into());
         }
         let [h, w, cin] = input;
@@ -141,8 +151,8 @@ impl StrassenPlan {
         // Tasks are blocks of row tiles: each forms its left operands once (all 7, kept in the work buffer)
         // and reads all right operands (from L2/L3; they are reused by every row tile of the task). The
         // tile count is rounded up to a multiple of the task count, so the tasks are even.
-        let ntasks0 = t.strassen_min_tasks.max(m2.div_ceil(t.strassen_task_rows.max(1))).clamp(1, m2);
-        let nt = m2.div_ceil(t.mr_max.clamp(1, super::conv::MR)).next_multiple_of(ntasks0).min(m2);
+        let ntasks0 = t.min_tasks.max(m2.div_ceil(t.task_rows.max(1))).clamp(1, m2);
+        let nt = m2.div_ceil(t.mr_max.clamp(1, MR)).next_multiple_of(ntasks0).min(m2);
         let mr = m2.div_ceil(nt);
         let mtiles = m2.div_ceil(mr);
         let mlast = m2 - (mtiles - 1) * mr;
@@ -172,15 +182,8 @@ impl StrassenPlan {
             ntasks,
             ncp,
             nchunks,
-            bias: conv.bias,
-            relu: conv.relu,
-            residual: conv.residual,
-            relu_after_add: conv.relu_after_add,
+            epi: Epilogue::of(conv),
         })
-    }
-
-    pub fn ntasks(&self) -> usize {
-        self.ntasks
     }
 
     /// Rows of a task's tiles.
@@ -190,12 +193,6 @@ impl StrassenPlan {
 
     fn left_floats(&self) -> usize {
         align_floats(7 * self.task_rows() * self.k2)
-    }
-
-    /// Per-thread work buffer (floats): the 7 left operands of the task's rows, then the four quadrants
-    /// of one panel chunk.
-    pub fn work_floats(&self) -> usize {
-        self.left_floats() + 4 * self.task_rows() * self.ncp * NR
     }
 
     pub fn bias_offset(&self) -> usize {
@@ -236,32 +233,43 @@ impl StrassenPlan {
     }
 }
 
-impl Session {
-    /// Compiles a 1x1 convolution for which [`strassen_applies`] (see the module docs).
-    pub fn conv_strassen(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-    ) -> Result<Kernel, CodegenError> {
-        let plan =
-            StrassenPlan::new(conv, input, &self.opts.conv_tiling).map_err(|e| CodegenError::invalid(name, e))?;
-        super::conv::check_weights(name, conv, plan.cin * plan.cout, plan.cout, kernel, bias)?;
-        let consts = plan.pack_weights(kernel, bias);
-        self.compile_once(format!("strassen {conv:?} {input:?}"), name, consts, |s, consts| {
-            let (id, pf) = s.begin_with_prefetch(name, true)?;
-            s.build_task_loop(|b, [inp, res, out, cst], work, t| {
-                emit_task(b, &plan, Ptrs { inp, res, out, cst, work, pf }, t)
-            });
-            let out_shape = vec![plan.oh, plan.ow, plan.cout];
-            s.end(id, name, consts, plan.ntasks(), plan.work_floats(), plan.residual, out_shape)
-        })
+impl KernelFamily for StrassenPlan {
+    fn ntasks(&self) -> usize {
+        self.ntasks
+    }
+
+    /// The 7 left operands of the task's rows, then the four quadrants of one panel chunk.
+    fn work_floats(&self) -> usize {
+        self.left_floats() + 4 * self.task_rows() * self.ncp * NR
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        vec![self.oh, self.ow, self.cout]
+    }
+
+    fn reads_input2(&self) -> bool {
+        self.epi.residual
+    }
+
+    fn helpers(&self) -> Helpers {
+        Helpers { prefetch: true, ..Default::default() }
+    }
+
+    fn packed_floats(&self) -> usize {
+        self.bias_offset() + self.cout
+    }
+
+    fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
+        let (kernel, bias) = w.checked(self.cin * self.cout, self.epi.bias, self.cout)?;
+        Ok(self.pack_weights(kernel, bias))
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        emit_task(b, self, *env, task)
     }
 }
 
-fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, t: Value) {
+fn emit_task(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: TaskEnv, t: Value) {
     let mt0 = b.ins().imul_imm_s(t, p.tpt as i64);
     let mt1 = b.ins().iadd_imm_s(mt0, p.tpt as i64);
     let full_end = iconst(b, p.mtiles - 1);
@@ -332,7 +340,7 @@ fn pixel_addr(b: &mut FunctionBuilder, p: &StrassenPlan, inp: Value, row: Value)
 }
 
 /// Quadrant scratch of the tile at row `lr` of the task: `quad[q][row][panel j][4]`.
-fn quad_base(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, lr: Value, p0: Value, pan: Value) -> Value {
+fn quad_base(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: TaskEnv, lr: Value, p0: Value, pan: Value) -> Value {
     let j = b.ins().isub(pan, p0);
     let r = b.ins().imul_imm_s(lr, p.ncp as i64);
     let e = b.ins().iadd(r, j);
@@ -345,7 +353,7 @@ fn quad_off(p: &StrassenPlan, q: usize, i: usize) -> i32 {
 }
 
 /// Byte address of left operand `prod`'s row `lr` (row of the task) in the work buffer.
-fn left_addr(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, prod: usize, lr: Value) -> Value {
+fn left_addr(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: TaskEnv, prod: usize, lr: Value) -> Value {
     addr(b, ptrs.work, lr, p.k2 * 4, (prod * p.task_rows() * p.k2 * 4) as i64)
 }
 
@@ -354,7 +362,15 @@ fn left_addr(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, prod: usize,
 /// K/2, the four input quadrant vectors are loaded once and the 7 sums and differences stored (a missing
 /// bottom row reads as zero). Rows are a run-time loop, so the code does not grow with the tile.
 #[allow(clippy::too_many_arguments)]
-fn emit_left(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, r0: Value, lr: Value, rows: usize, bottom: usize) {
+fn emit_left(
+    b: &mut FunctionBuilder,
+    p: &StrassenPlan,
+    ptrs: TaskEnv,
+    r0: Value,
+    lr: Value,
+    rows: usize,
+    bottom: usize,
+) {
     let row_bytes = p.k2 * 4;
     let prod_bytes = p.task_rows() * p.k2 * 4;
     let row_loop = |b: &mut FunctionBuilder, i0: usize, i1: usize, with_bottom: bool| {
@@ -414,7 +430,7 @@ fn emit_left(b: &mut FunctionBuilder, p: &StrassenPlan, ptrs: Ptrs, r0: Value, l
 fn emit_product(
     b: &mut FunctionBuilder,
     p: &StrassenPlan,
-    ptrs: Ptrs,
+    ptrs: TaskEnv,
     prod: usize,
     lr: Value,
     rows: usize,
@@ -425,7 +441,7 @@ fn emit_product(
     let row_bytes = p.k2 * 4;
     let left = left_addr(b, p, ptrs, prod, lr);
     let sets = accumulator_sets(rows);
-    let pf = if first { ptrs.pf.map(|f| (f, p.k2 * NR * 4)) } else { None };
+    let pf = if first { ptrs.prefetch.map(|f| (f, p.k2 * NR * 4)) } else { None };
     // The product for each panel, added into its quadrant tiles.
     for_range(b, p0, p_end, &[], |b, pan, _| {
         let bo = b.ins().imul_imm_s(pan, (p.k2 * NR * 4) as i64);
@@ -473,7 +489,7 @@ fn emit_product(
 fn emit_epilogue(
     b: &mut FunctionBuilder,
     p: &StrassenPlan,
-    ptrs: Ptrs,
+    ptrs: TaskEnv,
     r0: Value,
     lr: Value,
     rows: usize,
@@ -489,7 +505,7 @@ fn emit_epilogue(
             // Output channel of lane 0: ch*n2 + pan*4.
             let c0 = b.ins().imul_imm_s(pan, NR as i64);
             let c0 = b.ins().iadd_imm_s(c0, (ch * p.n2) as i64);
-            let bias = p.bias.then(|| {
+            let bias = p.epi.bias.then(|| {
                 let ba = addr(b, ptrs.cst, c0, 4, (p.bias_offset() * 4) as i64);
                 b.ins().load(types::F32X4, mf_input(), ba, 0)
             });
@@ -497,11 +513,11 @@ fn emit_epilogue(
             let rc = b.ins().imul_imm_s(r, p.cout as i64);
             let e = b.ins().iadd(rc, c0);
             let obase = addr(b, ptrs.out, e, 4, 0);
-            let rbase = p.residual.then(|| addr(b, ptrs.res, e, 4, 0));
+            let rbase = p.epi.residual.then(|| addr(b, ptrs.res, e, 4, 0));
             for i in 0..nrows {
                 let v = b.ins().load(types::F32X4, mf_rw(), qcol, quad_off(p, q, i));
                 let off = (i * p.cout * 4) as i32;
-                let v = conv_epilogue(b, v, bias, p.relu, rbase.map(|rb| (rb, off, NR)), p.relu_after_add);
+                let v = conv_epilogue(b, v, bias, p.epi.relu, rbase.map(|rb| (rb, off, NR)), p.epi.relu_after_add);
                 b.ins().store(mf_rw(), v, obase, off);
             }
         }

@@ -1,7 +1,11 @@
 //! Tests of the generated kernels against naive nested-loop references.
 
-use super::pool::PoolKind;
+use super::conv::{ConvPlan, GemmTiling};
+use super::dense::DensePlan;
+use super::elementwise::SoftmaxPlan;
+use super::pool::{GlobalPoolPlan, PoolKind, WindowPoolPlan};
 use super::*;
+use crate::lower::{select_conv, Rules};
 use crate::ops::{Activation, Conv, Padding, Pads, Pool};
 use proptest::prelude::*;
 use resnetc_runtime::{AlignedBuf, Buf, KernelArgs, ProgramBuilder, ThreadPool};
@@ -9,6 +13,31 @@ use std::sync::Arc;
 
 fn opts() -> SessionOptions {
     SessionOptions { verify: true, ..SessionOptions::default() }
+}
+
+/// One-thread rules with Winograd off (the conv tests exercise the GEMM and Strassen families).
+fn rules() -> Rules {
+    Rules { winograd: false, ..Rules::for_threads(1) }
+}
+
+/// Rules with this GEMM tiling.
+fn gemm_rules(gemm: GemmTiling) -> Rules {
+    Rules { gemm, ..rules() }
+}
+
+/// Compiles `conv` on `input` as the rules select.
+fn compile_conv(
+    s: &mut Session,
+    name: &str,
+    conv: &Conv,
+    input: [usize; 3],
+    r: &Rules,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Kernel, String> {
+    let algo = select_conv(conv, input, r)?;
+    s.compile(name, crate::lower::KernelOp::Conv(algo).family(), &LayerWeights::kernel(kernel, bias))
+        .map_err(|e| e.to_string())
 }
 
 /// A deterministic pseudo-random vector in [-1, 1), shared by the codegen tests.
@@ -97,20 +126,29 @@ fn naive_conv(c: &ConvCase, x: &[f32], wt: &[f32], bias: &[f32], res: &[f32]) ->
                     acc += bias[n] as f64;
                 }
                 if c.relu {
-                    acc = acc.max(0.0);
+                    acc = relu64(acc);
                 }
                 let o = (oy * ow + ox) * c.cout + n;
                 if c.residual {
                     acc += res[o] as f64;
                 }
                 if c.relu_after_add {
-                    acc = acc.max(0.0);
+                    acc = relu64(acc);
                 }
                 y[o] = acc as f32;
             }
         }
     }
     (vec![oh, ow, c.cout], y)
+}
+
+/// Relu as Keras computes it: NaN passes (`f64::max` would turn it into 0).
+fn relu64(v: f64) -> f64 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 fn conv_op(c: &ConvCase) -> Conv {
@@ -134,7 +172,7 @@ fn check_close(got: &[f32], want: &[f32], what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String> {
+fn run_conv_case(c: &ConvCase, tiling: Option<Rules>) -> Result<(), String> {
     let x = rnd(c.h * c.w * c.cin, 1);
     let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
     let bias = rnd(c.cout, 3);
@@ -143,13 +181,9 @@ fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String>
     let ow = (c.w + p.left + p.right - c.k[1]) / c.s[1] + 1;
     let res = rnd(oh * ow * c.cout, 4);
     let (shape, want) = naive_conv(c, &x, &wt, &bias, &res);
-    let mut o = opts();
-    if let Some(t) = tiling {
-        o.conv_tiling = t;
-    }
-    let mut s = Session::with_options(o).map_err(|e| e.to_string())?;
-    let k =
-        s.conv("conv", &conv_op(c), [c.h, c.w, c.cin], &wt, c.bias.then_some(&bias[..])).map_err(|e| e.to_string())?;
+    let r = tiling.unwrap_or_else(rules);
+    let mut s = Session::with_options(opts()).map_err(|e| e.to_string())?;
+    let k = compile_conv(&mut s, "conv", &conv_op(c), [c.h, c.w, c.cin], &r, &wt, c.bias.then_some(&bias[..]))?;
     if k.out_shape != shape {
         return Err(format!("shape {:?} != {:?}", k.out_shape, shape));
     }
@@ -158,9 +192,9 @@ fn run_conv_case(c: &ConvCase, tiling: Option<ConvTiling>) -> Result<(), String>
     check_close(&got, &want, &format!("{c:?}"))
 }
 
-fn small_tiling() -> ConvTiling {
+fn small_tiling() -> Rules {
     // Tiny blocks: exercises K blocking (first/middle/last), channel chunks and many tasks on small shapes.
-    ConvTiling { kc: 8, mc_tiles: 1, nc_panels: 1, min_tasks: 1, unroll: 3, ..ConvTiling::default() }
+    gemm_rules(GemmTiling { kc: 8, mc_tiles: 1, nc_panels: 1, min_tasks: 1, unroll: 3, ..GemmTiling::default() })
 }
 
 fn case(h: usize, w: usize, cin: usize, cout: usize, k: usize, s: usize, padding: Padding) -> ConvCase {
@@ -253,10 +287,10 @@ fn codegen_conv_streaming_order() {
     cases[1].relu_after_add = true;
     cases[3].bias = false;
     // Many tasks with one tile each, and with a remainder tile alone in the last task.
-    let many = ConvTiling { mc_tiles: 1, nc_panels: 1, min_tasks: 64, ..ConvTiling::default() };
+    let many = gemm_rules(GemmTiling { mc_tiles: 1, nc_panels: 1, min_tasks: 64, ..GemmTiling::default() });
     for c in &cases {
-        let p = super::conv::ConvPlan::new(&conv_op(c), [c.h, c.w, c.cin], &ConvTiling::default()).unwrap();
-        assert!(p.prefetch > 0 && p.nkb == 1, "{c:?} should stream");
+        let p = ConvPlan::new(&conv_op(c), [c.h, c.w, c.cin], &GemmTiling::default()).unwrap();
+        assert!(p.prefetch > 0 && p.k.blocks == 1, "{c:?} should stream");
         run_conv_case(c, None).unwrap();
         run_conv_case(c, Some(many.clone())).unwrap();
     }
@@ -270,7 +304,8 @@ fn codegen_conv_kernel_row_runs() {
     c.relu = true;
     run_conv_case(&c, None).unwrap();
     // kc = 21: one kernel row (7 taps x 3 channels) per K block.
-    run_conv_case(&c, Some(ConvTiling { kc: 21, ..small_tiling() })).unwrap();
+    let kc21 = Rules { gemm: GemmTiling { kc: 21, ..small_tiling().gemm }, ..small_tiling() };
+    run_conv_case(&c, Some(kc21)).unwrap();
     let c = case(30, 31, 3, 5, 7, 2, Padding::Same);
     run_conv_case(&c, None).unwrap();
 }
@@ -279,14 +314,7 @@ fn codegen_conv_kernel_row_runs() {
 fn codegen_conv_strassen_matches_naive() {
     // Forced on for small channel counts: odd M (a missing bottom row), stride 2, partial last tiles,
     // several column blocks and tasks, every epilogue.
-    let t = ConvTiling {
-        strassen_min_m: 2,
-        strassen_max_m: 10_000,
-        strassen_min_k: 8,
-        strassen_min_n: 8,
-        strassen_min_tasks: 6,
-        ..ConvTiling::default()
-    };
+    let t = strassen_rules(6, 128);
     let mut cases = vec![
         case(7, 7, 64, 32, 1, 1, Padding::Valid),
         case(14, 14, 32, 16, 1, 1, Padding::Valid),
@@ -302,19 +330,33 @@ fn codegen_conv_strassen_matches_naive() {
     c.bias = false;
     cases.push(c);
     for c in &cases {
-        assert!(strassen::strassen_applies(&conv_op(c), [c.h, c.w, c.cin], &t), "{c:?}");
+        assert!(is_strassen(c, &t), "{c:?}");
         run_conv_case(c, Some(t.clone())).unwrap();
-        let one = ConvTiling { strassen_min_tasks: 1, ..t.clone() };
-        run_conv_case(c, Some(one)).unwrap();
+        run_conv_case(c, Some(strassen_rules(1, 128))).unwrap();
         // Tasks by row count: 3 rows of the top half at most per task.
-        let short = ConvTiling { strassen_min_tasks: 1, strassen_task_rows: 3, ..t.clone() };
-        run_conv_case(c, Some(short)).unwrap();
+        run_conv_case(c, Some(strassen_rules(1, 3))).unwrap();
     }
     // Not for padded, larger kernels or channel counts that do not split into vectors.
     let no = [case(7, 7, 64, 32, 3, 1, Padding::Same), case(7, 7, 60, 32, 1, 1, Padding::Valid)];
     for c in &no {
-        assert!(!strassen::strassen_applies(&conv_op(c), [c.h, c.w, c.cin], &t), "{c:?}");
+        assert!(!is_strassen(c, &t), "{c:?}");
     }
+}
+
+/// Rules that run every 1x1 conv Strassen can compute as Strassen, with its task parameters.
+fn strassen_rules(min_tasks: usize, task_rows: usize) -> Rules {
+    Rules {
+        strassen_min_m: 2,
+        strassen_max_m: usize::MAX,
+        strassen_min_k: 8,
+        strassen_min_n: 8,
+        strassen: strassen::StrassenTiling { min_tasks, task_rows, ..Default::default() },
+        ..rules()
+    }
+}
+
+fn is_strassen(c: &ConvCase, r: &Rules) -> bool {
+    matches!(select_conv(&conv_op(c), [c.h, c.w, c.cin], r), Ok(crate::lower::ConvAlgo::Strassen(_)))
 }
 
 fn conv_case_strategy() -> impl Strategy<Value = ConvCase> {
@@ -368,17 +410,9 @@ proptest! {
     ) {
         let mut c = case(h, w, 8 * cin8, 8 * cout8, 1, s, Padding::Valid);
         (c.bias, c.relu, c.residual, c.relu_after_add) = (bias, relu, residual, raa);
-        let t = ConvTiling {
-            strassen_min_m: 2,
-            strassen_max_m: usize::MAX,
-            strassen_min_k: 8,
-            strassen_min_n: 8,
-            strassen_min_tasks: tasks,
-            strassen_task_rows: task_rows,
-            ..ConvTiling::default()
-        };
+        let t = strassen_rules(tasks, task_rows);
         let m = h.div_ceil(s) * w.div_ceil(s);
-        prop_assert_eq!(strassen::strassen_applies(&conv_op(&c), [h, w, c.cin], &t), m >= 2);
+        prop_assert_eq!(is_strassen(&c, &t), m >= 2);
         run_conv_case(&c, Some(t)).map_err(TestCaseError::fail)?;
     }
 }
@@ -437,7 +471,8 @@ fn codegen_pools_match_naive() {
             }
             for kind in [PoolKind::Max, PoolKind::Avg] {
                 let mut s = Session::with_options(opts()).unwrap();
-                let k = s.window_pool("pool", kind, p, *shape).unwrap();
+                let plan = WindowPoolPlan::new(kind, p, *shape).unwrap();
+                let k = s.compile("pool", &plan, &LayerWeights::default()).unwrap();
                 let code = s.finish().unwrap();
                 let (oshape, want) = naive_pool(kind, p, *shape, &x);
                 assert_eq!(k.out_shape, oshape);
@@ -455,7 +490,7 @@ fn codegen_global_pools_match_naive() {
         let x = rnd(h * w * c, 9);
         for kind in [PoolKind::Avg, PoolKind::Max] {
             let mut s = Session::with_options(opts()).unwrap();
-            let k = s.global_pool("gp", kind, shape).unwrap();
+            let k = s.compile("gp", &GlobalPoolPlan::new(kind, shape).unwrap(), &LayerWeights::default()).unwrap();
             let code = s.finish().unwrap();
             let want: Vec<f32> = (0..c)
                 .map(|ch| {
@@ -480,7 +515,8 @@ fn codegen_dense_matches_naive() {
                 let wt = rnd(cin * units, 2);
                 let bv = rnd(units, 3);
                 let mut s = Session::with_options(opts()).unwrap();
-                let k = s.dense("fc", cin, units, act, &wt, bias.then_some(&bv[..])).unwrap();
+                let plan = DensePlan::new(cin, units, act, bias).unwrap();
+                let k = s.compile("fc", &plan, &LayerWeights::kernel(&wt, bias.then_some(&bv[..]))).unwrap();
                 let code = s.finish().unwrap();
                 let mut want: Vec<f64> = (0..units)
                     .map(|u| {
@@ -489,7 +525,7 @@ fn codegen_dense_matches_naive() {
                     })
                     .collect();
                 match act {
-                    Activation::Relu => want.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    Activation::Relu => want.iter_mut().for_each(|v| *v = relu64(*v)),
                     Activation::Softmax => {
                         let m = want.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                         let e: Vec<f64> = want.iter().map(|v| (v - m).exp()).collect();
@@ -508,7 +544,7 @@ fn codegen_dense_matches_naive() {
 #[test]
 fn codegen_softmax_kernel() {
     let mut s = Session::with_options(opts()).unwrap();
-    let k = s.softmax("sm", 10).unwrap();
+    let k = s.compile("sm", &SoftmaxPlan::new(&[10]).unwrap(), &LayerWeights::default()).unwrap();
     let code = s.finish().unwrap();
     let x = rnd(10, 5);
     let got = call(&code, &k, &x, None);
@@ -528,18 +564,21 @@ fn tiny_net(threads: usize) -> (Vec<f32>, Vec<f32>) {
     let b1 = rnd(24, 12);
     let mut c1 = Conv::new(24, [3, 3], [1, 1], Padding::Same, true);
     c1.relu = true;
-    let mut k1 = s.conv("c1", &c1, [h, w, c], &w1, Some(&b1)).unwrap();
+    let r = rules();
+    let mut k1 = compile_conv(&mut s, "c1", &c1, [h, w, c], &r, &w1, Some(&b1)).unwrap();
     let w2 = rnd(24 * 24, 13);
     let mut c2 = Conv::new(24, [1, 1], [1, 1], Padding::Valid, false);
     c2.residual = true;
     c2.relu_after_add = true;
-    let mut k2 = s.conv("c2", &c2, [h, w, 24], &w2, None).unwrap();
+    let mut k2 = compile_conv(&mut s, "c2", &c2, [h, w, 24], &r, &w2, None).unwrap();
     let pool = Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same };
-    let mut k3 = s.max_pool("mp", &pool, [h, w, 24]).unwrap();
+    let none = LayerWeights::default();
+    let mut k3 = s.compile("mp", &WindowPoolPlan::new(PoolKind::Max, &pool, [h, w, 24]).unwrap(), &none).unwrap();
     let [ph, pw, _] = [k3.out_shape[0], k3.out_shape[1], 24];
-    let mut k4 = s.global_pool("gap", PoolKind::Avg, [ph, pw, 24]).unwrap();
+    let mut k4 = s.compile("gap", &GlobalPoolPlan::new(PoolKind::Avg, [ph, pw, 24]).unwrap(), &none).unwrap();
     let w5 = rnd(24 * 10, 14);
-    let mut k5 = s.dense("fc", 24, 10, Activation::Softmax, &w5, None).unwrap();
+    let fc = DensePlan::new(24, 10, Activation::Softmax, false).unwrap();
+    let mut k5 = s.compile("fc", &fc, &LayerWeights::kernel(&w5, None)).unwrap();
     let code = s.finish().unwrap();
     let a1 = h * w * 24;
     let a3 = ph * pw * 24;
@@ -598,12 +637,12 @@ fn golden(file: &str, got: String) {
     assert_eq!(got, want, "IR of {file} changed; if intended, regenerate with BLESS=1");
 }
 
-fn golden_conv_ir(tiling: ConvTiling, cin: usize) -> String {
-    let mut s = Session::with_options(SessionOptions { keep_ir: true, conv_tiling: tiling, ..opts() }).unwrap();
+fn golden_conv_ir(tiling: GemmTiling, cin: usize) -> String {
+    let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
     let mut c = Conv::new(4, [1, 1], [1, 1], Padding::Valid, true);
     c.relu = true;
     let wt = rnd(4 * cin, 1);
-    let k = s.conv("golden", &c, [1, 1, cin], &wt, Some(&[0.5; 4])).unwrap();
+    let k = compile_conv(&mut s, "golden", &c, [1, 1, cin], &gemm_rules(tiling), &wt, Some(&[0.5; 4])).unwrap();
     k.clif.unwrap()
 }
 
@@ -611,7 +650,7 @@ fn golden_conv_ir(tiling: ConvTiling, cin: usize) -> String {
 fn codegen_golden_ir_conv1x1_c4() {
     golden(
         "conv1x1_c4.clif",
-        golden_conv_ir(ConvTiling { prefetch_max_m: 0, prefetch_first_tile: false, ..ConvTiling::default() }, 4),
+        golden_conv_ir(GemmTiling { prefetch_max_m: 0, prefetch_first_tile: false, ..GemmTiling::default() }, 4),
     );
 }
 
@@ -619,7 +658,7 @@ fn codegen_golden_ir_conv1x1_c4() {
 /// iteration that calls the `preserve_all` prefetch stub once per iteration, 8 KB ahead.
 #[test]
 fn codegen_golden_ir_conv1x1_c8_prefetch() {
-    let ir = golden_conv_ir(ConvTiling::default(), 8);
+    let ir = golden_conv_ir(GemmTiling::default(), 8);
     assert!(ir.contains("preserve_all") && ir.contains("call fn0"), "{ir}");
     golden("conv1x1_c8_prefetch.clif", ir);
 }
@@ -631,11 +670,12 @@ fn codegen_golden_ir_conv1x1_c8_prefetch() {
 fn codegen_dump_asm() {
     let path = std::env::var("DUMP_ASM").unwrap_or_else(|_| "/tmp/conv.s".into());
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let t = ConvTiling::default();
-    let conv_tiling = ConvTiling { mr_max: env("CONV_MR", t.mr_max), unroll: env("CONV_UNROLL", t.unroll), ..t };
-    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, conv_tiling, ..opts() }).unwrap();
+    let t = GemmTiling::default();
+    let tiling = GemmTiling { mr_max: env("CONV_MR", t.mr_max), unroll: env("CONV_UNROLL", t.unroll), ..t };
+    let mut s = Session::with_options(SessionOptions { keep_asm: true, keep_ir: true, ..opts() }).unwrap();
     let c = Conv::new(256, [1, 1], [1, 1], Padding::Valid, true);
-    let k = s.conv("c", &c, [56, 56, 64], &rnd(64 * 256, 1), Some(&rnd(256, 2))).unwrap();
+    let r = gemm_rules(tiling);
+    let k = compile_conv(&mut s, "c", &c, [56, 56, 64], &r, &rnd(64 * 256, 1), Some(&rnd(256, 2))).unwrap();
     std::fs::write(&path, k.asm.unwrap()).unwrap();
     std::fs::write(format!("{path}.clif"), k.clif.unwrap()).unwrap();
 }
@@ -646,25 +686,18 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
     // session, the others by a second session sharing its code cache (as the back end's workers do): one
     // compiled function, owned by the first session, each kernel with its own constants and its own correct
     // result; another shape, or the same under other session options, gets its own code.
-    let strassen = ConvTiling { strassen_min_m: 2, strassen_min_k: 8, strassen_min_n: 8, ..ConvTiling::default() };
-    for (c, tiling, wino) in [
-        (case(6, 8, 16, 8, 3, 1, Padding::Same), ConvTiling::default(), false),
-        (case(7, 7, 16, 16, 1, 1, Padding::Valid), strassen, false),
-        (case(8, 8, 8, 12, 3, 1, Padding::Same), ConvTiling::default(), true),
+    let wino = Rules { winograd: true, ..rules() };
+    for (c, r) in [
+        (case(6, 8, 16, 8, 3, 1, Padding::Same), rules()),
+        (case(7, 7, 16, 16, 1, 1, Padding::Valid), strassen_rules(1, 128)),
+        (case(8, 8, 8, 12, 3, 1, Padding::Same), wino),
     ] {
         let x = rnd(c.h * c.w * c.cin, 1);
         let compile = |s: &mut Session, c: &ConvCase, wt: &[f32], bias: &[f32]| {
-            let conv = conv_op(c);
-            if wino {
-                s.conv_winograd("w", &conv, [c.h, c.w, c.cin], wt, Some(bias))
-            } else {
-                s.conv("c", &conv, [c.h, c.w, c.cin], wt, Some(bias))
-            }
-            .unwrap()
+            compile_conv(s, "c", &conv_op(c), [c.h, c.w, c.cin], &r, wt, Some(bias)).unwrap()
         };
         let cache = CodeCache::default();
-        let o = SessionOptions { conv_tiling: tiling.clone(), ..opts() };
-        let mut ss = [Session::with_cache(o.clone(), &cache).unwrap(), Session::with_cache(o, &cache).unwrap()];
+        let mut ss = [Session::with_cache(opts(), &cache).unwrap(), Session::with_cache(opts(), &cache).unwrap()];
         let mut ks = Vec::new();
         let mut wants = Vec::new();
         for (i, seed) in [2, 5, 7].into_iter().enumerate() {
@@ -680,11 +713,25 @@ fn codegen_identical_convs_share_code_with_their_own_weights() {
         let wt = rnd(other.k[0] * other.k[1] * other.cin * other.cout, 9);
         let k3 = compile(&mut ss[1], &other, &wt, &rnd(other.cout, 10));
         assert_ne!(k3.id, ks[0].id);
-        // A session with other options (another tiling) sharing the cache compiles its own.
-        let other_opts = SessionOptions { conv_tiling: ConvTiling { unroll: 3, ..tiling }, ..opts() };
-        let mut s2 = Session::with_cache(other_opts, &cache).unwrap();
-        let k4 = compile(&mut s2, &c, &rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2), &rnd(c.cout, 3));
-        assert_ne!(k4.id, ks[0].id);
+        // Another tiling of the same layer (another plan) sharing the cache compiles its own.
+        let input = [c.h, c.w, c.cin];
+        let other = match select_conv(&conv_op(&c), input, &r).unwrap() {
+            crate::lower::ConvAlgo::Gemm(p) => crate::lower::ConvAlgo::Gemm(ConvPlan { unroll: 3, ..p }),
+            crate::lower::ConvAlgo::Strassen(p) => {
+                crate::lower::ConvAlgo::Strassen(strassen::StrassenPlan { ncp: 1, ..p })
+            }
+            crate::lower::ConvAlgo::Winograd(_) => {
+                let t = winograd::WinogradTiling { rows: 3, ..winograd::WinogradTiling::for_input(input) };
+                crate::lower::ConvAlgo::Winograd(winograd::WinogradPlan::new(&conv_op(&c), input, &t).unwrap())
+            }
+            a => a,
+        };
+        let mut s2 = Session::with_cache(opts(), &cache).unwrap();
+        let (wt, b) = (rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2), rnd(c.cout, 3));
+        let k4 = s2
+            .compile("c", crate::lower::KernelOp::Conv(other).family(), &LayerWeights::kernel(&wt, Some(&b)))
+            .unwrap();
+        assert_ne!(k4.id, ks[0].id, "{c:?}");
         assert_eq!(cache.len(), 3);
         let [s0, s1] = ss;
         let (code0, code1) = (s0.finish().unwrap(), s1.finish().unwrap());
@@ -703,8 +750,253 @@ fn codegen_kept_ir_is_per_kernel() {
     let mut s = Session::with_options(SessionOptions { keep_ir: true, ..opts() }).unwrap();
     let wt = rnd(9 * c.cin * c.cout, 2);
     let b = rnd(c.cout, 3);
-    let k1 = s.conv("a", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&b)).unwrap();
-    let k2 = s.conv("b", &conv_op(&c), [c.h, c.w, c.cin], &wt, Some(&b)).unwrap();
+    let k1 = compile_conv(&mut s, "a", &conv_op(&c), [c.h, c.w, c.cin], &rules(), &wt, Some(&b)).unwrap();
+    let k2 = compile_conv(&mut s, "b", &conv_op(&c), [c.h, c.w, c.cin], &rules(), &wt, Some(&b)).unwrap();
     assert_ne!(k1.id, k2.id);
     assert!(k1.clif.is_some() && k2.clif.is_some());
+}
+
+// ---- NaN and Inf: IEEE propagation, as Keras does ----
+
+/// Which outputs a non-finite input pixel `(iy, ix)` may reach in a kernel of family `algo`, beyond those whose
+/// window contains it (where every family must be non-finite): fast algorithms mix whole tiles (Winograd: the
+/// transformed input patch of every tile that overlaps the pixel; the stem: its polyphase patches) or, for
+/// Strassen, the same pixel of the other half of the rows.
+fn may_spread(algo: crate::lower::Algorithm, c: &ConvCase, (oy, ox): (usize, usize), (iy, ix): (usize, usize)) -> bool {
+    use crate::lower::Algorithm;
+    let near = |d: usize| oy.abs_diff(iy) <= d && ox.abs_diff(ix) <= d;
+    match algo {
+        Algorithm::Gemm | Algorithm::Plain => false,
+        Algorithm::Winograd(_) => near(6),
+        Algorithm::Stem => oy.abs_diff(iy / 2) <= 6 && ox.abs_diff(ix / 2) <= 6,
+        Algorithm::Strassen => {
+            let ow = (c.w - 1) / c.s[1] + 1;
+            let m = ((c.h - 1) / c.s[0] + 1) * ow;
+            let half = m.div_ceil(2);
+            let (o, p) = (oy * ow + ox, (iy / c.s[0]) * ow + ix / c.s[1]);
+            o % half == p % half
+        }
+    }
+}
+
+/// Runs `c` (selected by `r`) with `x[(iy, ix, ch)] = bad` and checks: every output the naive convolution
+/// makes non-finite is non-finite (NaN where it is NaN), every other output equals it unless the family may
+/// spread the value there (`may_spread`).
+fn check_non_finite(c: &ConvCase, r: &Rules, (iy, ix, ch): (usize, usize, usize), bad: f32) -> Result<(), String> {
+    let mut x = rnd(c.h * c.w * c.cin, 1);
+    x[(iy * c.w + ix) * c.cin + ch] = bad;
+    let wt = rnd(c.k[0] * c.k[1] * c.cin * c.cout, 2);
+    let bias = rnd(c.cout, 3);
+    let p = c.padding.pads(c.h, c.w, c.k, c.s);
+    let (oh, ow) = ((c.h + p.top + p.bottom - c.k[0]) / c.s[0] + 1, (c.w + p.left + p.right - c.k[1]) / c.s[1] + 1);
+    let res = rnd(oh * ow * c.cout, 4);
+    let (_, want) = naive_conv(c, &x, &wt, &bias, &res);
+    let algo = select_conv(&conv_op(c), [c.h, c.w, c.cin], r)?;
+    let kind = crate::lower::KernelOp::Conv(algo.clone()).algorithm();
+    let mut s = Session::with_options(opts()).map_err(|e| e.to_string())?;
+    let k = s
+        .compile(
+            "c",
+            crate::lower::KernelOp::Conv(algo).family(),
+            &LayerWeights::kernel(&wt, c.bias.then_some(&bias[..])),
+        )
+        .map_err(|e| e.to_string())?;
+    let code = s.finish().map_err(|e| e.to_string())?;
+    let got = call(&code, &k, &x, c.residual.then_some(&res[..]));
+    let mut hits = 0;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let (oy, ox) = (i / c.cout / ow, i / c.cout % ow);
+        let at = format!("{kind} {c:?}, bad {bad} at ({iy}, {ix}, {ch}), output ({oy}, {ox}, {})", i % c.cout);
+        if !w.is_finite() {
+            hits += 1;
+            if g.is_finite() || (w.is_nan() && !g.is_nan() && !may_spread(kind, c, (oy, ox), (iy, ix))) {
+                return Err(format!("{at}: got {g}, want {w}"));
+            }
+        } else if !may_spread(kind, c, (oy, ox), (iy, ix)) && (g.is_nan() || (g - w).abs() > 1e-4 * w.abs().max(1.0)) {
+            return Err(format!("{at}: got {g}, want {w}"));
+        }
+    }
+    if hits == 0 {
+        return Err(format!("{kind} {c:?}: the test reaches no output"));
+    }
+    Ok(())
+}
+
+/// A NaN or an infinity in the input reaches the outputs whose window holds it, in every convolution
+/// family, through the fused epilogue's relus (relu(NaN) = NaN, as in Keras); elsewhere results are exact.
+#[test]
+fn codegen_non_finite_inputs_propagate_in_every_conv_family() {
+    let epi = |mut c: ConvCase| {
+        (c.relu, c.residual, c.relu_after_add) = (true, true, true);
+        c
+    };
+    let wino = Rules { winograd: true, ..rules() };
+    let families = [
+        (epi(case(6, 8, 16, 8, 1, 1, Padding::Valid)), rules(), "gemm, direct 1x1"),
+        (epi(case(9, 7, 19, 10, 3, 2, Padding::Same)), small_tiling(), "gemm, packed, K blocks"),
+        (epi(case(3, 4, 40, 12, 3, 1, Padding::Same)), rules(), "gemm, streaming order"),
+        (epi(case(7, 7, 16, 16, 1, 1, Padding::Valid)), strassen_rules(2, 128), "strassen"),
+        (epi(case(12, 11, 9, 6, 3, 1, Padding::Same)), wino.clone(), "winograd F(4x4)"),
+        (epi(case(5, 6, 9, 6, 3, 1, Padding::Same)), wino.clone(), "winograd F(2x2)"),
+        (case(23, 20, 3, 8, 7, 2, Padding::Same), wino, "stem"),
+    ];
+    for isa in tiers() {
+        for (c, r, what) in &families {
+            let c = ConvCase { relu: true, ..c.clone() };
+            for (at, bad) in [((2, 3, 1), f32::NAN), ((0, 0, 0), f32::NAN), ((c.h - 1, 1, 2), f32::INFINITY)] {
+                check_non_finite(&c, &on_tier(isa, r), at, bad).map_err(|e| format!("{isa} {what}: {e}")).unwrap();
+            }
+        }
+    }
+}
+
+/// A NaN bias or weight makes its output channel NaN everywhere its taps reach real input.
+#[test]
+fn codegen_nan_weights_are_not_hidden_by_relu() {
+    for (c, r) in [
+        (case(6, 5, 8, 6, 3, 1, Padding::Same), rules()),
+        (case(9, 9, 8, 8, 3, 1, Padding::Same), Rules { winograd: true, ..rules() }),
+    ] {
+        let c = ConvCase { relu: true, ..c };
+        let x = rnd(c.h * c.w * c.cin, 1);
+        let mut wt = rnd(9 * c.cin * c.cout, 2);
+        let mut bias = rnd(c.cout, 3);
+        bias[1] = f32::NAN;
+        // Centre tap, channel 0 -> output channel 4: reaches every output.
+        wt[(4 * c.cin) * c.cout + 4] = f32::NAN;
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = compile_conv(&mut s, "c", &conv_op(&c), [c.h, c.w, c.cin], &r, &wt, Some(&bias)).unwrap();
+        let code = s.finish().unwrap();
+        let got = call(&code, &k, &x, None);
+        for (i, g) in got.iter().enumerate() {
+            let n = i % c.cout;
+            assert_eq!(g.is_nan(), n == 1 || n == 4, "output {i} (channel {n}) is {g}");
+        }
+    }
+}
+
+#[test]
+fn codegen_pools_propagate_nan_and_empty_windows_are_zero() {
+    let shape = [6usize, 7, 9];
+    let mut x = rnd(shape.iter().product(), 3);
+    let (iy, ix, ch) = (2, 3, 5);
+    x[(iy * 7 + ix) * 9 + ch] = f32::NAN;
+    let pool = Pool { size: [3, 3], strides: [2, 2], padding: Padding::Same };
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = s.compile("p", &WindowPoolPlan::new(kind, &pool, shape).unwrap(), &LayerWeights::default()).unwrap();
+        let gp = s.compile("g", &GlobalPoolPlan::new(kind, shape).unwrap(), &LayerWeights::default()).unwrap();
+        let code = s.finish().unwrap();
+        let (_, want) = naive_pool(kind, &pool, shape, &x);
+        let got = call(&code, &k, &x, None);
+        let ow = k.out_shape[1];
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (oy, ox, c) = (i / 9 / ow, i / 9 % ow, i % 9);
+            // Same padding: rows pad 0 top / 1 bottom (windows 2oy..2oy+2), columns 1 / 1 (2ox-1..2ox+1).
+            let covers = c == ch && (2 * oy + 1).abs_diff(iy) <= 1 && (2 * ox).abs_diff(ix) <= 1;
+            assert_eq!(g.is_nan(), covers, "{kind:?} output ({oy}, {ox}, {c}) is {g}");
+            assert!(g.is_nan() || (g - w).abs() <= 1e-5, "{kind:?} output {i}: {g} vs {w}");
+        }
+        let g = call(&code, &gp, &x, None);
+        assert!(g.iter().enumerate().all(|(c, v)| v.is_nan() == (c == ch)), "global {kind:?}: {g:?}");
+    }
+    // Explicit pads at least the window (a folded ZeroPadding2D): a window of padding only gives 0.
+    let pool = Pool {
+        size: [2, 2],
+        strides: [2, 2],
+        padding: Padding::Explicit(Pads { top: 2, bottom: 0, left: 0, right: 2 }),
+    };
+    let x: Vec<f32> = rnd(4 * 4 * 3, 4).iter().map(|v| v.abs() + 1.0).collect();
+    let mut s = Session::with_options(opts()).unwrap();
+    let plan = WindowPoolPlan::new(PoolKind::Max, &pool, [4, 4, 3]).unwrap();
+    assert!(plan.empty_windows);
+    let k = s.compile("p", &plan, &LayerWeights::default()).unwrap();
+    let code = s.finish().unwrap();
+    let (_, want) = naive_pool(PoolKind::Max, &pool, [4, 4, 3], &x);
+    let got = call(&code, &k, &x, None);
+    assert_eq!(&got[..9], &[0.0; 9], "the first output row lies in the padding");
+    check_close(&got, &want.iter().map(|&v| if v == f32::NEG_INFINITY { 0.0 } else { v }).collect::<Vec<_>>(), "pads")
+        .unwrap();
+}
+
+#[test]
+fn codegen_dense_propagates_nan_through_relu_and_softmax() {
+    let (cin, units) = (37, 10);
+    let mut x = rnd(cin, 1);
+    x[5] = f32::NAN;
+    let wt = rnd(cin * units, 2);
+    for act in [Activation::Relu, Activation::Softmax, Activation::Linear] {
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = s
+            .compile("fc", &DensePlan::new(cin, units, act, false).unwrap(), &LayerWeights::kernel(&wt, None))
+            .unwrap();
+        let code = s.finish().unwrap();
+        let y = call(&code, &k, &x, None);
+        assert!(y.iter().all(|v| v.is_nan()), "{act}: {y:?}");
+    }
+}
+
+// ---- every CPU tier ----
+
+/// `r` with the tile of tier `isa`.
+fn on_tier(isa: x86::Isa, r: &Rules) -> Rules {
+    let tile = gemm::Tile::of(isa);
+    Rules { isa, gemm: GemmTiling { tile, mr_max: tile.mr, ..r.gemm.clone() }, ..r.clone() }
+}
+
+/// The tiers this machine runs; the others are named on stderr (never silently passed).
+pub(crate) fn tiers() -> Vec<x86::Isa> {
+    let have = x86::Isa::available();
+    for isa in x86::Isa::ALL.into_iter().filter(|i| !have.contains(i)) {
+        eprintln!("tier {isa} skipped: {}", isa.check_supported().unwrap_err());
+    }
+    have
+}
+
+/// Rules of tier `isa` on one thread, Winograd off (the GEMM family), with `f` applied to its GEMM tiling.
+fn tier_rules(isa: x86::Isa, f: impl Fn(&mut GemmTiling)) -> Rules {
+    let mut r = Rules { winograd: false, ..Rules::for_target(isa, 1) };
+    f(&mut r.gemm);
+    r
+}
+
+/// The GEMM convolution on every tier: edge cases (K blocking, channel chunks, partial row tiles, column
+/// tails, streaming order, every epilogue), against the naive convolution.
+#[test]
+fn codegen_conv_every_tier_matches_naive() {
+    let mut cases = vec![
+        case(6, 8, 16, 8, 1, 1, Padding::Valid),
+        case(7, 7, 64, 36, 1, 1, Padding::Same),
+        case(5, 4, 300, 9, 1, 1, Padding::Valid),
+        case(6, 5, 19, 5, 3, 2, Padding::Same),
+        case(9, 11, 13, 70, 3, 1, Padding::Same),
+        case(1, 1, 4, 4, 1, 1, Padding::Valid),
+        case(7, 7, 512, 6, 1, 1, Padding::Valid),
+        case(2, 2, 512, 70, 3, 1, Padding::Same),
+        case(20, 18, 3, 64, 7, 2, Padding::Same),
+        case(14, 14, 33, 100, 1, 2, Padding::Valid),
+    ];
+    for (i, c) in cases.iter_mut().enumerate() {
+        (c.relu, c.residual, c.relu_after_add) = (i % 2 == 0, i % 3 == 0, i % 4 == 0);
+    }
+    for isa in tiers() {
+        for c in &cases {
+            run_conv_case(c, Some(tier_rules(isa, |_| {}))).map_err(|e| format!("{isa}: {e}")).unwrap();
+            let small = tier_rules(isa, |t| (t.kc, t.mc_tiles, t.nc_panels, t.min_tasks) = (8, 1, 1, 1));
+            run_conv_case(c, Some(small)).map_err(|e| format!("{isa}, small blocks: {e}")).unwrap();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random convolutions on every wide tier (the f32x4 tier has its own proptests above).
+    #[test]
+    fn codegen_conv_wide_tiers_match_naive(c in conv_case_strategy(), small in any::<bool>()) {
+        for isa in x86::Isa::available().into_iter().filter(|i| i.is_wide()) {
+            let r = tier_rules(isa, |t| if small { (t.kc, t.mc_tiles, t.nc_panels, t.min_tasks) = (8, 1, 1, 1) });
+            run_conv_case(&c, Some(r)).map_err(|e| TestCaseError::fail(format!("{isa}: {e}")))?;
+        }
+    }
 }

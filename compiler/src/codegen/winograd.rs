@@ -18,28 +18,23 @@
 //!
 //! Work buffer: `alpha² * nt * cinp` (V) + `alpha² * nt * 4 * cbp` (M) + `alpha² * cinp` (scratch) floats.
 
+use super::family::{Helpers, KernelFamily, LayerWeights, TaskEnv};
+use super::gemm::*;
+pub use super::transform::WinogradTile;
+use super::transform::{mats, transform2d, Mats};
 use super::util::*;
-use super::{CodegenError, Kernel, Session};
+use super::x86::GemmUkernel;
 use crate::ops::Conv;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use resnetc_runtime::abi::align_floats;
 use resnetc_runtime::AlignedBuf;
 
-/// Output tile size of the Winograd algorithm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WinogradTile {
-    /// F(2x2, 3x3): 16 multiplications per 4 outputs (2.25x fewer than direct), transforms with 0/±1 only.
-    F2,
-    /// F(4x4, 3x3): 36 multiplications per 16 outputs (4x fewer), larger transform constants.
-    F4,
-}
-
 /// Blocking parameters of Winograd kernels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WinogradTiling {
     pub tile: WinogradTile,
-    /// Micro-kernel rows (tiles) at most (<= 12).
+    /// Micro-kernel rows (tiles) at most (<= the tile's rows).
     pub rows: usize,
     /// Row blocks per task at most (tiles per task = rows * row_blocks), further bounded by `v_budget`.
     /// Default 1: with 2-3 blocks, V and M of a task (221 KB each on 56x56x64) fell out of L2's sweet spot;
@@ -48,10 +43,13 @@ pub struct WinogradTiling {
     pub row_blocks: usize,
     /// Floats of the transformed input V a task may hold (bounds row_blocks).
     pub v_budget: usize,
-    /// Output-channel panels (of 4) per channel block.
+    /// Output channels per channel block, in units of 4 (so 16 = 64 channels; at least one panel of the
+    /// tile).
     pub cout_panels: usize,
     /// Split channel blocks into groups until there are at least this many tasks.
     pub min_tasks: usize,
+    /// The GEMM micro-kernel tile of the CPU tier (rows at most, and the width U is packed in).
+    pub gemm_tile: Tile,
     /// Threads the kernel will run on: with more than one, the plan may take fewer micro-kernel rows or
     /// more channel groups when that shortens the modelled makespan (see `makespan`). ResNet-50's 28x28x128
     /// layers have 5 tile blocks, which 2 threads ran as 3 + 2 (1.62-1.69x faster than 1 thread, where the
@@ -72,6 +70,7 @@ impl Default for WinogradTiling {
             v_budget: 64 * 1024,
             cout_panels: 16,
             min_tasks: 4,
+            gemm_tile: Tile::default(),
             threads: 1,
             prefetch_max_tiles: 24,
             prefetch_distance: 8192,
@@ -79,7 +78,7 @@ impl Default for WinogradTiling {
     }
 }
 
-/// Whether [`Session::conv_winograd`] handles this convolution: 3x3 kernel, stride 1, padding 1 on each side
+/// Whether [`WinogradPlan`] can compute this convolution: 3x3 kernel, stride 1, padding 1 on each side
 /// (`same` or explicit), non-empty input.
 pub fn winograd_applies(conv: &Conv, input: [usize; 3]) -> bool {
     let [h, w, c] = input;
@@ -88,12 +87,6 @@ pub fn winograd_applies(conv: &Conv, input: [usize; 3]) -> bool {
     }
     let p = conv.padding.pads(h, w, conv.kernel, conv.strides);
     p.top == 1 && p.bottom == 1 && p.left == 1 && p.right == 1
-}
-
-/// Whether Winograd is expected to beat [`Session::conv`] here (measured single-threaded on this machine, see
-/// `benches/winograd.rs`): it applies and the map is at least 4x4 (on 2x2 maps one tile wastes most of its work).
-pub fn winograd_recommended(conv: &Conv, input: [usize; 3]) -> bool {
-    winograd_applies(conv, input) && input[0] >= 4 && input[1] >= 4
 }
 
 impl WinogradTiling {
@@ -109,56 +102,12 @@ impl WinogradTiling {
     }
 }
 
-// Transform matrices (rows of Bᵀ, G, Aᵀ).
-const BT2: [[f64; 4]; 4] = [[1., 0., -1., 0.], [0., 1., 1., 0.], [0., -1., 1., 0.], [0., 1., 0., -1.]];
-const G2: [[f64; 3]; 4] = [[1., 0., 0.], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0., 0., 1.]];
-const AT2: [[f64; 4]; 2] = [[1., 1., 1., 0.], [0., 1., -1., -1.]];
-
-pub(super) const BT4: [[f64; 6]; 6] = [
-    [4., 0., -5., 0., 1., 0.],
-    [0., -4., -4., 1., 1., 0.],
-    [0., 4., -4., -1., 1., 0.],
-    [0., -2., -1., 2., 1., 0.],
-    [0., 2., -1., -2., 1., 0.],
-    [0., 4., 0., -5., 0., 1.],
-];
-const G4: [[f64; 3]; 6] = [
-    [1. / 4., 0., 0.],
-    [-1. / 6., -1. / 6., -1. / 6.],
-    [-1. / 6., 1. / 6., -1. / 6.],
-    [1. / 24., 1. / 12., 1. / 6.],
-    [1. / 24., -1. / 12., 1. / 6.],
-    [0., 0., 1.],
-];
-const AT4: [[f64; 6]; 4] =
-    [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
-
-/// The transform matrices of one tile size as row vectors: (Bᵀ: a x a, G: a x 3, Aᵀ: m x a).
-struct Mats {
-    bt: Vec<Vec<f64>>,
-    g: Vec<Vec<f64>>,
-    at: Vec<Vec<f64>>,
-}
-
-fn mats(tile: WinogradTile) -> Mats {
-    match tile {
-        WinogradTile::F2 => Mats {
-            bt: BT2.iter().map(|r| r.to_vec()).collect(),
-            g: G2.iter().map(|r| r.to_vec()).collect(),
-            at: AT2.iter().map(|r| r.to_vec()).collect(),
-        },
-        WinogradTile::F4 => Mats {
-            bt: BT4.iter().map(|r| r.to_vec()).collect(),
-            g: G4.iter().map(|r| r.to_vec()).collect(),
-            at: AT4.iter().map(|r| r.to_vec()).collect(),
-        },
-    }
-}
-
 /// Everything about one Winograd convolution that the generated code bakes in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WinogradPlan {
     pub tile: WinogradTile,
+    /// The GEMM micro-kernel tile: U is packed in panels of `gemm_tile.nr` channels.
+    pub gemm_tile: Tile,
     /// Output tile size m and transformed tile size a = m + 2.
     pub m: usize,
     pub a: usize,
@@ -185,10 +134,7 @@ pub struct WinogradPlan {
     pub ncb: usize,
     pub cpg: usize,
     pub ng: usize,
-    pub bias: bool,
-    pub relu: bool,
-    pub residual: bool,
-    pub relu_after_add: bool,
+    pub epi: Epilogue,
     /// Weight prefetch distance in bytes, 0 for none.
     pub prefetch: usize,
 }
@@ -232,10 +178,11 @@ impl WinogradPlan {
         };
         let a = m + 2;
         let cinp = cin.next_multiple_of(4);
-        let npan = cout.div_ceil(4);
+        let nr = t.gemm_tile.nr;
+        let npan = cout.div_ceil(nr);
         let (tiles_h, tiles_w) = (h.div_ceil(m), w.div_ceil(m));
         let ntiles = tiles_h * tiles_w;
-        let rmax = t.rows.clamp(1, 12);
+        let rmax = t.rows.clamp(1, t.gemm_tile.mr);
         let r = ntiles.div_ceil(ntiles.div_ceil(rmax));
         let rb_budget = (t.v_budget / (a * a * r * cinp)).max(1);
         let mut nrb = t.row_blocks.max(1).min(rb_budget).min(ntiles.div_ceil(r));
@@ -245,7 +192,7 @@ impl WinogradPlan {
         }
         let nt = r * nrb;
         let ntb = ntiles.div_ceil(nt);
-        let cbp = t.cout_panels.max(1).min(npan);
+        let cbp = (t.cout_panels * 4 / nr).max(1).min(npan);
         let ncb = npan.div_ceil(cbp);
         // Groups of channel blocks: more groups (each repeats the input transform) only for parallelism.
         let min_groups = |ntb: usize| (1..=ncb).find(|g| ntb * g >= t.min_tasks).unwrap_or(ncb);
@@ -256,11 +203,13 @@ impl WinogradPlan {
         // twice); its 56x56x64 layers (196 tiles, one channel block) take 11 rows, 18 blocks, for 17.
         let (mut r, mut nt, mut ng) = (r, nt, ng);
         if t.threads > 1 {
-            // Cycles, roughly: the input transform (~0.9 per float of V) and the GEMM (2 f32x4 FMAs per
-            // cycle over all `nt` rows, partial blocks included); the output transform rides with the GEMM.
+            // Cycles, roughly: the input transform (~0.9 per float of V) and the GEMM (2 FMAs of the tier's
+            // vector width per cycle over all `nt` rows, partial blocks included); the output transform rides
+            // with the GEMM.
             let a2 = (a * a) as f64;
+            let vectors = (cbp * nr).div_ceil(t.gemm_tile.isa.vector_floats()) as f64;
             let cost = |nt: usize, tiles: usize, blocks: usize| {
-                tiles as f64 * a2 * cinp as f64 * 0.9 + nt as f64 * a2 * cin as f64 * (blocks * cbp) as f64 / 2.0
+                tiles as f64 * a2 * cinp as f64 * 0.9 + nt as f64 * a2 * cin as f64 * blocks as f64 * vectors / 2.0
             };
             let mut best = makespan(ntiles, nt, ng, ncb, t.threads, &cost);
             let rows = if nrb == 1 { rmax.saturating_sub(3).max(1)..=rmax } else { r..=r };
@@ -278,6 +227,7 @@ impl WinogradPlan {
         let ng = ncb.div_ceil(cpg);
         Ok(WinogradPlan {
             tile: t.tile,
+            gemm_tile: t.gemm_tile,
             m,
             a,
             h,
@@ -286,8 +236,8 @@ impl WinogradPlan {
             cinp,
             cout,
             npan,
-            nfullpan: cout / 4,
-            ntail: cout % 4,
+            nfullpan: cout / nr,
+            ntail: cout % nr,
             tiles_h,
             tiles_w,
             ntiles,
@@ -299,16 +249,9 @@ impl WinogradPlan {
             ncb,
             cpg,
             ng,
-            bias: conv.bias,
-            relu: conv.relu,
-            residual: conv.residual,
-            relu_after_add: conv.relu_after_add,
+            epi: Epilogue::of(conv),
             prefetch: if ntiles <= t.prefetch_max_tiles { t.prefetch_distance } else { 0 },
         })
-    }
-
-    pub fn ntasks(&self) -> usize {
-        self.ntb * self.ng
     }
 
     fn v_floats(&self) -> usize {
@@ -316,24 +259,19 @@ impl WinogradPlan {
     }
 
     fn m_floats(&self) -> usize {
-        align_floats(self.a * self.a * self.nt * self.cbp * 4)
-    }
-
-    /// Per-thread work buffer (floats): V, M and the border-patch scratch.
-    pub fn work_floats(&self) -> usize {
-        self.v_floats() + self.m_floats() + align_floats(self.a * self.a * self.cinp)
+        align_floats(self.a * self.a * self.nt * self.cbp * self.gemm_tile.nr)
     }
 
     /// Float offset of the bias in the packed constants.
     pub fn bias_offset(&self) -> usize {
-        self.a * self.a * self.npan * self.cin * 4
+        self.a * self.a * self.npan * self.cin * self.gemm_tile.nr
     }
 
     /// Transforms and packs the Keras kernel `[3, 3, cin, cout]` (and bias) into `U[xi][panel][cin][4]` + bias.
     pub fn pack_weights(&self, kernel: &[f32], bias: Option<&[f32]>) -> AlignedBuf {
         let g = mats(self.tile).g;
         let (a, cin, cout) = (self.a, self.cin, self.cout);
-        let mut out = AlignedBuf::zeroed(self.bias_offset() + self.npan * 4);
+        let mut out = AlignedBuf::zeroed(self.packed_floats());
         // Per input channel, transform all output channels at once: the Keras kernel is contiguous in
         // `cout`, so each step below is a loop over n that the compiler vectorizes (this runs for
         // every (cin, cout) pair of every 3x3 layer at compile time). Channels go in groups of 4, so that
@@ -376,13 +314,14 @@ impl WinogradPlan {
                     }
                 }
             }
+            let nr = self.gemm_tile.nr;
             for xi in 0..a * a {
                 for p in 0..self.npan {
-                    let base = ((xi * self.npan + p) * cin + c0) * 4;
+                    let base = ((xi * self.npan + p) * cin + c0) * nr;
                     for cc in 0..nc {
                         let ux = &u[(cc * a * a + xi) * cout..(cc * a * a + xi + 1) * cout];
-                        for j in 0..4.min(cout - p * 4) {
-                            o[base + cc * 4 + j] = ux[p * 4 + j] as f32;
+                        for j in 0..nr.min(cout - p * nr) {
+                            o[base + cc * nr + j] = ux[p * nr + j] as f32;
                         }
                     }
                 }
@@ -393,64 +332,67 @@ impl WinogradPlan {
     }
 }
 
+impl KernelFamily for WinogradPlan {
+    fn ntasks(&self) -> usize {
+        self.ntb * self.ng
+    }
+
+    /// V, M and the border-patch scratch.
+    fn work_floats(&self) -> usize {
+        self.v_floats() + self.m_floats() + align_floats(self.a * self.a * self.cinp)
+    }
+
+    fn out_shape(&self) -> Vec<usize> {
+        vec![self.h, self.w, self.cout]
+    }
+
+    fn reads_input2(&self) -> bool {
+        self.epi.residual
+    }
+
+    fn helpers(&self) -> Helpers {
+        Helpers { prefetch: self.prefetch > 0, ukernels: self.gemm_tile.is_wide(), ..Default::default() }
+    }
+
+    fn packed_floats(&self) -> usize {
+        self.bias_offset() + self.npan * self.gemm_tile.nr
+    }
+
+    fn pack(&self, w: &LayerWeights) -> Result<AlignedBuf, String> {
+        let (kernel, bias) = w.checked(9 * self.cin * self.cout, self.epi.bias, self.cout)?;
+        Ok(self.pack_weights(kernel, bias))
+    }
+
+    fn emit_task(&self, b: &mut FunctionBuilder, env: &TaskEnv, task: Value) {
+        let mm = b.ins().iadd_imm_s(env.work, (self.v_floats() * 4) as i64);
+        let scr = b.ins().iadd_imm_s(env.work, ((self.v_floats() + self.m_floats()) * 4) as i64);
+        let ptrs = Ptrs {
+            env,
+            inp: env.inp,
+            res: env.res,
+            out: env.out,
+            cst: env.cst,
+            v: env.work,
+            mm,
+            scr,
+            pf: env.prefetch,
+        };
+        emit_task(b, self, &mats(self.tile), ptrs, task)
+    }
+}
+
+/// The pointers of one task: `KernelArgs`' and the V, M and scratch areas of the work buffer.
 #[derive(Clone, Copy)]
-struct Ptrs {
+struct Ptrs<'a> {
+    env: &'a TaskEnv<'a>,
     inp: Value,
     res: Value,
     out: Value,
     cst: Value,
-    /// V, M and scratch areas of the work buffer.
     v: Value,
     mm: Value,
     scr: Value,
     pf: Option<cranelift_codegen::ir::FuncRef>,
-}
-
-impl Session {
-    /// Compiles a 3x3, stride-1, pad-1 convolution as a Winograd kernel with [`WinogradTiling::for_input`]; same
-    /// arguments and result as [`Session::conv`] (check [`winograd_applies`] first, or better
-    /// [`winograd_recommended`]).
-    pub fn conv_winograd(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-    ) -> Result<Kernel, CodegenError> {
-        let tiling = WinogradTiling {
-            min_tasks: self.opts.winograd_min_tasks,
-            threads: self.opts.threads,
-            ..WinogradTiling::for_input(input)
-        };
-        self.conv_winograd_with(name, conv, input, kernel, bias, &tiling)
-    }
-
-    /// [`Session::conv_winograd`] with explicit tile size and blocking.
-    pub fn conv_winograd_with(
-        &mut self,
-        name: &str,
-        conv: &Conv,
-        input: [usize; 3],
-        kernel: &[f32],
-        bias: Option<&[f32]>,
-        tiling: &WinogradTiling,
-    ) -> Result<Kernel, CodegenError> {
-        let p = WinogradPlan::new(conv, input, tiling).map_err(|e| CodegenError::invalid(name, e))?;
-        super::conv::check_weights(name, conv, 9 * p.cin * p.cout, p.cout, kernel, bias)?;
-        let consts = p.pack_weights(kernel, bias);
-        self.compile_once(format!("winograd {conv:?} {input:?} {tiling:?}"), name, consts, |s, consts| {
-            let (id, pf) = s.begin_with_prefetch(name, p.prefetch > 0)?;
-            let mt = mats(p.tile);
-            s.build_task_loop(|b, [inp, res, out, cst], work, task| {
-                let mm = b.ins().iadd_imm_s(work, (p.v_floats() * 4) as i64);
-                let scr = b.ins().iadd_imm_s(work, ((p.v_floats() + p.m_floats()) * 4) as i64);
-                emit_task(b, &p, &mt, Ptrs { inp, res, out, cst, v: work, mm, scr, pf }, task)
-            });
-            let out_shape = vec![p.h, p.w, p.cout];
-            s.end(id, name, consts, p.ntasks(), p.work_floats(), p.residual, out_shape)
-        })
-    }
 }
 
 fn emit_task(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, task: Value) {
@@ -470,57 +412,6 @@ fn emit_task(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, t
         emit_output_transform(b, p, mt, ptrs, t0, cb);
         vec![]
     });
-}
-
-/// Splat of an f32 constant.
-fn splat(b: &mut FunctionBuilder, c: f64) -> Value {
-    let x = b.ins().f32const(c as f32);
-    b.ins().splat(types::F32X4, x)
-}
-
-/// `sum_k coef[k] * xs[k]` with ±1 as add/sub and zero terms skipped.
-fn lincomb(b: &mut FunctionBuilder, coef: &[f64], xs: &[Value]) -> Value {
-    let mut acc: Option<Value> = None;
-    for (&c, &x) in coef.iter().zip(xs) {
-        if c == 0.0 {
-            continue;
-        }
-        acc = Some(match acc {
-            None if c == 1.0 => x,
-            None if c == -1.0 => b.ins().fneg(x),
-            None => {
-                let s = splat(b, c);
-                b.ins().fmul(s, x)
-            }
-            Some(v) if c == 1.0 => b.ins().fadd(v, x),
-            Some(v) if c == -1.0 => b.ins().fsub(v, x),
-            Some(v) => {
-                let s = splat(b, c);
-                b.ins().fma(s, x, v)
-            }
-        });
-    }
-    acc.unwrap_or_else(|| zero4(b))
-}
-
-/// `L d Lᵀ` for `d` (a x a, row-major) and `L` (rows x a): returns rows x rows, row-major.
-pub(super) fn transform2d(b: &mut FunctionBuilder, l: &[Vec<f64>], d: &[Value], a: usize) -> Vec<Value> {
-    let n = l.len();
-    // t[i][x] = sum_y L[i][y] d[y][x]
-    let mut t = vec![];
-    for li in l {
-        for x in 0..a {
-            let col: Vec<Value> = (0..a).map(|y| d[y * a + x]).collect();
-            t.push(lincomb(b, li, &col));
-        }
-    }
-    let mut o = vec![];
-    for i in 0..n {
-        for lj in l {
-            o.push(lincomb(b, lj, &t[i * a..(i + 1) * a]));
-        }
-    }
-    o
 }
 
 /// Input transform of tiles `t0 .. t0 + nt` into V.
@@ -635,6 +526,7 @@ fn transform_channels(
 
 /// For every position xi and panel of channel block `cb`: M[xi][tiles][panel] = V[xi] * U[xi][panel].
 fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
+    let nr = p.gemm_tile.nr;
     let pan0 = b.ins().imul_imm_s(cb, p.cbp as i64);
     let pan1 = b.ins().iadd_imm_s(pan0, p.cbp as i64);
     let npan = iconst(b, p.npan);
@@ -646,16 +538,16 @@ fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
         // U[xi][pan0] and V[xi], M[xi].
         let xp = b.ins().imul_imm_s(xi, p.npan as i64);
         let xp = b.ins().iadd(xp, pan0);
-        let ubase = addr(b, ptrs.cst, xp, p.cin * 16, 0);
+        let ubase = addr(b, ptrs.cst, xp, p.cin * nr * 4, 0);
         let vbase = addr(b, ptrs.v, xi, p.nt * p.cinp * 4, 0);
-        let mbase = addr(b, ptrs.mm, xi, p.nt * p.cbp * 16, 0);
+        let mbase = addr(b, ptrs.mm, xi, p.nt * p.cbp * nr * 4, 0);
         let z = iconst(b, 0);
         for_range(b, z, np, &[], |b, pl, _| {
-            let up = addr(b, ubase, pl, p.cin * 16, 0);
-            let mp = addr(b, mbase, pl, 16, 0);
+            let up = addr(b, ubase, pl, p.cin * nr * 4, 0);
+            let mp = addr(b, mbase, pl, nr * 4, 0);
             let rb_block = |b: &mut FunctionBuilder, rb: Value| {
                 let vp = addr(b, vbase, rb, p.r * p.cinp * 4, 0);
-                let mq = addr(b, mp, rb, p.r * p.cbp * 16, 0);
+                let mq = addr(b, mp, rb, p.r * p.cbp * nr * 4, 0);
                 micro(b, p, ptrs, vp, up, mq);
             };
             for_n(b, p.nrb, rb_block);
@@ -665,9 +557,28 @@ fn emit_gemm(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, cb: Value) {
     });
 }
 
-/// `r` rows x 4 columns over K = cin: rows of A at `vp + i*cinp*4`, B at `up + k*16`, C rows at `mq + i*cbp*16`.
+/// `r` rows x `nr` columns over K = cin: rows of A at `vp + i*cinp*4`, B at `up + k*nr*4`, C rows at
+/// `mq + i*cbp*nr*4` (whole panels: U's padding columns are zero, their results are never read).
 fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, vp: Value, up: Value, mq: Value) {
     let rows = p.r;
+    if p.gemm_tile.is_wide() {
+        let nr = p.gemm_tile.nr;
+        let uk = GemmUkernel {
+            isa: p.gemm_tile.isa,
+            rows,
+            nr,
+            lanes: nr,
+            k: p.cin,
+            a_row_stride: p.cinp * 4,
+            b_k_stride: nr * 4,
+            c_row_stride: p.cbp * nr * 4,
+            accumulate: false,
+            epilogue: Epilogue::default().wide(),
+            prefetch_b: (p.prefetch > 0).then_some(p.prefetch),
+        };
+        call_wide(b, ptrs.env, &WideCall { uk, a: vp, b: up, c: mq, bias: None, residual: None });
+        return;
+    }
     let accs: Vec<Value> = (0..rows).map(|_| zero4(b)).collect();
     let sets = accumulator_sets(rows);
     let kl = KLoop {
@@ -691,12 +602,14 @@ fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, vp: Value, up: V
 
 /// Output transform of tiles `t0 .. t0 + nt` (those < ntiles) for channel block `cb`, with the epilogue.
 fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, ptrs: Ptrs, t0: Value, cb: Value) {
+    // Channels in quads of 4 (one f32x4): block `cb` holds quads `q0..q0 + qpb` of M's rows.
     let m = p.m;
-    let pan0 = b.ins().imul_imm_s(cb, p.cbp as i64);
-    let pan1 = b.ins().iadd_imm_s(pan0, p.cbp as i64);
-    let nfull = iconst(b, p.nfullpan);
-    let full_end = b.ins().umin(pan1, nfull);
-    let has_tail = (p.ntail > 0).then(|| b.ins().icmp_imm_s(IntCC::Equal, cb, (p.ncb - 1) as i64));
+    let qpb = p.cbp * p.gemm_tile.nr / 4;
+    let q0 = b.ins().imul_imm_s(cb, qpb as i64);
+    let q1 = b.ins().iadd_imm_s(q0, qpb as i64);
+    let nfull = iconst(b, p.cout / 4);
+    let full_end = b.ins().umin(q1, nfull);
+    let has_tail = (p.cout % 4 > 0).then(|| b.ins().icmp_imm_s(IntCC::Equal, cb, (p.ncb - 1) as i64));
     let lo = iconst(b, 0);
     let tend = b.ins().iadd_imm_s(t0, p.nt as i64);
     let ntiles = iconst(b, p.ntiles);
@@ -711,32 +624,33 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
         let yw = b.ins().imul_imm_s(oy0, p.w as i64);
         let pix = b.ins().iadd(yw, ox0);
         let obase = b.ins().imul_imm_s(pix, p.cout as i64);
-        let mrow = addr(b, ptrs.mm, i, p.cbp * 16, 0);
+        let mrow = addr(b, ptrs.mm, i, qpb * 16, 0);
         let c1 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, oy0, p.h as i64 - m as i64);
         let c2 = b.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, ox0, p.w as i64 - m as i64);
         let full = if p.h >= m && p.w >= m { Some(b.ins().band(c1, c2)) } else { None };
         let tile_body = |b: &mut FunctionBuilder, masks: Option<&[Value]>| {
-            let panel = |b: &mut FunctionBuilder, pan: Value, lanes: usize| {
-                let pl = b.ins().isub(pan, pan0);
-                let mp = addr(b, mrow, pl, 16, 0);
-                let col = b.ins().imul_imm_s(pan, 4);
+            let quad = |b: &mut FunctionBuilder, q: Value, lanes: usize| {
+                let ql = b.ins().isub(q, q0);
+                let mp = addr(b, mrow, ql, 16, 0);
+                let col = b.ins().imul_imm_s(q, 4);
                 let e = b.ins().iadd(obase, col);
                 let op = addr(b, ptrs.out, e, 4, 0);
-                let rp = p.residual.then(|| addr(b, ptrs.res, e, 4, 0));
+                let rp = p.epi.residual.then(|| addr(b, ptrs.res, e, 4, 0));
                 let mf = mf_rw().with_aligned();
-                let xi_stride = p.nt * p.cbp * 16;
+                let xi_stride = p.nt * qpb * 16;
                 let mv: Vec<Value> =
                     (0..p.a * p.a).map(|xi| b.ins().load(types::F32X4, mf, mp, (xi * xi_stride) as i32)).collect();
                 let y = transform2d(b, &mt.at, &mv, p.a);
-                let bias = p.bias.then(|| {
-                    let bo = addr(b, ptrs.cst, pan, 16, (p.bias_offset() * 4) as i64);
+                let bias = p.epi.bias.then(|| {
+                    let bo = addr(b, ptrs.cst, q, 16, (p.bias_offset() * 4) as i64);
                     b.ins().load(types::F32X4, mf_packed(), bo, 0)
                 });
                 for (q, &yv) in y.iter().enumerate() {
                     let (dy, dx) = (q / m, q % m);
                     let off = ((dy * p.w + dx) * p.cout * 4) as i32;
                     let store = |b: &mut FunctionBuilder| {
-                        let v = conv_epilogue(b, yv, bias, p.relu, rp.map(|rp| (rp, off, lanes)), p.relu_after_add);
+                        let v =
+                            conv_epilogue(b, yv, bias, p.epi.relu, rp.map(|rp| (rp, off, lanes)), p.epi.relu_after_add);
                         store_lanes(b, mf_rw(), v, op, off, lanes);
                     };
                     match masks {
@@ -745,14 +659,14 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
                     }
                 }
             };
-            for_range(b, pan0, full_end, &[], |b, pan, _| {
-                panel(b, pan, 4);
+            for_range(b, q0, full_end, &[], |b, q, _| {
+                quad(b, q, 4);
                 vec![]
             });
             if let Some(ht) = has_tail {
                 if_then(b, ht, |b| {
-                    let pan = iconst(b, p.nfullpan);
-                    panel(b, pan, p.ntail);
+                    let q = iconst(b, p.cout / 4);
+                    quad(b, q, p.cout % 4);
                 });
             }
         };
@@ -778,7 +692,7 @@ fn emit_output_transform(b: &mut FunctionBuilder, p: &WinogradPlan, mt: &Mats, p
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codegen::SessionOptions;
+    use crate::codegen::{Session, SessionOptions};
     use crate::ops::{Padding, Pads};
     use proptest::prelude::*;
 
@@ -901,8 +815,9 @@ mod tests {
         }
         let mut s = Session::with_options(SessionOptions { verify: true, ..SessionOptions::default() })
             .map_err(|e| e.to_string())?;
+        let plan = WinogradPlan::new(&conv, [c.h, c.w, c.cin], t)?;
         let k = s
-            .conv_winograd_with("wino", &conv, [c.h, c.w, c.cin], &wt, c.bias.then_some(&bias[..]), t)
+            .compile("wino", &plan, &LayerWeights::kernel(&wt, c.bias.then_some(&bias[..])))
             .map_err(|e| e.to_string())?;
         if k.out_shape != vec![c.h, c.w, c.cout] {
             return Err(format!("shape {:?}", k.out_shape));
@@ -935,11 +850,21 @@ mod tests {
         }
     }
 
+    /// The tilings to test, on every tier this machine runs (the wide tiers' tiles: more rows, panels of 16
+    /// or 32 channels, U packed that wide).
     fn tilings() -> Vec<WinogradTiling> {
         let f4 = WinogradTiling { tile: WinogradTile::F4, ..WinogradTiling::default() };
         // Balanced for 3 threads: other row counts and channel groups than the defaults.
         let balanced = WinogradTiling { threads: 3, min_tasks: 3, cout_panels: 2, ..f4.clone() };
-        vec![WinogradTiling::default(), f4, small_tiling(WinogradTile::F2), small_tiling(WinogradTile::F4), balanced]
+        let base =
+            [WinogradTiling::default(), f4, small_tiling(WinogradTile::F2), small_tiling(WinogradTile::F4), balanced];
+        crate::codegen::tests::tiers()
+            .into_iter()
+            .flat_map(|isa| {
+                let gemm_tile = Tile::of(isa);
+                base.iter().map(move |t| WinogradTiling { gemm_tile, rows: t.rows.min(gemm_tile.mr), ..t.clone() })
+            })
+            .collect()
     }
 
     fn case(h: usize, w: usize, cin: usize, cout: usize) -> Case {
@@ -1019,6 +944,17 @@ mod tests {
             run(&c, &small_tiling(WinogradTile::F4)).map_err(TestCaseError::fail)?;
             let balanced = WinogradTiling { threads: 3, min_tasks: 3, cout_panels: 2, ..WinogradTiling::default() };
             run(&c, &WinogradTiling { tile: WinogradTile::F4, ..balanced }).map_err(TestCaseError::fail)?;
+        }
+
+        #[test]
+        fn winograd_wide_tiers_match_naive(c in case_strategy(), f4 in any::<bool>()) {
+            let tile = if f4 { WinogradTile::F4 } else { WinogradTile::F2 };
+            for isa in crate::codegen::x86::Isa::available().into_iter().filter(|i| i.is_wide()) {
+                let gemm_tile = Tile::of(isa);
+                let t = WinogradTiling { tile, gemm_tile, rows: gemm_tile.mr, ..WinogradTiling::default() };
+                run(&c, &t).map_err(|e| TestCaseError::fail(format!("{isa}: {e}")))?;
+                run(&c, &WinogradTiling { gemm_tile, ..small_tiling(tile) }).map_err(|e| TestCaseError::fail(format!("{isa}: {e}")))?;
+            }
         }
     }
 }

@@ -1,0 +1,18 @@
+0000000000002000  vpxord zmm0, zmm0, zmm0
+0000000000002006  vpxord zmm1, zmm1, zmm1
+000000000000200c  vpxord zmm2, zmm2, zmm2
+0000000000002012  vpxord zmm3, zmm3, zmm3
+0000000000002018  vmovups zmm4, [rsi]
+000000000000201e  vfmadd231ps zmm0, zmm4, [rdi]{1to16}
+0000000000002024  vfmadd231ps zmm1, zmm4, [rdi+8]{1to16}
+000000000000202b  prefetcht0 [rsi+100h]
+0000000000002032  vmovups zmm4, [rsi+40h]
+0000000000002039  vfmadd231ps zmm2, zmm4, [rdi+4]{1to16}
+0000000000002040  vfmadd231ps zmm3, zmm4, [rdi+0Ch]{1to16}
+0000000000002047  prefetcht0 [rsi+140h]
+000000000000204e  vaddps zmm0, zmm0, zmm2
+0000000000002054  vaddps zmm1, zmm1, zmm3
+000000000000205a  vmovups [rdx], zmm0
+0000000000002060  vmovups [rdx+40h], zmm1
+0000000000002067  vzeroupper
+000000000000206a  ret
