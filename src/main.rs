@@ -111,7 +111,8 @@ enum Cmd {
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Draw one box per block instance instead of its nodes.
+        /// Draw one box per block instance instead of its nodes (not for `--after lower`, whose kernels have
+        /// no blocks).
         #[arg(long)]
         collapse: bool,
     },
