@@ -1409,7 +1409,7 @@ layers:
 "#,
     );
     let d = one_error(
-        &y,
+        y,
         5,
         26,
         &[

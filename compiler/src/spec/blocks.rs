@@ -19,10 +19,12 @@ use std::sync::Arc;
 /// A block definition.
 pub(super) struct Block<'a> {
     loc: Loc,
-    /// Parameters in declaration order, with their defaults.
-    params: Vec<(String, Option<Value>)>,
+    params: Params,
     nodes: &'a [YNode],
 }
+
+/// A block's parameters in declaration order, with their defaults.
+type Params = Vec<(String, Option<Value>)>;
 
 /// The most instances one use may make (`repeat: N`, or the values of a `for` range).
 const MAX_ITERATIONS: usize = 10_000;
@@ -112,8 +114,8 @@ impl<'a> Expander<'a> {
     }
 
     /// A block's `params`: a list of names, or a mapping of names to defaults (`~` = required).
-    fn params(&mut self, block: &str, p: &YNode) -> Vec<(String, Option<Value>)> {
-        let mut params: Vec<(String, Option<Value>)> = vec![];
+    fn params(&mut self, block: &str, p: &YNode) -> Params {
+        let mut params: Params = vec![];
         let mut declared = HashSet::new();
         let mut declare = |me: &mut Self, pk: &YNode, default: Option<Value>| {
             let Some(pn) = me.name(pk, "a parameter name") else { return };
@@ -202,7 +204,7 @@ impl<'a> Expander<'a> {
 
     /// The block a use names, with its parameters and nodes; refuses an unknown block, a block that
     /// would use itself, and nesting deeper than the limit (all reported).
-    fn lookup_block(&mut self, e: &YNode) -> Option<(String, Vec<(String, Option<Value>)>, &'a [YNode])> {
+    fn lookup_block(&mut self, e: &YNode) -> Option<(String, Params, &'a [YNode])> {
         let use_node = e.get("use")?;
         let bname = self.name(use_node, "`use`")?;
         let Some(block) = self.blocks.get(&bname) else {
