@@ -18,7 +18,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
     let opts = a.spec.options(None);
     let mut failed = 0;
     for path in &a.specs {
-        let bytes = std::fs::read(path).map_err(|e| Fail::user(format!("{}: {e}", path.display())))?;
+        let bytes = resnetc_compiler::read_spec(path, &opts)?;
         let (ok, diags) = resnetc_compiler::check(&path.display().to_string(), &bytes, &opts);
         if !diags.0.is_empty() {
             eprintln!("{diags}");
@@ -26,7 +26,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
         match ok {
             Some((_, g, projections)) => {
                 for p in &projections {
-                    println!("{}: note: {p}", path.display());
+                    println!("{}: note: {p}", p.loc.as_ref().map_or(path.display().to_string(), |l| l.to_string()));
                 }
                 println!(
                     "{}: ok: {} nodes, {} parameters, {} MACs per image, {} warning(s)",
@@ -34,12 +34,12 @@ pub fn run(a: Args) -> Result<(), Fail> {
                     g.g.node_count(),
                     report::thousands(g.params() as u64),
                     report::thousands(g.macs()),
-                    diags.warnings().count()
+                    diags.warning_count()
                 );
             }
             None => {
                 failed += 1;
-                eprintln!("{}: {} error(s)", path.display(), diags.errors().count());
+                eprintln!("{}: {} error(s)", path.display(), diags.error_count());
             }
         }
     }

@@ -56,6 +56,7 @@ impl SpecOptions {
             input_shape: self.input_shape.as_ref().map(|s| s.0.clone()),
             projection: self.no_auto_projection.then_some(ProjectionPolicy::Error),
             seed: weights.map_or(0, |w| w.seed),
+            ..Default::default()
         }
     }
 }

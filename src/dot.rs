@@ -18,21 +18,26 @@ pub struct Args {
     /// Write to this file instead of standard output.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Draw one box per block instance instead of its nodes (not for `--after lower`, whose kernels have
+    /// no blocks).
+    #[arg(long)]
+    collapse: bool,
 }
 
 pub fn run(a: Args) -> Result<(), Fail> {
     // The optimizer folds weights into convolutions, so a graph after a pass needs some; their values do
     // not change the picture.
     let m = load(&a.spec, &a.spec_options.options(None))?;
+    let dot = if a.collapse { report::dot_collapsed } else { report::dot };
     let text = match &a.after {
         Some(p) if p == resnetc_compiler::lower::STAGE => {
             m.optimize(None)?.lower(&resnetc_compiler::backend::BackendOptions::default())?.lowered.dot()
         }
         Some(p) => {
             let o = m.optimize(Some(p))?;
-            report::dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
+            dot(o.report.dump_graph.as_ref().unwrap_or(&o.graph))
         }
-        None => report::dot(&m.graph),
+        None => dot(&m.graph),
     };
     match a.output {
         Some(o) => std::fs::write(&o, text).map_err(|e| Fail::user(format!("{}: {e}", o.display()))),

@@ -174,3 +174,12 @@ fn images_need_one_or_three_channels() {
         "t.yaml:2:13: error: images give 1 (grayscale) or 3 (RGB) channels, but the model's input is [8, 8, 4]"
     );
 }
+
+/// Found by the spec fuzzer: a named mode's per-channel means on a one-channel input were an unlocated
+/// error; it points at `preprocess`.
+#[test]
+fn regression_named_mode_means_on_one_channel_are_located() {
+    let text = spec("preprocess: caffe").replace("input: [8, 8, 3]", "input: [8, 8, 1]");
+    let e = errors("gray.yaml", &text);
+    assert!(e.contains("gray.yaml:3:13: error: `mean` has 3 values but the input has 1 channel(s)"), "{e}");
+}

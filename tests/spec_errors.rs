@@ -108,7 +108,7 @@ layers:
 
 #[test]
 fn tab_indentation() {
-    one_error("input: [8, 8, 3]\nlayers:\n\t- {op: relu}\n", 3, 2, &["invalid YAML", "tabs"]);
+    one_error("input: [8, 8, 3]\nlayers:\n\t- {op: relu}\n", 3, 1, &["invalid YAML", "a tab in the indentation"]);
 }
 
 #[test]
@@ -1118,7 +1118,13 @@ layers:
     );
     let (ok, d) = check(FILE, y.as_bytes(), &Options::default());
     assert!(!d.has_errors(), "{d}");
-    assert!(d.0.is_empty(), "{d}");
+    // A projection straight from the model input is legal, but suspicious: a warning at the shortcut.
+    assert_eq!(d.0.len(), 1, "{d}");
+    assert_eq!(
+        d.0[0].to_string(),
+        "t.yaml:4:36: warning: node `sum`: its shortcut is the model input `input` [8, 8, 3]: a 1x1 projection with \
+         stride 2x2 is inserted from the raw input to `sum` [4, 4, 8]; is the shortcut linked to the right node?"
+    );
     let (_, g, p) = ok.unwrap();
     assert_eq!(p.len(), 2);
     assert_eq!(p[0].name, "sum_shortcut_proj");
@@ -1265,4 +1271,267 @@ layers:
     assert!(e[0].2.contains("node `c2`: kernel 5x5 is larger than the padded input 2x2"), "{}", e[0].2);
     assert_eq!((e[1].0, e[1].1), (6, 28), "{}", e[1].2);
     assert!(e[1].2.contains("node `out`: unknown field `unit`"), "{}", e[1].2);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The spec language's traps (issue 15).
+
+#[test]
+fn a_float_size_says_to_write_an_integer() {
+    one_error(
+        "input: [8, 8, 3]\nlayers:\n  - {op: conv, name: c, filters: 64.0, kernel: 1}\n",
+        3,
+        34,
+        &["`filters` must be an integer, found the float 64.0: write 64"],
+    );
+    one_error(
+        "input: [8, 8, 3]\nlayers:\n  - {op: conv, name: c, filters: 4, kernel: [3.0, 3]}\n",
+        3,
+        46,
+        &["`kernel` must be an integer, found the float 3.0: write 3"],
+    );
+    // A float that is not a whole number stays "a number".
+    one_error(
+        "input: [8, 8, 3]\nlayers:\n  - {op: conv, name: c, filters: 6.5, kernel: 1}\n",
+        3,
+        34,
+        &["`filters` must be a positive integer, found the number 6.5"],
+    );
+}
+
+#[test]
+fn an_unquoted_template_says_to_quote_it() {
+    // `{filters}` unquoted is a YAML mapping.
+    let y = with_unit_params("[filters]", "  - {op: conv, name: c, filters: {filters}, kernel: 1}", "{filters: 4}");
+    one_error(
+        &y,
+        6,
+        38,
+        &[
+            "`filters` must be a positive integer, found the mapping {\"filters\": null}",
+            "an unquoted template: write \"{filters}\"",
+        ],
+    );
+    // `{filters[0]}` and `res{stage}a` unquoted are YAML syntax errors: the note says what to quote.
+    let y =
+        with_unit_params("[filters]", "  - {op: conv, name: c, filters: {filters[0]}, kernel: 1}", "{filters: [4]}");
+    let d = one_error(&y, 6, 46, &["invalid YAML"]);
+    assert_eq!(d.notes, ["templates must be quoted: write \"{filters[0]}\" (unquoted, YAML reads `{` as a mapping)"]);
+    let y = with_unit_params("[stage]", "  - {op: relu, name: res{stage}a}", "{stage: 2}");
+    let d = one_error(&y, 6, 29, &["invalid YAML"]);
+    assert_eq!(d.notes, ["templates must be quoted: write \"res{stage}a\" (unquoted, YAML reads `{` as a mapping)"]);
+}
+
+/// A spec with one block `unit` (params `params`, one node line `node`), used once with `with`.
+fn with_unit_params(params: &str, node: &str, with: &str) -> String {
+    format!("input: [8, 8, 3]\nblocks:\n  unit:\n    params: {params}\n    nodes:\n    {node}\nlayers:\n  - {{use: unit, with: {with}}}\n")
+}
+
+#[test]
+fn one_mistake_in_a_block_used_eight_times_prints_once() {
+    let y = text(
+        r#"
+input: [8, 8, 3]
+blocks:
+  unit:
+    params: [k]
+    nodes:
+      - {op: conv, name: "c{k}", filters: 4, kernel: 1, stides: 2}
+      - {op: add, shortcut: "c{k}_typo"}
+layers:
+  - {use: unit, for: {k: 1..8}}
+"#,
+    );
+    let (_, d) = diags_with(y.as_bytes(), &Options::default());
+    let e: Vec<&Diagnostic> = d.errors().collect();
+    assert_eq!(e.len(), 2, "{d}");
+    assert_eq!(e[0].loc.as_ref().map(|l| (l.line, l.col)), Some((6, 57)));
+    assert_eq!(e[0].message, "node `c1`: unknown field `stides` in a `conv` node (did you mean `strides`?); expected one of: op, name, inputs, filters, kernel, strides, padding, bias");
+    assert_eq!(
+        e[0].notes,
+        [
+            "in block `unit` used at t.yaml:9:11 with k=1",
+            "the same error in 7 more instance(s): `unit` used at t.yaml:9:11 with k=2; `unit` used at t.yaml:9:11 \
+             with k=3; `unit` used at t.yaml:9:11 with k=4; `unit` used at t.yaml:9:11 with k=5; and 3 more"
+        ]
+    );
+    // The graph stage merges too: the unknown shortcut (a different name in every instance) once.
+    assert_eq!(e[1].loc.as_ref().map(|l| (l.line, l.col)), Some((7, 29)));
+    assert!(e[1].message.starts_with("node `add` refers to an unknown node `c1_typo`"), "{}", e[1]);
+    assert!(e[1].notes[1].starts_with("the same error in 7 more instance(s)"), "{}", e[1]);
+}
+
+#[test]
+fn repeat_binds_the_instance_number_rep() {
+    let y = text(
+        r#"
+input: [8, 8, 3]
+blocks:
+  unit:
+    params: {filters: 8}
+    nodes:
+      - {op: conv, name: "c{filters}_{rep}", filters: "{filters}", kernel: 3, padding: same}
+      - {op: relu, name: "c{filters}_{rep}_relu"}
+layers:
+  - {use: unit, repeat: 3}
+  - {use: unit, with: {filters: 4}}
+"#,
+    );
+    let (g, d) = diags_with(y.as_bytes(), &Options::default());
+    assert!(d.0.is_empty(), "{d}");
+    let g = g.unwrap();
+    for name in ["c8_1", "c8_2", "c8_3_relu", "c4_1", "c4_1_relu"] {
+        assert!(g.find(name).is_some(), "no `{name}`");
+    }
+    // `for` numbers its instances the same way.
+    let y =
+        with_unit_params("[k]", "  - {op: relu, name: \"r{k}_{rep}\"}", "{}").replace("with: {}", "for: {k: [a, b]}");
+    let (g, d) = diags_with(y.as_bytes(), &Options::default());
+    assert!(d.0.is_empty(), "{d}");
+    let g = g.unwrap();
+    assert!(g.find("ra_1").is_some() && g.find("rb_2").is_some());
+    // It cannot be given.
+    let y = with_unit_params("[k]", "  - {op: relu}", "{k: 1, rep: 2}");
+    one_error(&y, 8, 30, &["`rep` cannot be given: it numbers the instances of a use"]);
+}
+
+#[test]
+fn a_duplicate_name_in_a_repeated_block_points_at_rep() {
+    let y = text(
+        r#"
+input: [8, 8, 3]
+blocks:
+  unit:
+    nodes:
+      - {op: conv, name: c64_a, filters: 4, kernel: 1}
+layers:
+  - {use: unit, repeat: 3}
+"#,
+    );
+    let d = one_error(
+        y,
+        5,
+        26,
+        &[
+            "duplicate node name `c64_a`: already defined at t.yaml:5:9",
+            "put a parameter into them, e.g. `c64_a_{rep}` (`rep` numbers the instances of a use: 1, 2, ...)",
+        ],
+    );
+    assert_eq!(d.notes[0], "in block `unit` used at t.yaml:7:11 (repetition 2 of 3)");
+    assert!(
+        d.notes[1].starts_with("the same error in 1 more instance(s): `unit` used at t.yaml:7:11 (repetition 3 of 3)")
+    );
+}
+
+#[test]
+fn suspicious_projections_are_warnings_naming_both_ends() {
+    // `shortcut: input` in a block: the model input, not the block's input.
+    let y = text(
+        r#"
+input: [32, 32, 3]
+blocks:
+  down:
+    params: [f]
+    nodes:
+      - {op: conv, name: "c{f}", filters: "{f}", kernel: 3, strides: 2, padding: same}
+      - {op: add, name: "a{f}", shortcut: input}
+layers:
+  - {use: down, with: {f: 8}}
+  - {use: down, with: {f: 16}}
+  - {use: down, with: {f: 32}}
+"#,
+    );
+    let (ok, d) = check(FILE, y.as_bytes(), &Options::default());
+    assert!(!d.has_errors(), "{d}");
+    let w: Vec<&Diagnostic> = d.warnings().collect();
+    // One warning for the three instances.
+    assert_eq!(w.len(), 1, "{d}");
+    assert_eq!(w[0].loc.as_ref().map(|l| (l.line, l.col)), Some((7, 43)));
+    assert_eq!(
+        w[0].message,
+        "node `a8`: its shortcut is the model input `input` [32, 32, 3]: a 1x1 projection with stride 2x2 is inserted \
+         from the raw input to `a8` [16, 16, 8]; is the shortcut linked to the right node?"
+    );
+    assert_eq!(w[0].notes[0], "in block `down` used at t.yaml:9:11");
+    assert_eq!(
+        w[0].notes[1],
+        "`input` names the model input; the node that feeds the block is the template `\"{input}\"`"
+    );
+    assert!(w[0].notes[2].starts_with("the same error in 2 more instance(s)"), "{}", w[0]);
+    let (_, _, p) = ok.unwrap();
+    assert_eq!(p.iter().map(|p| p.strides).collect::<Vec<_>>(), [[2, 2], [4, 4], [8, 8]]);
+    // Each projection is located at its shortcut.
+    assert!(p.iter().all(|p| p.loc.as_ref().map(|l| (l.line, l.col)) == Some((7, 43))));
+    // A wrong `inputs:` link with a stride over 2.
+    let y = text(
+        r#"
+input: [32, 32, 3]
+layers:
+  - {op: conv, name: stem, filters: 8, kernel: 3, padding: same}
+  - {op: conv, name: s2, filters: 8, kernel: 3, strides: 2, padding: same}
+  - {op: conv, name: s4, filters: 16, kernel: 3, strides: 2, padding: same}
+  - {op: conv, name: s8, filters: 16, kernel: 3, strides: 2, padding: same}
+  - {op: add, name: sum, inputs: [s8, stem]}
+"#,
+    );
+    let (ok, d) = check(FILE, y.as_bytes(), &Options::default());
+    assert!(ok.is_some(), "{d}");
+    assert_eq!(d.0.len(), 1, "{d}");
+    assert_eq!(
+        d.0[0].to_string(),
+        "t.yaml:7:39: warning: node `sum`: the shortcut from `stem` [32, 32, 8] to `sum` [4, 4, 16] gets an inserted 1x1 \
+         projection with stride 8x8 (more than 2): is the shortcut linked to the right node?"
+    );
+}
+
+#[test]
+fn unnamed_nodes_get_keras_names() {
+    let y = text(
+        r#"
+input: [8, 8, 3]
+layers:
+  - {op: zero_padding, padding: 1}
+  - {op: conv, filters: 4, kernel: 3}
+  - {op: batch_norm}
+  - {op: relu}
+  - {op: conv, name: conv2d_1, filters: 4, kernel: 1}
+  - {op: conv, filters: 4, kernel: 1}
+  - {op: add, shortcut: activation}
+  - {op: max_pool, pool: 2}
+  - {op: avg_pool, pool: 2}
+  - {op: global_max_pool}
+  - {op: dense, units: 3}
+  - {op: softmax}
+"#,
+    );
+    let (ok, d) = check(FILE, y.as_bytes(), &Options::default());
+    assert!(d.0.is_empty(), "{d}");
+    let names: Vec<String> = ok.unwrap().0.nodes.iter().map(|n| n.name.clone()).collect();
+    // As Keras names unnamed layers: first `conv2d`, then `conv2d_1`, ... (a name taken is skipped).
+    assert_eq!(
+        names,
+        [
+            "zero_padding2d",
+            "conv2d",
+            "batch_normalization",
+            "activation",
+            "conv2d_1",
+            "conv2d_2",
+            "add",
+            "max_pooling2d",
+            "average_pooling2d",
+            "global_max_pooling2d",
+            "dense",
+            "activation_1"
+        ]
+    );
+    // A written name that a generated one took first: the message says so.
+    let y = "input: [8, 8, 3]\nlayers:\n  - {op: relu}\n  - {op: relu, name: activation}\n";
+    one_error(
+        y,
+        4,
+        22,
+        &["duplicate node name `activation`: already defined at t.yaml:3:5, where `activation` is the name given to \
+           an unnamed node (as Keras names them); name that node, or choose another name here"],
+    );
 }

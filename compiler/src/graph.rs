@@ -6,9 +6,9 @@
 //! about. Errors carry the spec location of the node concerned. Later passes rewrite this [`Graph`]; its
 //! [`Graph::verify`] is what they check after every change.
 
-use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Loc};
+use crate::diag::{did_you_mean, shown, Diagnostic, Diagnostics, Loc, Repeats};
 use crate::ops::{fmt_shape, Conv, Op, Padding, Shape, MAX_TENSOR_ELEMS};
-use crate::spec::{ProjectionPolicy, Spec};
+use crate::spec::{BlockInstance, NodeSpec, ProjectionPolicy, Spec};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -25,8 +25,9 @@ pub struct Node {
     pub shape: Shape,
     /// Where the spec wrote it (`None` for nodes the compiler created).
     pub loc: Option<Loc>,
-    /// Block-expansion notes for messages about this node.
-    pub context: Vec<String>,
+    /// The block instance that made it (`None` for a node written in `layers`, or one the compiler
+    /// created): messages about the node name it, and `resnetc dot` draws it as a cluster.
+    pub instance: Option<Arc<BlockInstance>>,
 }
 
 /// An edge from a producer to one input slot of a consumer.
@@ -50,6 +51,7 @@ pub struct Projection {
     pub from_shape: Shape,
     pub to_shape: Shape,
     pub strides: [usize; 2],
+    /// Where the shortcut is written (the `shortcut:` value or the `inputs` item).
     pub loc: Option<Loc>,
 }
 
@@ -211,26 +213,80 @@ pub struct BuildReport {
     pub projections: Vec<Projection>,
 }
 
-fn node_err(node: &Node, msg: String) -> Diagnostic {
-    let mut d = Diagnostic::error(node.loc.clone(), format!("node `{}`: {msg}", node.name));
-    for c in node.context.iter().rev() {
-        d = d.note(c.clone());
-    }
-    d
+/// The graph stage's reporting: diagnostics located at the spec, naming the block instance of the node
+/// concerned, with one mistake made in many instances of a block merged into one message.
+struct Reporter<'r> {
+    rep: &'r mut BuildReport,
+    repeats: Repeats,
 }
 
-/// Builds the graph from a spec. `spec_diags` are the spec stage's diagnostics (so that nodes already
-/// reported are not reported again); the graph is returned only if there are no errors at all.
+impl Reporter<'_> {
+    /// Reports a problem about `node` at `loc` (its own place if None). `key` identifies the mistake
+    /// without what differs per instance (names, shapes); `make` writes the message, only for the first
+    /// instance, and gets whether the report is full (then it should skip costly hints).
+    fn node(&mut self, node: &Node, loc: Option<&Loc>, key: &str, make: impl FnOnce(bool) -> Diagnostic) {
+        let loc = loc.or(node.loc.as_ref());
+        let describe = node.instance.as_ref().map(|i| move || i.note());
+        let full = self.rep.diagnostics.is_full();
+        let make = || {
+            let mut d = make(full);
+            if let Some(i) = &node.instance {
+                // The block instance first, as for the spec stage's messages.
+                let own = std::mem::replace(&mut d.notes, i.notes());
+                d.notes.extend(own);
+            }
+            d
+        };
+        let describe = describe.as_ref().map(|f| f as &dyn Fn() -> String);
+        self.repeats.report(&mut self.rep.diagnostics, loc, key, describe, make);
+    }
+
+    /// [`Reporter::node`] for an error whose message is `node `NAME`: msg` and whose key is `msg`.
+    fn error(&mut self, node: &Node, msg: String) {
+        let key = msg.clone();
+        self.node(node, None, &key, |_| Diagnostic::error(node.loc.clone(), format!("node `{}`: {msg}", node.name)));
+    }
+
+    fn finish(self) {
+        self.repeats.finish(&mut self.rep.diagnostics);
+    }
+}
+
+/// Builds the graph from a spec; the graph is returned only if there are no errors at all.
 pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, BuildReport) {
     let mut rep = BuildReport::default();
-    let policy = policy.unwrap_or(spec.projection);
+    let mut out = Reporter { rep: &mut rep, repeats: Repeats::default() };
+    let g = build_with(spec, policy.unwrap_or(spec.projection), &mut out);
+    out.finish();
+    rep.diagnostics.sort();
+    let g = g.filter(|_| !rep.diagnostics.has_errors());
+    if let Some(g) = &g {
+        debug_assert_eq!(g.verify(), Ok(()));
+    }
+    (g, rep)
+}
+
+/// What shape inference needs to know of the spec besides the graph.
+struct Context<'s> {
+    policy: ProjectionPolicy,
+    /// Every node's spec entry, by name.
+    specs: HashMap<&'s str, &'s NodeSpec>,
+    /// Where each edge (consumer, port) is written.
+    edge_locs: HashMap<(NodeIndex, usize), Loc>,
+    /// Every name in the graph (inserted projections included), and the names spec nodes chose for
+    /// their projections.
+    names: HashSet<String>,
+    projection_names: HashSet<&'s str>,
+}
+
+fn build_with(spec: &Spec, policy: ProjectionPolicy, out: &mut Reporter) -> Option<Graph> {
     let mut g: StableDiGraph<Node, Edge> = StableDiGraph::new();
     let input = g.add_node(Node {
         name: spec.input.name.clone(),
         op: Op::Input { shape: spec.input.shape.clone() },
         shape: spec.input.shape.clone(),
         loc: Some(spec.input.loc.clone()),
-        context: vec![],
+        instance: None,
     });
     let mut by_name: HashMap<String, NodeIndex> = HashMap::new();
     by_name.insert(spec.input.name.clone(), input);
@@ -241,11 +297,26 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
             op: ns.op.clone(),
             shape: vec![],
             loc: Some(ns.loc.clone()),
-            context: ns.context.clone(),
+            instance: ns.instance.clone(),
         });
         by_name.insert(ns.name.clone(), n);
         idx.push(n);
     }
+    let mut cx = Context {
+        policy,
+        specs: spec.nodes.iter().map(|n| (n.name.as_str(), n)).collect(),
+        edge_locs: HashMap::new(),
+        names: by_name.keys().cloned().collect(),
+        projection_names: spec.nodes.iter().filter_map(|n| n.projection.as_deref()).collect(),
+    };
+    // What "did you mean" searches, in a fixed order (the first of equally close names wins): the input,
+    // the nodes in spec order, then the names of nodes with errors of their own.
+    let mut broken: Vec<&str> = spec.broken.iter().map(|s| s.as_str()).filter(|b| !b.starts_with('<')).collect();
+    broken.sort();
+    let known: Vec<&str> = std::iter::once(spec.input.name.as_str())
+        .chain(spec.nodes.iter().map(|n| n.name.as_str()))
+        .chain(broken)
+        .collect();
     // Anything that depends on a node with errors is skipped, not reported again.
     let mut poisoned: HashSet<NodeIndex> = HashSet::new();
     if spec.broken.contains(&spec.input.name) {
@@ -257,24 +328,26 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
             match by_name.get(&r.name) {
                 Some(&src) => {
                     g.add_edge(src, n, Edge { port, shortcut: r.shortcut });
+                    cx.edge_locs.insert((n, port), r.loc.clone());
                 }
                 None if spec.broken.contains(&r.name) => {
                     poisoned.insert(n);
                 }
                 None => {
-                    // Any name the spec defines (nodes with errors of their own too), never the node itself.
-                    let known = by_name.keys().chain(spec.broken.iter().filter(|b| !b.starts_with('<')));
-                    let hint = did_you_mean(&r.name, known.map(|s| s.as_str()).filter(|s| *s != ns.name))
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default();
-                    let mut d = Diagnostic::error(
-                        Some(r.loc.clone()),
-                        format!("node `{}` refers to an unknown node `{}`{hint}", ns.name, r.name),
-                    );
-                    for c in ns.context.iter().rev() {
-                        d = d.note(c.clone());
-                    }
-                    rep.diagnostics.push(d);
+                    let node = &g[n];
+                    out.node(node, Some(&r.loc), "refers to an unknown node", |full| {
+                        // Any name the spec defines (nodes with errors of their own too), never the node itself.
+                        let hint = if full {
+                            None
+                        } else {
+                            did_you_mean(&r.name, known.iter().copied().filter(|s| *s != ns.name))
+                        };
+                        let hint = hint.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                        Diagnostic::error(
+                            Some(r.loc.clone()),
+                            format!("node `{}` refers to an unknown node `{}`{hint}", ns.name, shown(&r.name)),
+                        )
+                    });
                     poisoned.insert(n);
                 }
             }
@@ -284,45 +357,50 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
         Some(&o) => o,
         None => {
             if !spec.broken.contains(&spec.output.0) {
-                let hint = did_you_mean(&spec.output.0, by_name.keys().map(|s| s.as_str()))
+                let hint = did_you_mean(&spec.output.0, known.iter().copied())
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
-                rep.diagnostics
-                    .error(Some(&spec.output.1), format!("the output `{}` is not a node{hint}", spec.output.0));
+                out.rep
+                    .diagnostics
+                    .error(Some(&spec.output.1), format!("the output `{}` is not a node{hint}", shown(&spec.output.0)));
             }
             // Keep checking the rest (shapes) with a stand-in output; the result is errors only, since the
             // output is broken (already reported) or unknown (an error above).
             input
         }
     };
-    // Cycles: report each strongly connected component once, at its first node in spec order.
-    for scc in petgraph::algo::tarjan_scc(&g) {
+    // Cycles: report each strongly connected component once, at its first node in spec order (Kosaraju:
+    // iterative, where petgraph's Tarjan recurses once per node of a long chain).
+    for scc in petgraph::algo::kosaraju_scc(&g) {
         let self_loop = scc.len() == 1 && g.find_edge(scc[0], scc[0]).is_some();
         if scc.len() > 1 || self_loop {
             let mut members = scc.clone();
             members.sort();
-            let names: Vec<&str> = members.iter().map(|&n| g[n].name.as_str()).collect();
+            const LISTED: usize = 12;
+            let mut names: Vec<String> = members.iter().take(LISTED).map(|&n| g[n].name.clone()).collect();
+            if members.len() > LISTED {
+                names.push(format!("... ({} nodes in all)", members.len()));
+            }
             let first = &g[members[0]];
-            rep.diagnostics
-                .push(node_err(first, format!("the graph has a cycle: {} → {}", names.join(" → "), names[0])));
+            out.error(first, format!("the graph has a cycle: {} → {}", names.join(" → "), names[0]));
             poisoned.extend(members);
         }
     }
     let mut graph = Graph { model: spec.model.clone(), file: spec.file.clone(), g, input, output };
     // With errors above, still infer what can be inferred to report more errors at once.
-    let complete = poisoned.is_empty() && spec.broken.is_empty() && !rep.diagnostics.has_errors();
-    infer_shapes(&mut graph, &mut poisoned, policy, spec, &mut rep);
+    let complete = poisoned.is_empty() && spec.broken.is_empty() && !out.rep.diagnostics.has_errors();
+    infer_shapes(&mut graph, &mut poisoned, &mut cx, out);
     if !complete {
         // Edges to broken or unknown nodes are missing, so "unused" would be noise: errors only.
-        rep.diagnostics.sort();
-        return (None, rep);
+        return None;
     }
     // An explicit projection name on an `add` that needed none. Not for nodes a block made: a block may
     // name the projection that only some of its uses need.
-    for ns in spec.nodes.iter().filter(|n| n.context.is_empty()) {
-        if let Some(p) = &ns.projection {
-            if !rep.projections.iter().any(|x| x.add == ns.name) && !rep.diagnostics.has_errors() {
-                rep.diagnostics.push(Diagnostic::warning(
+    let projected: HashSet<&str> = out.rep.projections.iter().map(|x| x.add.as_str()).collect();
+    if !out.rep.diagnostics.has_errors() {
+        for ns in spec.nodes.iter().filter(|n| n.instance.is_none() && !projected.contains(n.name.as_str())) {
+            if let Some(p) = &ns.projection {
+                out.rep.diagnostics.push(Diagnostic::warning(
                     Some(ns.loc.clone()),
                     format!(
                         "node `{}`: `projection: {p}` is unused: the shortcut already has the main path's shape, \
@@ -343,32 +421,27 @@ pub fn build(spec: &Spec, policy: Option<ProjectionPolicy>) -> (Option<Graph>, B
     }
     let mut unused: Vec<NodeIndex> = graph.g.node_indices().filter(|n| !live.contains(n)).collect();
     unused.sort();
+    let out_name = graph.g[graph.output].name.clone();
     for n in unused {
         let node = &graph.g[n];
         if node.loc.is_none() {
             // Inserted by the compiler for an `add` that is itself unused (and reported).
             continue;
         }
-        rep.diagnostics.push(Diagnostic::warning(
-            node.loc.clone(),
-            format!("node `{}` is unused: it does not reach the output `{}`", node.name, graph.g[graph.output].name),
-        ));
+        out.node(node, None, "unused", |_| {
+            Diagnostic::warning(
+                node.loc.clone(),
+                format!("node `{}` is unused: it does not reach the output `{out_name}`", node.name),
+            )
+        });
     }
-    rep.diagnostics.sort();
-    if rep.diagnostics.has_errors() || !poisoned.is_empty() {
-        return (None, rep);
+    if out.rep.diagnostics.has_errors() || !poisoned.is_empty() {
+        return None;
     }
-    debug_assert_eq!(graph.verify(), Ok(()));
-    (Some(graph), rep)
+    Some(graph)
 }
 
-fn infer_shapes(
-    graph: &mut Graph,
-    poisoned: &mut HashSet<NodeIndex>,
-    policy: ProjectionPolicy,
-    spec: &Spec,
-    rep: &mut BuildReport,
-) {
+fn infer_shapes(graph: &mut Graph, poisoned: &mut HashSet<NodeIndex>, cx: &mut Context, out: &mut Reporter) {
     let order = graph.topo();
     for n in order {
         if n == graph.input {
@@ -379,12 +452,9 @@ fn infer_shapes(
             poisoned.insert(n);
             continue;
         }
-        if matches!(graph.g[n].op, Op::Add) {
-            if let Err(d) = reconcile_shortcut(graph, n, policy, spec, rep) {
-                rep.diagnostics.push(d);
-                poisoned.insert(n);
-                continue;
-            }
+        if matches!(graph.g[n].op, Op::Add) && !reconcile_shortcut(graph, n, cx, out) {
+            poisoned.insert(n);
+            continue;
         }
         let ins = graph.inputs(n);
         let shapes: Vec<&[usize]> = ins.iter().map(|&i| graph.g[i].shape.as_slice()).collect();
@@ -395,7 +465,7 @@ fn infer_shapes(
                 for (wname, ws) in w {
                     let elems = ws.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
                     if elems.is_none_or(|e| e > MAX_TENSOR_ELEMS) {
-                        rep.diagnostics.push(node_err(
+                        out.error(
                             &graph.g[n],
                             format!(
                                 "its `{wname}` weights would have shape {} ({} elements), more than the limit of \
@@ -403,7 +473,7 @@ fn infer_shapes(
                                 fmt_shape(&ws),
                                 ws.iter().map(|&d| d as u128).product::<u128>()
                             ),
-                        ));
+                        );
                         poisoned.insert(n);
                     }
                 }
@@ -411,15 +481,22 @@ fn infer_shapes(
             }
             Err(e) => {
                 let node = &graph.g[n];
-                let mut d = node_err(node, e.0);
-                if !shapes.is_empty() {
-                    let desc: Vec<String> = ins
-                        .iter()
-                        .map(|&i| format!("`{}` {}", graph.g[i].name, fmt_shape(&graph.g[i].shape)))
-                        .collect();
-                    d = d.note(format!("input(s): {}", desc.join(", ")));
-                }
-                rep.diagnostics.push(d);
+                let key = e.0.clone();
+                out.node(node, None, &key, |_| {
+                    let mut d = Diagnostic::error(node.loc.clone(), format!("node `{}`: {}", node.name, e.0));
+                    if !shapes.is_empty() {
+                        let mut desc: Vec<String> = ins
+                            .iter()
+                            .take(10)
+                            .map(|&i| format!("`{}` {}", graph.g[i].name, fmt_shape(&graph.g[i].shape)))
+                            .collect();
+                        if ins.len() > 10 {
+                            desc.push(format!("and {} more", ins.len() - 10));
+                        }
+                        d = d.note(format!("input(s): {}", desc.join(", ")));
+                    }
+                    d
+                });
                 poisoned.insert(n);
             }
         }
@@ -427,14 +504,10 @@ fn infer_shapes(
 }
 
 /// Makes an `add`'s operands agree: where a shortcut operand differs from the main path by a channel
-/// count and/or an integral spatial factor, inserts a 1x1 convolution with that stride on the shortcut.
-fn reconcile_shortcut(
-    graph: &mut Graph,
-    add: NodeIndex,
-    policy: ProjectionPolicy,
-    spec: &Spec,
-    rep: &mut BuildReport,
-) -> Result<(), Diagnostic> {
+/// count and/or an integral spatial factor, inserts a 1x1 convolution with that stride on the shortcut
+/// (and warns when its stride exceeds 2 or it reads the model input: a shortcut linked to the wrong
+/// node). Returns false when the operands cannot agree (reported).
+fn reconcile_shortcut(graph: &mut Graph, add: NodeIndex, cx: &mut Context, out: &mut Reporter) -> bool {
     let edges: Vec<(petgraph::stable_graph::EdgeIndex, NodeIndex, Edge)> = {
         let mut v: Vec<_> =
             graph.g.edges_directed(add, Direction::Incoming).map(|e| (e.id(), e.source(), *e.weight())).collect();
@@ -443,7 +516,7 @@ fn reconcile_shortcut(
     };
     if edges.len() < 2 {
         // Nothing to reconcile; shape inference reports the arity.
-        return Ok(());
+        return true;
     }
     // The main path: the first operand that is not a shortcut (or the first one).
     let main = edges.iter().position(|e| !e.2.shortcut).unwrap_or(0);
@@ -462,67 +535,131 @@ fn reconcile_shortcut(
             fmt_shape(&have)
         );
         let (&[hs, ws, _], &[hm, wm, cm]) = (have.as_slice(), target.as_slice()) else {
-            return Err(node_err(&add_node, format!("cannot add tensors of different shapes: {sides}")));
+            out.node(&add_node, None, "different shapes", |_| {
+                node_error(&add_node, format!("cannot add tensors of different shapes: {sides}"))
+            });
+            return false;
         };
         if hs < hm || ws < wm {
-            return Err(node_err(
-                &add_node,
-                format!("the shortcut is smaller than the main path, which no projection can fix: {sides}"),
-            ));
+            out.node(&add_node, None, "shortcut smaller", |_| {
+                node_error(
+                    &add_node,
+                    format!("the shortcut is smaller than the main path, which no projection can fix: {sides}"),
+                )
+            });
+            return false;
         }
         // The stride of a 1x1 `valid` conv maps n to (n - 1) / s + 1: find the one that lands on the main
         // path's size (e.g. 5 → 3 with stride 2, as a stride-2 `same` conv on the main path gives).
-        let stride = |from: usize, to: usize| (1..=from).find(|&s| (from - 1) / s + 1 == to);
+        // The smallest such stride is (from - 1) / to + 1, if any is.
+        let stride = |from: usize, to: usize| {
+            let s = (from.max(1) - 1) / to.max(1) + 1;
+            ((from.max(1) - 1) / s + 1 == to).then_some(s)
+        };
         let (Some(sh), Some(sw)) = (stride(hs, hm), stride(ws, wm)) else {
-            return Err(node_err(
-                &add_node,
-                format!(
-                    "no 1x1 projection can match the shortcut to the main path: no integral stride maps {hs}x{ws} to {hm}x{wm}; {sides}"
-                ),
-            ));
+            out.node(&add_node, None, "no integral stride", |_| {
+                node_error(
+                    &add_node,
+                    format!(
+                        "no 1x1 projection can match the shortcut to the main path: no integral stride maps \
+                         {hs}x{ws} to {hm}x{wm}; {sides}"
+                    ),
+                )
+            });
+            return false;
         };
         let strides = [sh, sw];
-        if policy == ProjectionPolicy::Error {
-            return Err(node_err(
-                &add_node,
-                format!(
-                    "the shortcut needs a projection (1x1 conv, stride {}x{}, {cm} filters): {sides}; \
-                     automatic projections are off (`shortcut_projection: error` or --no-auto-projection)",
-                    strides[0], strides[1]
-                ),
-            )
-            .note("write the projection in the spec, or allow automatic projections"));
+        if cx.policy == ProjectionPolicy::Error {
+            out.node(&add_node, None, "needs a projection", |_| {
+                node_error(
+                    &add_node,
+                    format!(
+                        "the shortcut needs a projection (1x1 conv, stride {sh}x{sw}, {cm} filters): {sides}; \
+                         automatic projections are off (`shortcut_projection: error` or --no-auto-projection)"
+                    ),
+                )
+                .note("write the projection in the spec, or allow automatic projections")
+            });
+            return false;
         }
-        let spec_name = spec.nodes.iter().find(|n| n.name == add_node.name).and_then(|n| n.projection.clone());
+        let spec_name = cx.specs.get(add_node.name.as_str()).and_then(|n| n.projection.clone());
         let mut name = spec_name.unwrap_or_else(|| format!("{}_shortcut_proj", add_node.name));
-        if graph.find(&name).is_some() {
-            if spec.nodes.iter().any(|n| n.projection.as_deref() == Some(name.as_str())) {
-                return Err(node_err(&add_node, format!("the projection name `{name}` is already a node's name")));
+        if cx.names.contains(&name) {
+            if cx.projection_names.contains(name.as_str()) {
+                out.node(&add_node, None, "projection name taken", |_| {
+                    node_error(&add_node, format!("the projection name `{name}` is already a node's name"))
+                });
+                return false;
             }
             name = format!("{name}_{i}");
         }
         let conv = Op::Conv(Conv::new(cm, [1, 1], strides, Padding::Valid, true));
-        let shape = conv.infer(&[&have]).map_err(|e| node_err(&add_node, e.0))?;
+        let shape = match conv.infer(&[&have]) {
+            Ok(s) => s,
+            Err(e) => {
+                out.error(&add_node, e.0);
+                return false;
+            }
+        };
         debug_assert_eq!(shape, target);
-        let p = graph.g.add_node(Node {
-            name: name.clone(),
-            op: conv,
-            shape,
-            loc: None,
-            context: vec![format!("inserted for `{}`", add_node.name)],
-        });
+        let loc = cx.edge_locs.get(&(add, edge.port)).cloned().or(add_node.loc.clone());
+        let from_input = src == graph.input;
+        if from_input || sh > 2 || sw > 2 {
+            let from = &graph.g[src];
+            let key = if from_input { "projection from the input" } else { "projection stride" };
+            let written = cx.specs.get(add_node.name.as_str()).and_then(|n| n.inputs.get(edge.port));
+            out.node(&add_node, loc.as_ref(), key, |_| {
+                let msg = if from_input {
+                    format!(
+                        "node `{0}`: its shortcut is the model input `{1}` {2}: a 1x1 projection with stride \
+                         {sh}x{sw} is inserted from the raw input to `{0}` {3}; is the shortcut linked to the right \
+                         node?",
+                        add_node.name,
+                        from.name,
+                        fmt_shape(&have),
+                        fmt_shape(&target)
+                    )
+                } else {
+                    format!(
+                        "node `{0}`: the shortcut from `{1}` {2} to `{0}` {3} gets an inserted 1x1 projection with \
+                         stride {sh}x{sw} (more than 2): is the shortcut linked to the right node?",
+                        add_node.name,
+                        from.name,
+                        fmt_shape(&have),
+                        fmt_shape(&target)
+                    )
+                };
+                let mut d = Diagnostic::warning(loc.clone(), msg);
+                if from_input && add_node.instance.is_some() && written.is_some_and(|r| r.name == from.name) {
+                    d = d.note(format!(
+                        "`{}` names the model input; the node that feeds the block is the template `\"{{input}}\"`",
+                        from.name
+                    ));
+                }
+                d
+            });
+        }
+        // The projection belongs to the add's block instance (a picture draws it in that block).
+        let instance = add_node.instance.clone();
+        let p = graph.g.add_node(Node { name: name.clone(), op: conv, shape, loc: None, instance });
+        cx.names.insert(name.clone());
         graph.g.remove_edge(eid);
         graph.g.add_edge(src, p, Edge { port: 0, shortcut: true });
         graph.g.add_edge(p, add, edge);
-        rep.projections.push(Projection {
+        out.rep.projections.push(Projection {
             name,
             add: add_node.name.clone(),
             from: graph.g[src].name.clone(),
             from_shape: have,
             to_shape: target.clone(),
             strides,
-            loc: add_node.loc.clone(),
+            loc,
         });
     }
-    Ok(())
+    true
+}
+
+/// An error about `node`, at its place: `node `NAME`: msg`.
+fn node_error(node: &Node, msg: String) -> Diagnostic {
+    Diagnostic::error(node.loc.clone(), format!("node `{}`: {msg}", node.name))
 }

@@ -144,6 +144,19 @@ pub struct Options {
     pub projection: Option<ProjectionPolicy>,
     /// Seed of the glorot initialization (used without a weights file).
     pub seed: u64,
+    /// The front end's limits (spec size, nodes, block depth, name length); `None`: the built-in ones,
+    /// raised by the `RESNETC_MAX_*` environment variables (see [`spec::Limits`]).
+    pub limits: Option<spec::Limits>,
+}
+
+impl Options {
+    /// The limits in force: [`Options::limits`], or the built-in ones with the environment's overrides.
+    pub fn limits(&self) -> Result<spec::Limits, Error> {
+        match self.limits {
+            Some(l) => Ok(l),
+            None => spec::Limits::from_env().map_err(Error::Option),
+        }
+    }
 }
 
 /// A loaded, validated model: its spec, graph (with shapes) and weights.
@@ -222,7 +235,11 @@ pub fn check(file: &str, text: &[u8], opts: &Options) -> (Option<(Spec, Graph, V
             return (None, Diagnostics(vec![d]));
         }
     }
-    let (spec, mut diags) = spec::parse_spec(&file, text, opts.input_shape.as_deref());
+    let limits = match opts.limits() {
+        Ok(l) => l,
+        Err(e) => return (None, Diagnostics(vec![diag::Diagnostic::error(None, e.to_string())])),
+    };
+    let (spec, mut diags) = spec::parse_spec(&file, text, opts.input_shape.as_deref(), &limits);
     let Some(spec) = spec else {
         diags.sort();
         return (None, diags);
@@ -239,11 +256,17 @@ pub fn check(file: &str, text: &[u8], opts: &Options) -> (Option<(Spec, Graph, V
     }
 }
 
+/// Reads a spec file within the limits of `opts`: a path that is not a regular file (a directory,
+/// /dev/zero, a fifo) or a file larger than the limit is refused before it is read.
+pub fn read_spec(path: &Path, opts: &Options) -> Result<Vec<u8>, Error> {
+    spec::read_spec_file(path, &opts.limits()?).map_err(|source| Error::Io { path: path.to_owned(), source })
+}
+
 impl Model {
     /// Loads a spec file (and the weights file named in `opts`, if any).
     pub fn from_file(path: impl AsRef<Path>, opts: &Options) -> Result<Model, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let bytes = read_spec(path, opts)?;
         Model::from_bytes(&path.display().to_string(), &bytes, opts)
     }
 

@@ -6,6 +6,7 @@
 //! lets the spec stage report every problem at once rather than serde's first one.
 
 use crate::diag::{Diagnostic, Loc};
+use crate::report::thousands;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 use std::fmt;
@@ -49,20 +50,45 @@ impl YValue {
     /// The value for "found X" in messages: its kind and, briefly, the value itself
     /// (`the string "abc"`, `the list [1, 2, 3]`, `the integer -1`).
     pub fn describe(&self) -> String {
-        let mut text = self.to_string();
-        if text.chars().count() > 40 {
-            text = text.chars().take(37).collect::<String>() + "...";
+        // At most 40 characters of the value, without formatting a huge one in full.
+        struct Capped(String);
+        impl fmt::Write for Capped {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for c in s.chars() {
+                    if self.0.chars().count() >= 40 {
+                        return Err(fmt::Error);
+                    }
+                    self.0.push(c);
+                }
+                Ok(())
+            }
+        }
+        let mut capped = Capped(String::new());
+        let mut text = match fmt::write(&mut capped, format_args!("{self}")) {
+            Ok(()) => capped.0,
+            Err(_) => capped.0.chars().take(37).collect::<String>() + "...",
+        };
+        if text.chars().any(char::is_control) {
+            text = text.chars().flat_map(char::escape_debug).collect();
         }
         match self {
             YValue::Null => "nothing (null)".into(),
             YValue::Bool(b) => format!("the boolean {b}"),
             YValue::Int(i) => format!("the integer {i}"),
+            YValue::Float(x) if x.fract() == 0.0 => format!("the float {x:?}"),
             YValue::Float(_) => format!("the number {text}"),
             YValue::Str(s) if s.is_empty() => "an empty string".into(),
             YValue::Str(_) => format!("the string {text}"),
             YValue::Seq(v) if v.is_empty() => "an empty list".into(),
             YValue::Seq(_) => format!("the list {text}"),
-            YValue::Map(_) => format!("the mapping {text}"),
+            YValue::Map(m) => match m.as_slice() {
+                // `filters: {filters}` without quotes: YAML reads a mapping.
+                [(k, YNode { value: YValue::Null, .. })] if k.as_str().is_some() => format!(
+                    "the mapping {text} (an unquoted template: write \"{{{}}}\"; YAML reads `{{...}}` as a mapping)",
+                    k.as_str().unwrap_or_default()
+                ),
+                _ => format!("the mapping {text}"),
+            },
         }
     }
 }
@@ -244,20 +270,118 @@ pub fn parse(file: &Arc<str>, bytes: &[u8]) -> Result<YNode, Diagnostic> {
     let options = serde_saphyr::options! { strict_booleans: true };
     match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
         Ok(v) => Ok(convert(file, v)),
-        Err(e) => {
-            let (line, col) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((1, 1));
-            let full = e.without_snippet().to_string();
-            let first = full.lines().next().unwrap_or("").trim();
-            // serde-saphyr prefixes "error: line L column C: "; we print the location ourselves.
-            let msg = first.strip_prefix("error: ").unwrap_or(first);
-            let msg = match msg.find(": ") {
-                Some(i) if msg.starts_with("line ") => &msg[i + 2..],
-                _ => msg,
-            };
-            let msg = msg.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
-            Err(Diagnostic::error(Some(Loc::new(file, line, col)), format!("invalid YAML: {msg}")))
+        Err(e) => Err(syntax_error(file, text, &e)),
+    }
+}
+
+/// A YAML error as a located diagnostic: serde-saphyr's message without its own location text, a
+/// resource limit of the parser named as such, a tab in the indentation pointed at where it is, and a
+/// hint when an unquoted template is the likely cause.
+fn syntax_error(file: &Arc<str>, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let (line, col) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((1, 1));
+    if let Some(d) = budget_error(file, e, line, col) {
+        return d;
+    }
+    if let Some(tab) = tab_in_indentation(text, line) {
+        return Diagnostic::error(
+            Some(Loc::new(file, tab.0, tab.1)),
+            "invalid YAML: a tab in the indentation (YAML indents with spaces only)",
+        );
+    }
+    let full = e.without_snippet().to_string();
+    let first = full.lines().next().unwrap_or("").trim();
+    // serde-saphyr prefixes "error: line L column C: " and may end with " at line L, column C"; we print
+    // the location ourselves.
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    let msg = match msg.find(": ") {
+        Some(i) if msg.starts_with("line ") => &msg[i + 2..],
+        _ => msg,
+    };
+    let msg = msg.strip_suffix(&format!(" at line {line}, column {col}")).unwrap_or(msg);
+    let msg = msg.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let msg = if msg == "recursion limit exceeded" {
+        "collections are nested too deeply (the YAML parser allows 64 levels)".to_string()
+    } else {
+        msg
+    };
+    let mut d = Diagnostic::error(Some(Loc::new(file, line, col)), format!("invalid YAML: {msg}"));
+    if let Some(t) = unquoted_template(text, line) {
+        d = d.note(format!("templates must be quoted: write \"{t}\" (unquoted, YAML reads `{{` as a mapping)"));
+    }
+    d
+}
+
+/// The parser's resource limits (serde-saphyr's default budget: 250,000 YAML values, 64 levels of
+/// nesting, aliases), named in plain words.
+fn budget_error(file: &Arc<str>, e: &serde_saphyr::Error, line: u32, col: u32) -> Option<Diagnostic> {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let mut e = e;
+    while let serde_saphyr::Error::AliasError { error, .. } | serde_saphyr::Error::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    let serde_saphyr::Error::Budget { breach, .. } = e else { return None };
+    let b = serde_saphyr::Budget::default();
+    let what = match breach {
+        B::Nodes { .. } => format!("the spec has more than {} YAML values", thousands(b.max_nodes as u64)),
+        B::Events { .. } => format!("the spec has more than {} YAML parser events", thousands(b.max_events as u64)),
+        B::Depth { .. } => format!("collections are nested more than {} levels deep", b.max_depth),
+        B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } => {
+            "the spec uses too many YAML aliases (`*name`) or anchors (`&name`)".to_string()
+        }
+        B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. } => {
+            "the YAML anchors (`&name`) hold too much to be repeated by aliases".to_string()
+        }
+        B::ScalarBytes { .. } => {
+            format!("the spec's strings total more than {} bytes", thousands(b.max_total_scalar_bytes as u64))
+        }
+        B::Documents { .. } => format!("the file has more than {} YAML documents", b.max_documents),
+        other => format!("{other:?}"),
+    };
+    Some(Diagnostic::error(
+        Some(Loc::new(file, line, col)),
+        format!("invalid YAML: {what} (the YAML parser's limit, which no real spec reaches)"),
+    ))
+}
+
+/// The first tab in the leading whitespace of line `line` or the line after it (1-based line and
+/// column): YAML reports a tab where the token before it started, which may be the line before.
+fn tab_in_indentation(text: &str, line: u32) -> Option<(u32, u32)> {
+    let first = line.saturating_sub(1) as usize;
+    for (i, l) in text.lines().enumerate().skip(first).take(2) {
+        let indent = l.len() - l.trim_start_matches([' ', '\t']).len();
+        if let Some(c) = l[..indent].find('\t') {
+            if !l.trim().is_empty() {
+                return Some((i as u32 + 1, c as u32 + 1));
+            }
         }
     }
+    None
+}
+
+/// An unquoted template on line `line` (`name: res{stage}a`, `filters: {filters[0]}`): the scalar that
+/// should have been quoted.
+fn unquoted_template(text: &str, line: u32) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)? as usize)?;
+    if l.contains(['"', '\'']) {
+        return None;
+    }
+    let b = l.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+        // `x{` (a word before a brace) or `{x[` / `{x+`: not YAML, a template.
+        let after: Vec<u8> = b[i + 1..].iter().copied().skip_while(|&x| word(x)).take(1).collect();
+        let is_template = c == b'{'
+            && ((i > 0 && word(b[i - 1]))
+                || (b.get(i + 1).is_some_and(|&x| word(x))
+                    && matches!(after.first(), Some(b'[' | b'(' | b'+' | b'-' | b'*' | b'/' | b'%'))));
+        if is_template {
+            let start = l[..i].rfind([' ', ',', '[']).map_or(0, |s| s + 1);
+            let end = l[i..].find('}').map_or(l.len(), |e| i + e + 1);
+            let end = end + l[end..].find([',', ' ', ']', '}']).unwrap_or(l.len() - end);
+            return Some(l[start..end].trim().to_string());
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -122,8 +122,9 @@ impl ImageIo {
         {
             // One value applies to every channel.
             if list.len() > 1 && list.len() != channels {
+                // A named mode (`caffe`, `torch`) has no `mean`/`std` of its own: point at `preprocess`.
                 diags.error(
-                    loc.as_ref(),
+                    loc.as_ref().or(self.locs.preprocess.as_ref()),
                     format!(
                         "`{what}` has {} values but the input has {channels} channel(s) (input shape {}): give one \
                          value per channel, or one for all",

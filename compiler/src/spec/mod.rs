@@ -1,19 +1,31 @@
 //! The spec stage: YAML text → a flat, typed list of nodes, every one with its source location.
 //!
 //! Input is a [`YNode`] tree (see [`crate::yaml`]). Block uses are expanded here (parameters substituted,
-//! repeats unrolled, names derived), fields are type-checked against each op's table, and every problem
-//! found is pushed into a [`Diagnostics`] list rather than stopping at the first. Output is a [`Spec`]:
-//! the model input, the nodes in spec order with references still by name, and the chosen output. The
-//! graph stage ([`crate::graph`]) resolves references, checks the topology and infers shapes.
+//! repeats unrolled, names given to unnamed nodes), fields are type-checked against each op's table, and
+//! every problem found is pushed into a [`Diagnostics`] list rather than stopping at the first. Output is
+//! a [`Spec`]: the model input, the nodes in spec order with references still by name, and the chosen
+//! output. The graph stage ([`crate::graph`]) resolves references, checks the topology and infers shapes.
 //!
-//! The language is documented in the README ("The spec language").
+//! The expansion is bounded by [`Limits`] (nodes, block depth, name length, expanded size): past one,
+//! it stops with an error naming the limit. The language is documented in the README ("The spec
+//! language"), the limits in its "Limits" section.
+//!
+//! Code: this file has the types, the expander's core (entries, nodes, names, templates); `blocks.rs`
+//! expands block uses; `fields.rs` type-checks a node's fields into an [`Op`].
 
+mod blocks;
 pub mod expr;
+mod fields;
 pub mod io;
+pub mod limits;
 
-use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Loc};
-use crate::ops::{fmt_shape, Activation, Conv, Op, Padding, Pads, Pool, MAX_DIM, MAX_TENSOR_ELEMS};
+pub use limits::{read_spec_file, Limit, Limits};
+
+use crate::diag::{did_you_mean, shown, Diagnostic, Diagnostics, Loc, Repeats};
+use crate::ops::Op;
+use crate::report::thousands;
 use crate::yaml::{YNode, YValue};
+use blocks::Block;
 use expr::{Env, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,8 +59,92 @@ pub struct NodeSpec {
     pub loc: Loc,
     /// For `add`: the name to give an inserted shortcut projection (so its weights can be loaded).
     pub projection: Option<String>,
-    /// Where the node came from when a block produced it ("in block `x` used at FILE:L:C").
-    pub context: Vec<String>,
+    /// The block instance that produced the node; `None` for a node written in `layers`.
+    pub instance: Option<Arc<BlockInstance>>,
+}
+
+/// One instantiation of a block: a use, or one iteration of a use's `for` or `repeat`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockInstance {
+    /// Distinct for every instance in the spec (0, 1, ... in expansion order).
+    pub id: usize,
+    pub block: String,
+    /// Where the use is written.
+    pub used_at: Loc,
+    /// The arguments written in `with`, then the one `for` iterates, as `name=value` texts (long values
+    /// cut).
+    pub args: Vec<(String, String)>,
+    /// Whether the last of `args` is the one `for` iterates.
+    pub iterated: bool,
+    /// Which iteration this is, 1-based (the value of the implicit parameter `rep`), of how many.
+    pub rep: usize,
+    pub reps: usize,
+    /// The instance whose block used this one.
+    pub parent: Option<Arc<BlockInstance>>,
+}
+
+impl BlockInstance {
+    /// How messages name the iteration: ` with block=b`, ` (repetition 2 of 3)`, or nothing.
+    pub fn iteration(&self) -> String {
+        match self.args.last() {
+            Some((k, v)) if self.iterated => format!(" with {k}={v}"),
+            _ if self.reps > 1 => format!(" (repetition {} of {})", self.rep, self.reps),
+            _ => String::new(),
+        }
+    }
+
+    /// The note on messages about its nodes: "in block `x` used at FILE:L:C with k=v".
+    pub fn note(&self) -> String {
+        format!("in block `{}` used at {}{}", self.block, self.used_at, self.iteration())
+    }
+
+    /// The notes of this instance and of the instances containing it, innermost first (past 8 levels,
+    /// the middle ones counted).
+    pub fn notes(&self) -> Vec<String> {
+        let mut all = vec![self];
+        while let Some(p) = all.last().and_then(|i| i.parent.as_deref()) {
+            all.push(p);
+        }
+        if all.len() <= 8 {
+            return all.iter().map(|i| i.note()).collect();
+        }
+        let mut out: Vec<String> = all[..6].iter().map(|i| i.note()).collect();
+        out.push(format!("... in {} more enclosing block uses", all.len() - 7));
+        out.push(all[all.len() - 1].note());
+        out
+    }
+
+    /// This instance and the instances containing it, outermost first.
+    pub fn chain(self: &Arc<Self>) -> Vec<Arc<BlockInstance>> {
+        let mut out = vec![self.clone()];
+        while let Some(p) = out.last().and_then(|i| i.parent.clone()) {
+            out.push(p);
+        }
+        out.reverse();
+        out
+    }
+
+    /// How a picture labels it: `identity_block(stage=2, block=b)`, `unit() #2` for a repetition.
+    pub fn label(&self) -> String {
+        let mut args: Vec<String> = self.args.iter().take(8).map(|(k, v)| format!("{k}={v}")).collect();
+        if self.args.len() > 8 {
+            args.push("...".into());
+        }
+        let rep = if self.reps > 1 && !self.iterated { format!(" #{}", self.rep) } else { String::new() };
+        format!("{}({}){rep}", self.block, args.join(", "))
+    }
+
+    /// How the list of instances in a merged error names it ("`unit` used at t.yaml:9:5 (repetition 2
+    /// of 3)", with the instances containing it).
+    fn describe(&self) -> String {
+        let mut s = format!("`{}` used at {}{}", self.block, self.used_at, self.iteration());
+        let mut p = self.parent.as_deref();
+        while let Some(i) = p {
+            s.push_str(&format!(" in `{}`{}", i.block, i.iteration()));
+            p = i.parent.as_deref();
+        }
+        s
+    }
 }
 
 /// The model input.
@@ -115,53 +211,98 @@ const KERAS_NAMES: &[(&str, &str)] = &[
     ("Softmax", "softmax"),
 ];
 
-struct Block<'a> {
-    loc: Loc,
-    /// Parameters in declaration order, with their defaults.
-    params: Vec<(String, Option<Value>)>,
-    nodes: &'a [YNode],
+/// The name Keras gives an unnamed layer of each op (`conv2d`, then `conv2d_1`, `conv2d_2`...): an
+/// unnamed node is named the same way, so that weights exported from a Keras model whose layers were
+/// not named load as they are.
+fn keras_base_name(op: &str) -> &'static str {
+    match op {
+        "zero_padding" => "zero_padding2d",
+        "conv" => "conv2d",
+        "batch_norm" => "batch_normalization",
+        "relu" | "softmax" => "activation",
+        "add" => "add",
+        "max_pool" => "max_pooling2d",
+        "avg_pool" => "average_pooling2d",
+        "global_avg_pool" => "global_average_pooling2d",
+        "global_max_pool" => "global_max_pooling2d",
+        "flatten" => "flatten",
+        "dense" => "dense",
+        _ => "node",
+    }
 }
 
+/// The implicit block parameter that numbers a use's instances (1, 2, ... for `repeat` and `for`).
+const REP: &str = "rep";
+
 struct Expander<'a> {
+    limits: Limits,
     blocks: HashMap<String, Block<'a>>,
     diags: Diagnostics,
+    /// Merges one mistake made in many block instances into one message.
+    repeats: Repeats,
+    /// Every problem reported (merged and counted ones too): whether an entry had errors is a change
+    /// of this count.
+    problems: usize,
     nodes: Vec<NodeSpec>,
     /// Every name defined so far, with where it was defined.
     names: HashMap<String, Loc>,
+    /// The names given to unnamed nodes (for the message when a written name repeats one).
+    generated: HashSet<String>,
+    /// The next number of each automatic name (`conv2d` → 3 gives `conv2d_3`).
+    auto_names: HashMap<&'static str, usize>,
     /// Blocks being expanded, to refuse recursive use.
     stack: Vec<String>,
-    context: Vec<String>,
+    /// The block instance being expanded, and how many there were.
+    instance: Option<Arc<BlockInstance>>,
+    instances: usize,
     broken: HashSet<String>,
     /// In the entry being expanded: values whose template substitution failed (reported), so that the
     /// placeholder left there draws no second error.
     failed: HashSet<Loc>,
-    /// Template errors reported so far: a block used many times reports a bad template once.
-    template_errors: HashSet<(Loc, String)>,
     /// In the node being checked: fields that an unknown, misspelled key was taken for (so that the
     /// "missing field" error is not added to the "did you mean" one).
     misspelled: HashSet<String>,
+    /// Nodes expanded so far (with errors or not), and bytes of node fields substituted.
+    expanded_nodes: usize,
+    expanded_bytes: usize,
+    /// A size limit was reached (and reported): expansion stops.
+    exhausted: bool,
 }
 
 /// Parses and expands a spec. `input_shape` overrides the spec's input shape (the CLI's `--input-shape`).
 /// Returns the spec (possibly with `broken` nodes left out) and every diagnostic found; the spec is
-/// `None` only when nothing sensible can follow (no layers, YAML syntax errors). When the input itself
-/// is wrong its name is in `broken`, so the graph stage still checks references and cycles.
-pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) -> (Option<Spec>, Diagnostics) {
+/// `None` only when nothing sensible can follow (no layers, YAML syntax errors, a size limit reached).
+/// When the input itself is wrong its name is in `broken`, so the graph stage still checks references
+/// and cycles.
+pub fn parse_spec(
+    file: &Arc<str>,
+    bytes: &[u8],
+    input_shape: Option<&[usize]>,
+    limits: &Limits,
+) -> (Option<Spec>, Diagnostics) {
     let doc = match crate::yaml::parse(file, bytes) {
         Ok(d) => d,
         Err(e) => return (None, Diagnostics(vec![e])),
     };
     let mut ex = Expander {
+        limits: *limits,
         blocks: HashMap::new(),
         diags: Diagnostics::default(),
+        repeats: Repeats::default(),
+        problems: 0,
         nodes: vec![],
         names: HashMap::new(),
+        generated: HashSet::new(),
+        auto_names: HashMap::new(),
         stack: vec![],
-        context: vec![],
+        instance: None,
+        instances: 0,
         broken: HashSet::new(),
         failed: HashSet::new(),
-        template_errors: HashSet::new(),
         misspelled: HashSet::new(),
+        expanded_nodes: 0,
+        expanded_bytes: 0,
+        exhausted: false,
     };
     let Some(top) = doc.as_map() else {
         ex.diags.error(
@@ -177,7 +318,7 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
         }
     }
     let model = match doc.get("model") {
-        Some(n) => ex.string(n, "`model`").unwrap_or_default(),
+        Some(n) => ex.name(n, "`model`").unwrap_or_default(),
         None => file.rsplit('/').next().unwrap_or("model").trim_end_matches(".yaml").to_string(),
     };
     let projection = match doc.get("shortcut_projection") {
@@ -220,19 +361,20 @@ pub fn parse_spec(file: &Arc<str>, bytes: &[u8], input_shape: Option<&[usize]>) 
             None
         }
     };
-    let Some(layers) = layers else { return (None, ex.diags) };
+    let Some(layers) = layers else { return (None, ex.finish()) };
     let last = ex.sequence(layers, &Env::new(), Some(input.name.clone()));
     let last_loc = layers.last().map(|n| n.loc.clone()).unwrap_or(doc.loc.clone());
     let output = match doc.get("output") {
-        Some(n) => ex.string(n, "`output`").map(|s| (s, n.loc.clone())),
+        Some(n) => ex.name(n, "`output`").map(|s| (s, n.loc.clone())),
         None => last.map(|l| (l, last_loc)),
     };
-    let diags = ex.diags;
+    if ex.exhausted {
+        return (None, ex.finish());
+    }
+    let (nodes, broken) = (std::mem::take(&mut ex.nodes), std::mem::take(&mut ex.broken));
+    let diags = ex.finish();
     match output {
-        Some(output) => (
-            Some(Spec { file: file.clone(), model, input, nodes: ex.nodes, output, projection, broken: ex.broken, io }),
-            diags,
-        ),
+        Some(output) => (Some(Spec { file: file.clone(), model, input, nodes, output, projection, broken, io }), diags),
         None => (None, diags),
     }
 }
@@ -265,325 +407,160 @@ fn hint(s: Option<&str>) -> String {
 }
 
 impl<'a> Expander<'a> {
+    /// The diagnostics, with merged repeats noted.
+    fn finish(mut self) -> Diagnostics {
+        let mut diags = std::mem::take(&mut self.diags);
+        self.repeats.finish(&mut diags);
+        diags
+    }
+
+    /// Reports an error at `loc`: inside a block instance, the same message at the same place from
+    /// another instance is merged into the first report.
     fn err(&mut self, loc: &Loc, msg: impl Into<String>) {
+        let msg = msg.into();
+        self.report(loc, &msg.clone(), move || msg, vec![]);
+    }
+
+    /// [`Expander::err`] for a message that costs work to write (a "did you mean"): `key` identifies
+    /// the mistake, and `message` is written only for its first report. `notes` follow the notes naming
+    /// the block instance.
+    fn report(&mut self, loc: &Loc, key: &str, message: impl FnOnce() -> String, notes: Vec<String>) {
         if self.failed.contains(loc) {
             // A template here failed to expand and was reported; its placeholder value is not the user's.
             return;
         }
-        let mut d = Diagnostic::error(Some(loc.clone()), msg);
-        for c in self.context.iter().rev() {
-            d = d.note(c.clone());
-        }
-        self.diags.push(d);
+        self.problems += 1;
+        let instance = self.instance.clone();
+        let describe = instance.as_ref().map(|i| move || i.describe());
+        let full = self.diags.is_full();
+        let make = || {
+            // Past the report's limit the error is only counted: skip the work on its message.
+            let mut d = Diagnostic::error(Some(loc.clone()), if full { String::new() } else { message() });
+            if let Some(i) = &instance {
+                d.notes = i.notes();
+            }
+            d.notes.extend(notes);
+            d
+        };
+        self.repeats.report(&mut self.diags, Some(loc), key, describe.as_ref().map(|f| f as &dyn Fn() -> String), make);
     }
 
-    /// Reports an unknown key; returns the allowed key it is probably a misspelling of.
+    /// Reports a size limit reached, once, and stops the expansion.
+    fn exhausted(&mut self, loc: &Loc, msg: String) {
+        if !self.exhausted {
+            self.exhausted = true;
+            self.problems += 1;
+            let mut d = Diagnostic::error(Some(loc.clone()), msg);
+            if let Some(i) = &self.instance {
+                d.notes = i.notes();
+            }
+            self.diags.push(d);
+        }
+    }
+
+    /// Reports an unknown key; returns the allowed key it is probably a misspelling of. `note` is added
+    /// when there is no such key.
     fn unknown_field(&mut self, key: &YNode, what: &str, allowed: &[&str]) -> Option<String> {
+        self.unknown_field_note(key, what, allowed, None)
+    }
+
+    fn unknown_field_note(
+        &mut self,
+        key: &YNode,
+        what: &str,
+        allowed: &[&str],
+        note: Option<String>,
+    ) -> Option<String> {
         let k = key.as_str().map(str::to_string).unwrap_or_else(|| key.value.to_string());
         let guess = did_you_mean(&k, allowed.iter().copied()).map(str::to_string);
-        self.err(
-            &key.loc,
-            format!("unknown field `{k}` in {what}{}; expected one of: {}", hint(guess.as_deref()), allowed.join(", ")),
+        let msg = format!(
+            "unknown field `{}` in {what}{}; expected one of: {}",
+            shown(&k),
+            hint(guess.as_deref()),
+            allowed.join(", ")
         );
+        let notes = if guess.is_none() { note.into_iter().collect() } else { vec![] };
+        self.report(&key.loc, &msg.clone(), move || msg, notes);
         guess
     }
 
-    fn string(&mut self, n: &YNode, what: &str) -> Option<String> {
-        match &n.value {
-            YValue::Str(s) if !s.is_empty() => Some(s.clone()),
-            YValue::Str(_) => {
-                self.err(&n.loc, format!("{what} must not be empty"));
-                None
-            }
-            YValue::Int(i) => Some(i.to_string()),
-            v => {
-                self.err(&n.loc, format!("{what} must be a string, found {}", v.describe()));
-                None
-            }
-        }
-    }
-
-    fn choice(&mut self, n: &YNode, what: &str, options: &[&'static str]) -> Option<&'static str> {
-        match &n.value {
-            YValue::Str(s) => {
-                if let Some(o) = options.iter().find(|o| o.eq_ignore_ascii_case(s)) {
-                    return Some(o);
-                }
-                let h = hint(did_you_mean(s, options.iter().copied()));
-                self.err(&n.loc, format!("{what} must be one of {}, found `{s}`{h}", options.join(", ")));
-                None
-            }
-            v => {
-                self.err(&n.loc, format!("{what} must be one of {}, found {}", options.join(", "), v.describe()));
-                None
-            }
-        }
-    }
-
-    /// A positive size, refused when absurd (before anything is allocated from it).
-    fn size(&mut self, n: &YNode, what: &str) -> Option<usize> {
-        match &n.value {
-            YValue::Int(i) if *i >= 1 && (*i as u64) <= MAX_DIM as u64 => Some(*i as usize),
-            YValue::Int(i) if *i < 1 => {
-                self.err(&n.loc, format!("{what} must be a positive integer, found {i}"));
-                None
-            }
-            YValue::Int(i) => {
-                self.err(&n.loc, format!("{what} is absurdly large: {i} (the limit is {MAX_DIM})"));
-                None
-            }
-            YValue::Float(x) => {
-                let msg = if x.fract() == 0.0 && *x > MAX_DIM as f64 {
-                    format!("{what} is absurdly large: {x} (the limit is {MAX_DIM})")
-                } else {
-                    format!("{what} must be a positive integer, found the number {x}")
-                };
-                self.err(&n.loc, msg);
-                None
-            }
-            v => {
-                self.err(&n.loc, format!("{what} must be a positive integer, found {}", v.describe()));
-                None
-            }
-        }
-    }
-
-    fn nonneg(&mut self, n: &YNode, what: &str) -> Option<usize> {
-        match &n.value {
-            YValue::Int(0) => Some(0),
-            YValue::Int(i) if *i < 0 => {
-                self.err(&n.loc, format!("{what} must be zero or a positive integer, found {i}"));
-                None
-            }
-            _ => self.size(n, what),
-        }
-    }
-
-    /// An integer or a `[h, w]` pair.
-    fn pair(&mut self, n: &YNode, what: &str) -> Option<[usize; 2]> {
-        match &n.value {
-            YValue::Seq(s) if s.len() == 2 => {
-                let a = self.size(&s[0], what);
-                let b = self.size(&s[1], what);
-                Some([a?, b?])
-            }
-            YValue::Seq(_) => {
-                self.err(
-                    &n.loc,
-                    format!("{what} must be an integer or a list [height, width], found {}", n.value.describe()),
-                );
-                None
-            }
-            YValue::Int(_) | YValue::Float(_) => self.size(n, what).map(|x| [x, x]),
-            v => {
-                self.err(
-                    &n.loc,
-                    format!("{what} must be an integer or a list [height, width], found {}", v.describe()),
-                );
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, n: &YNode, what: &str) -> Option<bool> {
-        match &n.value {
-            YValue::Bool(b) => Some(*b),
-            v => {
-                self.err(&n.loc, format!("{what} must be true or false, found {}", v.describe()));
-                None
-            }
-        }
-    }
-
-    fn input(&mut self, doc: &YNode, over: Option<&[usize]>) -> Option<InputSpec> {
-        let Some(n) = doc.get("input") else {
-            self.err(&doc.loc, "missing field `input` (the input shape [height, width, channels])");
-            return None;
-        };
-        let (shape_node, name) = match &n.value {
-            YValue::Map(m) => {
-                let mut misspelled_shape = false;
-                for (k, _) in m {
-                    if !matches!(k.as_str(), Some("shape" | "name")) {
-                        let guess = self.unknown_field(k, "`input`", &["shape", "name"]);
-                        misspelled_shape |= guess.as_deref() == Some("shape");
-                    }
-                }
-                let name = match n.get("name") {
-                    Some(x) => self.string(x, "the input's `name`")?,
-                    None => "input".into(),
-                };
-                match n.get("shape") {
-                    Some(s) => (s, name),
-                    None => {
-                        if !misspelled_shape {
-                            self.err(&n.loc, "missing field `shape` in `input` (expected [height, width, channels])");
-                        }
-                        return None;
-                    }
-                }
-            }
-            _ => (n, "input".to_string()),
-        };
-        let shape = match shape_node.as_seq() {
-            Some(s) if s.len() == 3 => {
-                let dims: Vec<Option<usize>> = s.iter().map(|d| self.size(d, "an input dimension")).collect();
-                dims.into_iter().collect::<Option<Vec<_>>>()?
-            }
-            Some(s) => {
-                self.err(
-                    &shape_node.loc,
-                    format!(
-                        "the input shape must be [height, width, channels] (NHWC without the batch), found {} \
-                         dimension(s): {}",
-                        s.len(),
-                        shape_node.value
-                    ),
-                );
-                return None;
-            }
-            None => {
-                self.err(
-                    &shape_node.loc,
-                    format!(
-                        "the input shape must be a list [height, width, channels], found {}",
-                        shape_node.value.describe()
-                    ),
-                );
-                return None;
-            }
-        };
-        let overridden = over.is_some();
-        let shape = over.map(|o| o.to_vec()).unwrap_or(shape);
-        // Refuse a tensor too large to hold before anything is allocated for it.
-        let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if elems.is_none_or(|e| e > MAX_TENSOR_ELEMS) {
+    /// A name (of a node, a reference, the model): a non-empty string of at most the name limit, without
+    /// control characters (names end up in DOT, JSON, file names and terminals).
+    fn name(&mut self, n: &YNode, what: &str) -> Option<String> {
+        let s = self.string(n, what)?;
+        if s.len() > self.limits.max_name_len {
             self.err(
-                &shape_node.loc,
+                &n.loc,
                 format!(
-                    "the input shape {}{} has {} elements per batch item, more than the limit of {MAX_TENSOR_ELEMS}",
-                    fmt_shape(&shape),
-                    if overridden { " (from the input shape override)" } else { "" },
-                    shape.iter().map(|&d| d as u128).product::<u128>()
+                    "{what} is {} bytes long, more than the limit of {} for a name: `{}`; {}",
+                    s.len(),
+                    self.limits.max_name_len,
+                    shown(&s),
+                    self.limits.how_to_raise(Limit::NameLen)
                 ),
             );
             return None;
         }
-        Some(InputSpec { name, shape, loc: shape_node.loc.clone() })
-    }
-
-    fn collect_blocks(&mut self, b: &'a YNode) {
-        let Some(m) = b.as_map() else {
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
             self.err(
-                &b.loc,
-                format!("`blocks` must be a mapping of block names to blocks, found {}", b.value.describe()),
+                &n.loc,
+                format!(
+                    "{what} `{}` contains the control character {c:?}: names may not (they end up in DOT, JSON and \
+                     file names)",
+                    shown(&s)
+                ),
             );
-            return;
-        };
-        for (k, v) in m {
-            let Some(name) = self.string(k, "a block name") else { continue };
-            let Some(fields) = v.as_map() else {
-                self.err(
-                    &v.loc,
-                    format!("block `{name}` must be a mapping with `params` and `nodes`, found {}", v.value.describe()),
-                );
-                continue;
-            };
-            for (fk, _) in fields {
-                if !BLOCK_KEYS.contains(&fk.as_str().unwrap_or("")) {
-                    self.unknown_field(fk, &format!("block `{name}`"), BLOCK_KEYS);
-                }
-            }
-            let mut params: Vec<(String, Option<Value>)> = vec![];
-            let mut declare = |me: &mut Self, pk: &YNode, default: Option<Value>| {
-                let Some(pn) = me.string(pk, "a parameter name") else { return };
-                if params.iter().any(|(p, _)| *p == pn) {
-                    me.err(&pk.loc, format!("block `{name}` declares the parameter `{pn}` twice"));
-                } else {
-                    params.push((pn, default));
-                }
-            };
-            match v.get("params") {
-                None => {}
-                Some(p) => match &p.value {
-                    YValue::Seq(s) => {
-                        for x in s {
-                            declare(self, x, None);
-                        }
-                    }
-                    YValue::Map(m) => {
-                        for (pk, pv) in m {
-                            // `~` (null) marks a required parameter; anything else is its default.
-                            let default = match &pv.value {
-                                YValue::Null => None,
-                                _ => match to_value(pv) {
-                                    Some(d) => Some(d),
-                                    None => {
-                                        self.err(
-                                            &pv.loc,
-                                            format!(
-                                                "the default of parameter `{}` must be a number, string or list (or \
-                                                 `~` for a required parameter), found {}",
-                                                pk.as_str().map(str::to_string).unwrap_or_else(|| pk.value.to_string()),
-                                                pv.value.describe()
-                                            ),
-                                        );
-                                        continue;
-                                    }
-                                },
-                            };
-                            declare(self, pk, default);
-                        }
-                    }
-                    YValue::Null => {}
-                    other => self.err(
-                        &p.loc,
-                        format!(
-                            "`params` must be a list of names or a mapping of names to defaults, found {}",
-                            other.describe()
-                        ),
-                    ),
-                },
-            }
-            let nodes = match v.get("nodes") {
-                Some(n) => match n.as_seq() {
-                    Some(s) if !s.is_empty() => s,
-                    _ => {
-                        self.err(
-                            &n.loc,
-                            format!("block `{name}` needs a non-empty list of `nodes`, found {}", n.value.describe()),
-                        );
-                        continue;
-                    }
-                },
-                None => {
-                    self.err(&v.loc, format!("block `{name}` has no `nodes` (the list of its nodes)"));
-                    continue;
-                }
-            };
-            self.blocks.insert(name, Block { loc: k.loc.clone(), params, nodes });
+            return None;
         }
+        Some(s)
     }
 
-    /// Substitutes template parameters everywhere in a node. A template that fails is reported, and
-    /// its value's location remembered so that the placeholder left there draws no second error.
+    /// Substitutes template parameters everywhere in an entry. A template that fails is reported, and
+    /// its value's location remembered so that the placeholder left there draws no second error. What
+    /// is substituted counts against the expansion budget.
     fn substitute(&mut self, n: &YNode, env: &Env) -> YNode {
-        let value = match &n.value {
+        if self.exhausted {
+            return YNode { loc: n.loc.clone(), value: YValue::Null };
+        }
+        // What the substituted value costs, about: 64 bytes per value plus the text of strings.
+        let (value, bytes) = match &n.value {
             YValue::Str(s) if expr::is_template(s) => match expr::expand(s, env) {
-                Ok(v) => to_yvalue(v, &n.loc),
+                Ok(v) => {
+                    let size = v.size();
+                    (to_yvalue(v, &n.loc), size)
+                }
                 Err(e) => {
-                    if self.template_errors.insert((n.loc.clone(), e.clone())) {
-                        self.err(&n.loc, e);
-                    }
+                    self.report(&n.loc, &e.to_string(), || e.message(env), vec![]);
                     self.failed.insert(n.loc.clone());
-                    YValue::Null
+                    (YValue::Null, 64)
                 }
             },
-            YValue::Seq(s) => YValue::Seq(s.iter().map(|x| self.substitute(x, env)).collect()),
-            YValue::Map(m) => YValue::Map(m.iter().map(|(k, v)| (k.clone(), self.substitute(v, env))).collect()),
-            other => other.clone(),
+            YValue::Str(s) => (YValue::Str(s.clone()), 64 + s.len()),
+            YValue::Seq(s) => (YValue::Seq(s.iter().map(|x| self.substitute(x, env)).collect()), 64),
+            YValue::Map(m) => {
+                let m = m.iter().map(|(k, v)| (k.clone(), self.substitute(v, env))).collect::<Vec<_>>();
+                let keys: usize = m.iter().map(|(k, _)| 64 + k.as_str().map_or(0, str::len)).sum();
+                (YValue::Map(m), 64 + keys)
+            }
+            other => (other.clone(), 64),
         };
+        self.charge(bytes, &n.loc);
         YNode { loc: n.loc.clone(), value }
+    }
+
+    /// Counts `bytes` of expanded node fields against the budget; past it, the expansion stops.
+    fn charge(&mut self, bytes: usize, loc: &Loc) {
+        self.expanded_bytes = self.expanded_bytes.saturating_add(bytes);
+        if self.expanded_bytes > self.limits.max_expanded_bytes() {
+            let msg = format!(
+                "the blocks expand to more than {} bytes of node fields (the limit: 2 KiB per node of the node \
+                 limit of {}); {}",
+                thousands(self.limits.max_expanded_bytes() as u64),
+                thousands(self.limits.max_nodes as u64),
+                self.limits.how_to_raise(Limit::Nodes)
+            );
+            self.exhausted(loc, msg);
+        }
     }
 
     /// A stand-in name for something that went wrong and has no name of its own (a block use that could
@@ -599,6 +576,9 @@ impl<'a> Expander<'a> {
     /// Expands a list of entries chained one after the other; returns the name of the last node.
     fn sequence(&mut self, entries: &[YNode], env: &Env, mut prev: Option<String>) -> Option<String> {
         for e in entries {
+            if self.exhausted {
+                return prev;
+            }
             if e.as_map().is_none() {
                 let h = match e.as_str() {
                     Some(s) if OPS.iter().any(|(o, _)| *o == s) => format!(" (write `{{op: {s}}}`)"),
@@ -620,263 +600,26 @@ impl<'a> Expander<'a> {
         prev
     }
 
-    fn use_block(&mut self, e: &YNode, env: &Env, prev: Option<String>) -> Option<String> {
-        self.failed.clear();
-        let e = self.substitute(e, env);
-        if !self.failed.is_empty() {
-            // A template in the use itself failed (reported): expanding with a hole would mislead.
-            return self.placeholder("block use", &e.loc);
-        }
-        let failed = |me: &mut Self| me.placeholder("block use", &e.loc);
-        for (k, _) in e.as_map().unwrap_or(&[]) {
-            if !USE_KEYS.contains(&k.as_str().unwrap_or("")) {
-                self.unknown_field(k, "a block use", USE_KEYS);
-            }
-        }
-        let Some(use_node) = e.get("use") else { return failed(self) };
-        let Some(bname) = self.string(use_node, "`use`") else { return failed(self) };
-        let Some(block) = self.blocks.get(&bname) else {
-            let h = hint(did_you_mean(&bname, self.blocks.keys().map(|s| s.as_str())));
-            let mut known: Vec<&str> = self.blocks.keys().map(|s| s.as_str()).collect();
-            known.sort();
-            let list = if known.is_empty() {
-                "no blocks are defined (under the top-level `blocks`)".to_string()
-            } else {
-                format!("defined: {}", known.join(", "))
-            };
-            let h = if h.is_empty() && OPS.iter().any(|(o, _)| *o == bname) {
-                format!(" (`{bname}` is an op: write `op: {bname}`)")
-            } else {
-                h
-            };
-            self.err(&use_node.loc, format!("unknown block `{bname}`{h}; {list}"));
-            return failed(self);
-        };
-        let (bparams, bnodes, bloc) = (block.params.clone(), block.nodes, block.loc.clone());
-        if self.stack.contains(&bname) {
-            let from = self.stack.iter().position(|b| *b == bname).unwrap_or(0);
-            let chain: Vec<&str> = self.stack[from..].iter().map(|s| s.as_str()).chain([bname.as_str()]).collect();
-            self.err(
-                &use_node.loc,
-                format!("block `{bname}` uses itself ({}): blocks cannot be recursive", chain.join(" → ")),
-            );
-            return failed(self);
-        }
-        let names: Vec<&str> = bparams.iter().map(|(p, _)| p.as_str()).collect();
-        let param_list = if names.is_empty() { "it has none".to_string() } else { names.join(", ") };
-        // Arguments. `input` (the implicit parameter) may be given to start the block elsewhere.
-        let mut args: Env = Env::new();
-        let mut block_input: Option<String> = None;
-        if let Some(w) = e.get("with") {
-            match w.as_map() {
-                Some(m) => {
-                    for (k, v) in m {
-                        let Some(key) = self.string(k, "a parameter name") else { continue };
-                        if key == "input" && !names.contains(&"input") {
-                            block_input = self.string(v, "the block's `input`");
-                            continue;
-                        }
-                        if !names.contains(&key.as_str()) {
-                            let h = hint(did_you_mean(&key, names.iter().copied()));
-                            self.err(
-                                &k.loc,
-                                format!("block `{bname}` has no parameter `{key}`{h}; its parameters: {param_list}"),
-                            );
-                            continue;
-                        }
-                        match to_value(v) {
-                            Some(val) => {
-                                args.insert(key, val);
-                            }
-                            None => self.err(
-                                &v.loc,
-                                format!(
-                                    "parameter `{key}` must be a number, string or list, found {}",
-                                    v.value.describe()
-                                ),
-                            ),
-                        }
-                    }
-                }
-                None => self.err(
-                    &w.loc,
-                    format!("`with` must be a mapping of parameter names to values, found {}", w.value.describe()),
-                ),
-            }
-        }
-        // Iterations: `for: {param: [values] | "a..c" | "2..5"}` or `repeat: N`.
-        let mut iters: Vec<Option<(String, Value)>> = vec![None];
-        let mut iterated: Option<String> = None;
-        match (e.get("for"), e.get("repeat")) {
-            (Some(_), Some(r)) => {
-                self.err(&r.loc, "a block use takes `for` or `repeat`, not both");
-                return failed(self);
-            }
-            (Some(f), None) => match f.as_map() {
-                Some([(k, v)]) => {
-                    let Some(key) = self.string(k, "a parameter name") else { return failed(self) };
-                    if !names.contains(&key.as_str()) {
-                        let h = hint(did_you_mean(&key, names.iter().copied()));
-                        self.err(
-                            &k.loc,
-                            format!(
-                                "block `{bname}` has no parameter `{key}` to iterate over{h}; its parameters: \
-                                 {param_list}"
-                            ),
-                        );
-                        return failed(self);
-                    }
-                    match self.range(v) {
-                        Some(vals) if vals.is_empty() => {
-                            self.err(&v.loc, format!("`for` gives `{key}` no values: the block would be left out"));
-                            return failed(self);
-                        }
-                        Some(vals) => iters = vals.into_iter().map(|x| Some((key.clone(), x))).collect(),
-                        None => return failed(self),
-                    }
-                    iterated = Some(key);
-                }
-                _ => {
-                    self.err(
-                        &f.loc,
-                        format!(
-                            "`for` must be a mapping of one parameter to its values, e.g. `for: {{block: [b, c]}}` or \
-                             `for: {{block: b..c}}`; found {}",
-                            f.value.describe()
-                        ),
-                    );
-                    return failed(self);
-                }
-            },
-            (None, Some(r)) => match self.size(r, "`repeat`") {
-                Some(n) if n > 10_000 => {
-                    self.err(&r.loc, format!("`repeat` is absurdly large: {n} (the limit is 10000)"));
-                    return failed(self);
-                }
-                Some(n) => iters = vec![None; n],
-                None => return failed(self),
-            },
-            (None, None) => {}
-        }
-        let mut missing = vec![];
-        for (p, def) in &bparams {
-            if !args.contains_key(p) && def.is_none() && iterated.as_ref() != Some(p) && p != "input" {
-                missing.push(format!("`{p}`"));
-            }
-        }
-        if !missing.is_empty() {
-            self.err(
-                &use_node.loc,
-                format!(
-                    "block `{bname}` is missing parameter(s) {} (give them in `with:`; the block is defined at {bloc})",
-                    missing.join(", ")
-                ),
-            );
-            return failed(self);
-        }
-        self.stack.push(bname.clone());
-        let mut prev = block_input.or(prev);
-        let total = iters.len();
-        for (idx, it) in iters.into_iter().enumerate() {
-            let mut local = Env::new();
-            for (p, def) in &bparams {
-                if let Some(d) = def {
-                    local.insert(p.clone(), d.clone());
-                }
-            }
-            local.extend(args.clone());
-            let mut desc = String::new();
-            if let Some((k, v)) = it {
-                desc = format!(" with {k}={v}");
-                local.insert(k, v);
-            } else if total > 1 {
-                desc = format!(" (repetition {} of {total})", idx + 1);
-            }
-            if let Some(p) = &prev {
-                if !args.contains_key("input") {
-                    local.insert("input".into(), Value::Str(p.clone()));
-                }
-            }
-            self.context.push(format!("in block `{bname}` used at {}{desc}", use_node.loc));
-            prev = self.sequence(bnodes, &local, prev);
-            self.context.pop();
-        }
-        self.stack.pop();
-        prev
-    }
-
-    /// Values of a `for`: a list, or an inclusive range `"2..5"` / `"b..f"`.
-    fn range(&mut self, v: &YNode) -> Option<Vec<Value>> {
-        match &v.value {
-            YValue::Seq(s) => {
-                let mut out = vec![];
-                for x in s {
-                    match to_value(x) {
-                        Some(val) => out.push(val),
-                        None => {
-                            self.err(
-                                &x.loc,
-                                format!("`for` values must be numbers, strings or lists, found {}", x.value.describe()),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                Some(out)
-            }
-            YValue::Str(s) => {
-                let bad = |me: &mut Self, why: &str| {
-                    me.err(
-                        &v.loc,
-                        format!(
-                            "`{s}` is not a range{why}: write `2..5` or `b..f` (inclusive, first <= last), or a list"
-                        ),
-                    );
-                    None
-                };
-                let Some((a, b)) = s.split_once("..") else { return bad(self, "") };
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<i64>(), b.trim().parse::<i64>()) {
-                    if b < a {
-                        return bad(self, &format!(" ({b} is before {a})"));
-                    }
-                    if b - a >= 10_000 {
-                        return bad(self, " (more than 10000 values)");
-                    }
-                    return Some((a..=b).map(Value::Int).collect());
-                }
-                let (a, b): (Vec<char>, Vec<char>) = (a.trim().chars().collect(), b.trim().chars().collect());
-                match (a.as_slice(), b.as_slice()) {
-                    ([a], [b]) if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() && a > b => {
-                        bad(self, &format!(" (`{b}` is before `{a}`)"))
-                    }
-                    ([a], [b])
-                        if a.is_ascii_alphabetic()
-                            && b.is_ascii_alphabetic()
-                            && a.is_ascii_lowercase() == b.is_ascii_lowercase() =>
-                    {
-                        Some((*a..=*b).map(|c| Value::Str(c.to_string())).collect())
-                    }
-                    _ => bad(self, ""),
-                }
-            }
-            other => {
-                self.err(
-                    &v.loc,
-                    format!("`for` values must be a list or a range like `b..f`, found {}", other.describe()),
-                );
-                None
-            }
-        }
-    }
-
     fn node(&mut self, raw: &YNode, env: &Env, prev: Option<String>) -> Option<String> {
+        self.expanded_nodes += 1;
+        if self.expanded_nodes > self.limits.max_nodes {
+            let msg = format!(
+                "the spec expands to more than {} nodes (the limit; nodes in blocks count once per instance); {}",
+                thousands(self.limits.max_nodes as u64),
+                self.limits.how_to_raise(Limit::Nodes)
+            );
+            self.exhausted(&raw.loc, msg);
+            return prev;
+        }
         let start = self.diags.0.len();
         let (name, label) = self.node_inner(raw, env, prev);
         // Every message about this node names it.
         if let Some(l) = label {
             let tag = format!("`{l}`");
-            for d in &mut self.diags.0[start..] {
-                if !d.message.starts_with("node `") && !d.message.contains(&tag) {
+            for d in self.diags.0[start..].iter_mut().filter(|d| d.is_error() || d.is_warning()) {
+                let named =
+                    d.message.starts_with("node `") || d.message.starts_with(&format!("duplicate node name {tag}"));
+                if !named && !d.message.is_empty() {
                     d.message = format!("node {tag}: {}", d.message);
                 }
             }
@@ -886,10 +629,13 @@ impl<'a> Expander<'a> {
 
     /// Checks one node; returns its name (for chaining) and the name to put in messages about it.
     fn node_inner(&mut self, raw: &YNode, env: &Env, prev: Option<String>) -> (Option<String>, Option<String>) {
-        let errors_before = self.diags.errors().count();
+        let problems_before = self.problems;
         self.misspelled.clear();
         self.failed.clear();
         let n = self.substitute(raw, env);
+        if self.exhausted {
+            return (prev, None);
+        }
         // A failed template makes the node broken even when its error was reported for an earlier use.
         let templates_ok = self.failed.is_empty();
         let op_text = n.get("op").and_then(|o| o.as_str()).unwrap_or("").to_string();
@@ -905,7 +651,7 @@ impl<'a> Expander<'a> {
                     self.err(&i.loc, "`inputs` is empty: expected a node name or a list of node names");
                 }
                 for it in items {
-                    if let Some(name) = self.string(it, "an input name") {
+                    if let Some(name) = self.name(it, "an input name") {
                         let shortcut = op_text == "add" && prev.as_deref() != Some(name.as_str());
                         inputs.push(Ref { name, loc: it.loc.clone(), shortcut });
                     }
@@ -919,51 +665,60 @@ impl<'a> Expander<'a> {
             },
         }
         if let Some(s) = n.get("shortcut") {
-            if let Some(name) = self.string(s, "`shortcut`") {
+            if let Some(name) = self.name(s, "`shortcut`") {
                 inputs.push(Ref { name, loc: s.loc.clone(), shortcut: true });
             }
         }
-        let projection = n.get("projection").and_then(|p| self.string(p, "`projection`"));
+        let projection = n.get("projection").and_then(|p| self.name(p, "`projection`"));
         let explicit = n.get("name").is_some();
         let name = match n.get("name") {
-            Some(x) => match self.string(x, "`name`") {
+            Some(x) => match self.name(x, "`name`") {
                 Some(s) => s,
                 None => return (self.placeholder("node", &n.loc), None),
             },
             None => {
-                let kind = if op_text.is_empty() { "node" } else { op_text.as_str() };
-                let base = format!("{}_{kind}", inputs.first().map(|r| r.name.as_str()).unwrap_or("node"));
-                let mut cand = base.clone();
-                let mut k = 2;
-                while self.names.contains_key(&cand) {
-                    cand = format!("{base}_{k}");
-                    k += 1;
-                }
-                cand
+                let name = self.auto_name(&op_text);
+                self.generated.insert(name.clone());
+                name
             }
         };
         if let Some(first) = self.names.get(&name) {
             let at = n.get("name").map(|x| x.loc.clone()).unwrap_or(n.loc.clone());
-            let msg = format!("duplicate node name `{name}`: already defined at {first}");
+            let mut msg = if self.generated.contains(&name) {
+                format!(
+                    "duplicate node name `{name}`: already defined at {first}, where `{name}` is the name given to an \
+                     unnamed node (as Keras names them); name that node, or choose another name here"
+                )
+            } else {
+                format!("duplicate node name `{name}`: already defined at {first}")
+            };
+            let repeated = self.instance.as_ref().is_some_and(|i| i.rep > 1);
+            let templated = raw.get("name").and_then(|x| x.as_str()).is_some_and(expr::is_template);
+            if repeated && !templated {
+                msg.push_str(&format!(
+                    "; the block is used several times, so its node names must differ per instance: put a parameter \
+                     into them, e.g. `{name}_{{{REP}}}` (`{REP}` numbers the instances of a use: 1, 2, ...)"
+                ));
+            }
             self.err(&at, msg);
             return (Some(name.clone()), Some(name));
         }
         // Keep the name known even when the node has errors, so references to it do not cascade.
         self.names.insert(name.clone(), n.loc.clone());
-        // Messages name the node; a derived name only when it means something (a known op, after a
-        // real node), since the user never wrote it.
+        // Messages name the node; a generated name only when it means something (a known op), since the
+        // user never wrote it.
         let known_op = OPS.iter().any(|(o, _)| *o == op_text);
-        let label = (explicit || (known_op && !name.starts_with('<'))).then(|| name.clone());
+        let label = (explicit || known_op).then(|| name.clone());
         let op = self.node_op(&n);
         match op {
-            Some(op) if templates_ok && self.diags.errors().count() == errors_before => {
+            Some(op) if templates_ok && self.problems == problems_before => {
                 self.nodes.push(NodeSpec {
                     name: name.clone(),
                     op,
                     inputs,
                     loc: n.loc.clone(),
                     projection,
-                    context: self.context.clone(),
+                    instance: self.instance.clone(),
                 });
             }
             _ => {
@@ -973,189 +728,16 @@ impl<'a> Expander<'a> {
         (Some(name), label)
     }
 
-    /// The node's op, from its `op` and fields (every problem reported).
-    fn node_op(&mut self, n: &YNode) -> Option<Op> {
-        let Some(op_node) = n.get("op") else {
-            // A misspelled `op`, or the op written under another key (`type: conv`).
-            let mut h = String::new();
-            for (k, v) in n.as_map().unwrap_or(&[]) {
-                let key = k.as_str().unwrap_or("");
-                if COMMON_KEYS.contains(&key) {
-                    continue;
-                }
-                if let Some(s) = did_you_mean(key, ["op", "use"]) {
-                    h = format!(" (did you mean `{s}` instead of `{key}`?)");
-                    break;
-                }
-                if let Some(val) = v.as_str() {
-                    if OPS.iter().any(|(o, _)| *o == val) || KERAS_NAMES.iter().any(|(kn, _)| *kn == val) {
-                        h = format!(" (did you mean `op: {val}` instead of `{key}: {val}`?)");
-                        break;
-                    }
-                }
+    /// The name of an unnamed node: Keras's for its op (`conv2d`, `conv2d_1`, ...), skipping names taken.
+    fn auto_name(&mut self, op: &str) -> String {
+        let base = keras_base_name(op);
+        let k = self.auto_names.entry(base).or_insert(0);
+        loop {
+            let cand = if *k == 0 { base.to_string() } else { format!("{base}_{k}") };
+            *k += 1;
+            if !self.names.contains_key(&cand) {
+                return cand;
             }
-            self.err(&n.loc, format!("this node has no `op` (or `use` for a block){h}"));
-            return None;
-        };
-        let op_name = self.string(op_node, "`op`")?;
-        let Some((op_name, op_fields)) = OPS.iter().find(|(o, _)| *o == op_name).copied() else {
-            let h = hint(
-                KERAS_NAMES
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&op_name))
-                    .map(|(_, o)| *o)
-                    .or_else(|| did_you_mean(&op_name, OPS.iter().map(|(o, _)| *o))),
-            );
-            let all: Vec<&str> = OPS.iter().map(|(o, _)| *o).collect();
-            let msg = if op_name == "input" {
-                "`input` is not a layer: the model input is the top-level `input` field".to_string()
-            } else {
-                format!("unknown op `{op_name}`{h}; ops: {}", all.join(", "))
-            };
-            self.err(&op_node.loc, msg);
-            return None;
-        };
-        let allowed: Vec<&str> = COMMON_KEYS.iter().chain(op_fields.iter()).copied().collect();
-        for (k, _) in n.as_map().unwrap_or(&[]) {
-            if !allowed.contains(&k.as_str().unwrap_or("")) {
-                let all: Vec<&str> = OPS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
-                let guess = self.unknown_field(k, &format!("a `{op_name}` node"), &allowed);
-                if let Some(g) = guess {
-                    self.misspelled.insert(g);
-                } else if let Some(key) = k.as_str().filter(|key| all.contains(key)) {
-                    // A field of another op: say which op it belongs to.
-                    let owners: Vec<&str> = OPS.iter().filter(|(_, f)| f.contains(&key)).map(|(o, _)| *o).collect();
-                    if let Some(d) = self.diags.0.last_mut() {
-                        d.notes.push(format!("`{key}` is a field of {}", owners.join(", ")));
-                    }
-                }
-            }
-        }
-        self.op(op_name, n)
-    }
-
-    /// Builds the typed op from a node's fields.
-    fn op(&mut self, op: &str, n: &YNode) -> Option<Op> {
-        let before = self.diags.errors().count();
-        let req = |me: &mut Self, key: &str, what: &str| -> Option<YNode> {
-            let v = n.get(key).cloned();
-            // A misspelled key was reported with a "did you mean" already.
-            if v.is_none() && !me.misspelled.contains(key) {
-                me.err(&n.loc, format!("`{op}` node is missing the field `{key}` ({what})"));
-            }
-            v
-        };
-        let padding = |me: &mut Self| -> Option<Padding> {
-            match n.get("padding") {
-                None => Some(Padding::Valid),
-                Some(p) => match me.choice(p, "`padding`", &["valid", "same"])? {
-                    "same" => Some(Padding::Same),
-                    _ => Some(Padding::Valid),
-                },
-            }
-        };
-        let result = match op {
-            "zero_padding" => {
-                let p = req(self, "padding", "an integer, [height, width] or [[top, bottom], [left, right]]")?;
-                let pads = match &p.value {
-                    YValue::Seq(s) if s.len() == 2 && s.iter().all(|x| x.as_seq().is_some_and(|y| y.len() == 2)) => {
-                        let hb = s[0].as_seq().unwrap_or(&[]);
-                        let lr = s[1].as_seq().unwrap_or(&[]);
-                        let v: Vec<Option<usize>> =
-                            [&hb[0], &hb[1], &lr[0], &lr[1]].iter().map(|x| self.nonneg(x, "a padding")).collect();
-                        let v: Vec<usize> = v.into_iter().collect::<Option<_>>()?;
-                        Pads { top: v[0], bottom: v[1], left: v[2], right: v[3] }
-                    }
-                    YValue::Seq(s) if s.len() == 2 => {
-                        let h = self.nonneg(&s[0], "a padding");
-                        let w = self.nonneg(&s[1], "a padding");
-                        let (h, w) = (h?, w?);
-                        Pads { top: h, bottom: h, left: w, right: w }
-                    }
-                    YValue::Int(_) | YValue::Float(_) => {
-                        let x = self.nonneg(&p, "`padding`")?;
-                        Pads { top: x, bottom: x, left: x, right: x }
-                    }
-                    v => {
-                        self.err(
-                            &p.loc,
-                            format!(
-                                "`padding` must be an integer, [height, width] or [[top, bottom], [left, right]], \
-                                 found {}",
-                                v.describe()
-                            ),
-                        );
-                        return None;
-                    }
-                };
-                Some(Op::ZeroPad(pads))
-            }
-            "conv" => {
-                let f = req(self, "filters", "the number of output channels").and_then(|x| self.size(&x, "`filters`"));
-                let k = req(self, "kernel", "an integer or [height, width]").and_then(|x| self.pair(&x, "`kernel`"));
-                let s = n.get("strides").map(|x| self.pair(x, "`strides`")).unwrap_or(Some([1, 1]));
-                let p = padding(self);
-                let b = n.get("bias").map(|x| self.boolean(x, "`bias`")).unwrap_or(Some(true));
-                Some(Op::Conv(Conv::new(f?, k?, s?, p?, b?)))
-            }
-            "batch_norm" => {
-                let eps = match n.get("epsilon") {
-                    None => Some(1e-3),
-                    Some(e) => match e.value {
-                        YValue::Float(x) if x > 0.0 && x < 1.0 => Some(x as f32),
-                        YValue::Int(_) | YValue::Float(_) => {
-                            self.err(
-                                &e.loc,
-                                format!(
-                                    "`epsilon` must be a small positive number (0 < epsilon < 1), found {}",
-                                    e.value
-                                ),
-                            );
-                            None
-                        }
-                        ref v => {
-                            self.err(&e.loc, format!("`epsilon` must be a number, found {}", v.describe()));
-                            None
-                        }
-                    },
-                };
-                Some(Op::BatchNorm { epsilon: eps? })
-            }
-            "relu" => Some(Op::Relu),
-            "softmax" => Some(Op::Softmax),
-            "add" => Some(Op::Add),
-            "max_pool" | "avg_pool" => {
-                let size = req(self, "pool", "the window, an integer or [height, width]")
-                    .and_then(|x| self.pair(&x, "`pool`"));
-                let strides = n.get("strides").map(|x| self.pair(x, "`strides`"));
-                let p = padding(self);
-                let size = size?;
-                let pool = Pool { size, strides: strides.unwrap_or(Some(size))?, padding: p? };
-                Some(if op == "max_pool" { Op::MaxPool(pool) } else { Op::AvgPool(pool) })
-            }
-            "global_avg_pool" => Some(Op::GlobalAvgPool),
-            "global_max_pool" => Some(Op::GlobalMaxPool),
-            "flatten" => Some(Op::Flatten),
-            "dense" => {
-                let u = req(self, "units", "the number of outputs").and_then(|x| self.size(&x, "`units`"));
-                let a = match n.get("activation") {
-                    None => Some(Activation::Linear),
-                    Some(a) => match self.choice(a, "`activation`", &["linear", "relu", "softmax"]) {
-                        Some("relu") => Some(Activation::Relu),
-                        Some("softmax") => Some(Activation::Softmax),
-                        Some(_) => Some(Activation::Linear),
-                        None => None,
-                    },
-                };
-                let b = n.get("bias").map(|x| self.boolean(x, "`bias`")).unwrap_or(Some(true));
-                Some(Op::Dense { units: u?, activation: a?, bias: b? })
-            }
-            _ => None,
-        };
-        if self.diags.errors().count() > before {
-            None
-        } else {
-            result
         }
     }
 }
