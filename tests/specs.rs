@@ -139,7 +139,7 @@ fn check_notes_each_inserted_projection_at_its_shortcut() {
     // Where the block's `add` names its shortcut, with the instance's projection.
     assert_eq!(
         notes[0],
-        "specs/resnet18.yaml:16:63: note: inserted shortcut projection `conv3_block1_0_conv`: 1x1 conv stride 2x2 from \
+        "specs/resnet18.yaml:21:63: note: inserted shortcut projection `conv3_block1_0_conv`: 1x1 conv stride 2x2 from \
          `conv2_block2_out` [56, 56, 64] to [28, 28, 128] for `conv3_block1_add`"
     );
 }
