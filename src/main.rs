@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod import_keras;
 mod peak;
 
 #[derive(Parser)]
@@ -125,6 +126,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Convert a Keras model config (what model.to_json() writes) into a spec with the same layer names.
+    ImportKeras(import_keras::ImportKeras),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -226,6 +229,7 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<(), Fail> {
     match cmd {
+        Cmd::ImportKeras(a) => import_keras::run(a).map_err(Fail),
         Cmd::Check { specs, common } => {
             let opts = common.options(None);
             let mut failed = 0;

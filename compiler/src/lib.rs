@@ -20,6 +20,7 @@ pub mod codegen;
 pub mod diag;
 pub mod graph;
 pub mod interp;
+pub mod keras;
 pub mod ops;
 pub mod passes;
 pub mod plan;
