@@ -136,6 +136,11 @@ fn spec_text_is_readable() {
         assert!(seq.spec.lines().any(|x| x.trim() == l), "no line `{l}` in\n{}", seq.spec);
     }
     assert_eq!(seq.notes.len(), 3, "{:?}", seq.notes);
+    // Mixed precision converts, with a note: resnetc computes in float32.
+    let mut v = config("tiny_seq");
+    layer(&mut v, "conv_b")["config"]["dtype"]["config"]["name"] = json!("mixed_bfloat16");
+    let notes = convert("tiny_seq", &v).unwrap().notes;
+    assert!(notes.contains(&"layer `conv_b` (Conv2D) computes in mixed_bfloat16 in Keras; resnetc computes in float32, so the outputs differ by mixed_bfloat16 rounding".to_string()), "{notes:?}");
     let apps = convert("tiny_apps", &config("tiny_apps")).unwrap().spec;
     assert!(apps.contains("{op: batch_norm, name: conv1_bn, epsilon: 1.001e-5}"), "{apps}");
     assert!(apps.contains("{op: zero_padding, name: conv1_pad, padding: 3}"), "{apps}");
@@ -248,6 +253,18 @@ fn settings_resnetc_lacks_are_refused() {
                 layer(v, "fc3")["inbound_nodes"][0]["args"] = json!([t]);
             },
             "layer `fc3` (Dense) is applied to a rank-4 tensor",
+        ),
+        (
+            "tiny_seq",
+            "quantized",
+            |v| layer(v, "fc_a")["config"]["dtype"] = json!({"module": "keras", "class_name": "QuantizedDTypePolicy", "config": {"name": "int8_from_float32", "source_name": "float32"}}),
+            "layer `fc_a` (Dense): `dtype` is \"int8_from_float32\" (QuantizedDTypePolicy): a quantized layer",
+        ),
+        (
+            "tiny_seq",
+            "quantization_config",
+            |v| layer(v, "fc_b")["config"]["quantization_config"] = json!({"mode": "int8"}),
+            "layer `fc_b` (Dense): `quantization_config` is {\"mode\":\"int8\"}: a quantized layer",
         ),
         (
             "tiny_resnet",

@@ -595,6 +595,7 @@ impl Cx<'_> {
         if IDENTITY_LAYERS.contains(&class) {
             return Some(Node::Identity);
         }
+        f.dtype_policy();
         let mut activation = None;
         let op = match class {
             "Conv2D" => {
@@ -885,6 +886,34 @@ impl Fields<'_, '_, '_> {
 
     fn finish_identity(self) -> Option<Node> {
         self.ok.then_some(Node::Identity)
+    }
+
+    /// Quantized layers hold integer weights and scales that resnetc's float32 ops would misread: refused.
+    /// Layers computing in another float type (mixed precision) are converted with a note: resnetc computes
+    /// in float32, so it differs from Keras by that type's rounding.
+    fn dtype_policy(&mut self) {
+        let d = self.get("dtype");
+        let class = d.and_then(|d| d.get("class_name")).and_then(Value::as_str).unwrap_or("");
+        let name = match d {
+            Some(Value::String(s)) => s.as_str(),
+            Some(d) => d.get("config").and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or("float32"),
+            None => "float32",
+        };
+        const WHY: &str =
+            "a quantized layer: resnetc computes in float32 from float32 weights (convert the float model)";
+        if let Some(q) = self.get("quantization_config").filter(|q| !q.is_null()) {
+            let found = q.to_string();
+            self.refuse_found("quantization_config", &found, WHY);
+        } else if class.contains("Quantized") || ["int", "uint", "float8"].iter().any(|p| name.starts_with(p)) {
+            let found = format!("\"{name}\"{}", if class.is_empty() { String::new() } else { format!(" ({class})") });
+            self.refuse_found("dtype", &found, WHY);
+        } else if name != "float32" {
+            let (l, c) = (&self.l.name, &self.l.class);
+            self.cx.notes.push(format!(
+                "layer `{l}` ({c}) computes in {name} in Keras; resnetc computes in float32, so the outputs differ \
+                 by {name} rounding"
+            ));
+        }
     }
 
     fn channels_last(&mut self) {
