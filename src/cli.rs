@@ -40,7 +40,7 @@ pub struct WeightsOptions {
 #[derive(Clone, Debug)]
 pub struct InputShape(pub Vec<usize>);
 
-fn parse_shape(s: &str) -> Result<InputShape, String> {
+pub fn parse_shape(s: &str) -> Result<InputShape, String> {
     let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
     match v {
         Ok(v) if v.len() == 3 && v.iter().all(|&d| d > 0) => Ok(InputShape(v)),

@@ -15,6 +15,7 @@ mod check;
 mod cli;
 mod compile;
 mod dot;
+mod import_keras;
 mod predict;
 mod run;
 mod summary;
@@ -42,6 +43,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Classify images (JPEG, PNG, BMP, WebP): preprocessed as the spec says, top-K labels per image.
     Predict(predict::PredictArgs),
+    /// Convert a Keras model config (what model.to_json() writes) into a spec with the same layer names.
+    ImportKeras(import_keras::ImportKeras),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Predict(a) => predict::run(a),
+        Cmd::ImportKeras(a) => import_keras::run(a).map_err(cli::Fail::user),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,7 @@ pub mod files;
 pub mod graph;
 pub mod images;
 pub mod interp;
+pub mod keras;
 pub mod lower;
 pub mod npy;
 pub mod ops;
