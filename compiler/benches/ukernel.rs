@@ -18,7 +18,8 @@
 //! FLOPs).
 
 use resnetc_compiler::codegen::x86::{assemble_gemm, fma_peak_gflops, CodeRegion, Epilogue, GemmFn, GemmUkernel, Isa};
-use resnetc_compiler::codegen::{Session, SessionOptions};
+use resnetc_compiler::codegen::{LayerWeights, Session, SessionOptions};
+use resnetc_compiler::lower::{select_conv, KernelOp, Rules};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs};
 use std::time::{Duration, Instant};
@@ -284,7 +285,10 @@ fn f32x4_conv(l: &Layer) -> impl Fn() {
     let mut sess = Session::with_options(SessionOptions::default()).unwrap();
     let mut conv = Conv::new(l.n, [1, 1], [1, 1], Padding::Valid, true);
     conv.relu = true;
-    let kernel = sess.conv(l.name, &conv, [l.hw, l.hw, l.k], &filled(l.k * l.n, 4), Some(&filled(l.n, 5))).unwrap();
+    // As the lowering selects it for the f32x4 tier on one thread (Strassen on the 14x14 layers).
+    let algo = select_conv(&conv, [l.hw, l.hw, l.k], &Rules::for_target(Isa::F32x4, 1)).unwrap();
+    let (wt, bias) = (filled(l.k * l.n, 4), filled(l.n, 5));
+    let kernel = sess.compile(l.name, KernelOp::Conv(algo).family(), &LayerWeights::kernel(&wt, Some(&bias))).unwrap();
     let code = sess.finish().unwrap();
     let f = code.kernel(kernel.id);
     let (input, out) = (filled(l.hw * l.hw * l.k, 3), AlignedBuf::zeroed(l.hw * l.hw * l.n));
