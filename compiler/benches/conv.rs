@@ -10,12 +10,12 @@
 //! the polyphase Winograd kernel unless `CONV_STEM_WINOGRAD=0` (`CONV_AB="CONV_STEM_WINOGRAD=0"`: 1.78x).
 
 use resnetc_compiler::codegen::{JitCode, Kernel, LayerWeights, Session, SessionOptions};
+use resnetc_compiler::codegen::x86::Isa;
 use resnetc_compiler::lower::{select_conv, KernelOp, Rules};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs, ThreadPool};
 use std::time::{Duration, Instant};
 
-const PEAK_GFLOPS_PER_CORE: f64 = 58.6;
 
 struct Shape {
     name: &'static str,
@@ -57,36 +57,6 @@ fn width(s: &Shape) -> usize {
     }
 }
 
-/// This machine's f32x4 FMA throughput (12 independent chains, registers only), GFLOP/s of one thread.
-fn measured_fma_peak() -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "fma,avx")]
-        unsafe fn chains(iters: u64) -> f32 {
-            use std::arch::x86_64::*;
-            let mut acc = [_mm_set1_ps(0.0); 12];
-            let (a, b) = (_mm_set1_ps(0.999), _mm_set1_ps(0.001));
-            for _ in 0..iters {
-                for x in acc.iter_mut() {
-                    *x = _mm_fmadd_ps(*x, a, b);
-                }
-            }
-            let mut s = _mm_set1_ps(0.0);
-            for x in acc {
-                s = _mm_add_ps(s, x);
-            }
-            _mm_cvtss_f32(s)
-        }
-        let iters = 20_000_000u64;
-        return measure(
-            || {
-                std::hint::black_box(unsafe { chains(std::hint::black_box(iters / 10)) });
-            },
-            (iters / 10 * 12 * 8) as f64,
-        );
-    }
-    (0.0, 0.0)
-}
 
 struct Bench {
     _code: JitCode,
@@ -117,7 +87,9 @@ impl Bench {
         };
         // The lowering's rules for this thread count (3x3 stride-1 layers stay direct: `benches/winograd.rs`
         // compares them with Winograd), with the tuning knobs applied.
-        let mut r = Rules { winograd_min_map: usize::MAX, ..Rules::for_threads(threads) };
+        // CONV_ISA=avx512|avx2|f32x4 picks the CPU tier (default: the widest this CPU runs).
+        let isa = std::env::var("CONV_ISA").ok().and_then(|v| v.parse().ok()).unwrap_or_else(Isa::detect);
+        let mut r = Rules { winograd_min_map: usize::MAX, ..Rules::for_target(isa, threads) };
         let t = &mut r.gemm;
         t.unroll = env("CONV_UNROLL").unwrap_or(t.unroll);
         t.mr_max = env("CONV_MR").unwrap_or(t.mr_max);
@@ -345,25 +317,19 @@ fn main() {
     if let Ok(spec) = std::env::var("CONV_AB") {
         return ab(&spec);
     }
-    let (peak_wall, peak) = measured_fma_peak();
-    println!(
-        "f32x4 FMA peak: {PEAK_GFLOPS_PER_CORE} GFLOP/s per core per the notes (Zen 4); measured on this machine: \
-         {peak_wall:.1} GFLOP/s by wall time, {peak:.1} by thread CPU time"
-    );
-    println!(
-        "{:<24} {:>6} {:>10} {:>8} {:>13} {:>10}",
-        "shape", "tasks", "GFLOP/s", "% notes", "cpu-time GF/s", "% measured"
-    );
+    let isa = std::env::var("CONV_ISA").ok().and_then(|v| v.parse().ok()).unwrap_or_else(Isa::detect);
+    let peak = resnetc_compiler::codegen::x86::fma_peak_gflops(isa).unwrap_or(f64::NAN);
+    println!("{isa} tier: FMA peak measured on this machine {peak:.1} GFLOP/s per core (thread CPU time)");
+    println!("{:<24} {:>6} {:>10} {:>13} {:>10}", "shape", "tasks", "GFLOP/s", "cpu-time GF/s", "% peak");
     for s in selected() {
         let mut b = Bench::new(s, 1);
         let fl = b.flops;
         let (g, gc) = measure(|| b.run1(), fl);
         println!(
-            "{:<24} {:>6} {:>10.1} {:>7.0}% {:>13.1} {:>9.0}%  (1 thread)",
+            "{:<24} {:>6} {:>10.1} {:>13.1} {:>9.0}%  (1 thread)",
             s.name,
             b.kernel.ntasks,
             g,
-            100.0 * g / PEAK_GFLOPS_PER_CORE,
             gc,
             100.0 * gc / peak
         );
@@ -374,11 +340,11 @@ fn main() {
         let fl = b.flops;
         let (g, _) = measure(|| b.run_pool(&pool), fl);
         println!(
-            "{:<24} {:>6} {:>10.1} {:>7.0}%   (2 threads; % of 2-core peak)",
+            "{:<24} {:>6} {:>10.1} {:>9.0}%   (2 threads; % of the 2-core peak)",
             s.name,
             b.kernel.ntasks,
             g,
-            100.0 * g / (2.0 * PEAK_GFLOPS_PER_CORE)
+            100.0 * g / (2.0 * peak)
         );
     }
 }

@@ -53,10 +53,12 @@ pub struct Rules {
     /// for 7x7 stride-2 convolutions of 1-4 channels.
     pub winograd: bool,
     pub winograd_min_map: usize,
-    /// The region where one level of Strassen pays (`codegen::strassen`): unpadded 1x1 convs with
+    /// The region where one level of Strassen pays (`codegen::strassen`, f32x4 code): unpadded 1x1 convs with
     /// `strassen_min_m..=strassen_max_m` output pixels, at least `strassen_min_k` input and `strassen_min_n`
-    /// output channels (ResNet-50's stage-4 1x1 convs and stage 3's stride-2 projection: 11-17 % faster per
-    /// layer; not on 7x7 maps, K or N of 128 or 64). `strassen_max_m` 0 turns it off.
+    /// output channels (on the f32x4 tier ResNet-50's stage-4 1x1 convs and stage 3's stride-2 projection:
+    /// 11-17 % faster per layer; not on 7x7 maps, K or N of 128 or 64). `strassen_max_m` 0 turns it off, as
+    /// on the wide tiers: their GEMM runs 3.5x the f32x4 rate (ResNet-50 on AVX-512, 1 thread: the 14
+    /// Strassen layers took 36 ms, as GEMMs 11 ms).
     pub strassen_min_m: usize,
     pub strassen_max_m: usize,
     pub strassen_min_k: usize,
@@ -91,7 +93,7 @@ impl Rules {
             winograd: true,
             winograd_min_map: 4,
             strassen_min_m: 100,
-            strassen_max_m: 784,
+            strassen_max_m: if isa.is_wide() { 0 } else { 784 },
             strassen_min_k: 256,
             strassen_min_n: 256,
             gemm: GemmTiling { min_tasks: 4 * threads, ..GemmTiling::for_tile(Tile::of(isa)) },
@@ -319,8 +321,59 @@ pub struct Lowered {
     pub rules: Rules,
 }
 
-/// Chooses the algorithm and tiling of a convolution by the [`Rules`]: the Winograd stem or Winograd where
-/// they apply and are on, Strassen in its region, the GEMM kernel everywhere else.
+/// The cost model of the algorithm choice: a kernel's time per call, in seconds, as the larger of its
+/// arithmetic (at a share of the tier's FMA peak) and the streaming of its packed weights from memory,
+/// plus half of the smaller (they overlap only partly).
+///
+/// Calibrated on ResNet-50 inside the network, batch 1, one thread of this project's Xeon (AVX-512 peak
+/// 176 GFLOP/s, f32x4 47, weights streaming at ~12 GB/s per core, measured with `bench --profile`):
+/// Winograd F(4x4) took 0.92 / 1.65 / 3.2 ms on the 28x28 / 14x14 / 7x7 layers, where every tile block
+/// reads all of U (9.4 MB at 14x14 in two blocks, 38 MB at 7x7): the model gives 0.98 / 1.6 / 3.1 ms from
+/// the weight stream alone. The GEMM kernel took 1.63 ms on the 14x14 layers and 2.45 ms on the 7x7 ones.
+/// So on AVX-512 Winograd pays on the maps of 28x28 and up only, while at f32x4's rate its 4x fewer
+/// multiplications pay down to 4x4 maps (the rule measured before the wide tiers).
+pub mod cost {
+    use super::*;
+
+    /// FMA peak per core, GFLOP/s (measured: `codegen::x86::fma_peak_gflops`).
+    pub fn peak_gflops(isa: Isa) -> f64 {
+        match isa {
+            Isa::Avx512 => 176.0,
+            Isa::Avx2 => 95.0,
+            Isa::F32x4 => 47.0,
+        }
+    }
+
+    /// Bytes per second one core streams weights from memory at.
+    pub const WEIGHT_BYTES_PER_S: f64 = 12e9;
+
+    fn combine(compute: f64, memory: f64) -> f64 {
+        compute.max(memory) + 0.5 * compute.min(memory)
+    }
+
+    /// Seconds per call of a GEMM convolution: 85 % of the peak, its weights streamed once (row blocks
+    /// after the first find them in the caches: their K blocks are small).
+    pub fn gemm(p: &ConvPlan) -> f64 {
+        let flops = 2.0 * (p.m.pixels * p.k.taps * p.geo.cin * p.geo.cout) as f64;
+        let compute = flops / (peak_gflops(p.tile.isa) * 1e9 * 0.85);
+        let memory = (p.bias_offset() * 4) as f64 / WEIGHT_BYTES_PER_S;
+        combine(compute, memory)
+    }
+
+    /// Seconds per call of a Winograd convolution: its GEMMs at 60 % of the peak, U streamed once per tile
+    /// block (every task reads the transformed weights of its channel groups).
+    pub fn winograd(p: &WinogradPlan) -> f64 {
+        let a2 = (p.a * p.a) as f64;
+        let flops = 2.0 * (p.ntiles as f64) * a2 * (p.cin * p.npan * p.gemm_tile.nr) as f64;
+        let compute = flops / (peak_gflops(p.gemm_tile.isa) * 1e9 * 0.6);
+        let memory = (p.ntb * p.bias_offset() * 4) as f64 / WEIGHT_BYTES_PER_S;
+        combine(compute, memory)
+    }
+}
+
+/// Chooses the algorithm and tiling of a convolution by the [`Rules`]: the Winograd stem where it applies
+/// and Winograd is on; for 3x3 stride-1 layers Winograd or the GEMM kernel, whichever the [`cost`] model
+/// says is faster; Strassen in its region; the GEMM kernel everywhere else.
 pub fn select_conv(conv: &Conv, input: [usize; 3], r: &Rules) -> Result<ConvAlgo, String> {
     let [h, w, cin] = input;
     if r.winograd && stem_applies(conv, input) {
@@ -331,7 +384,13 @@ pub fn select_conv(conv: &Conv, input: [usize; 3], r: &Rules) -> Result<ConvAlgo
         let default = WinogradTiling::for_input(input);
         let rows = if gemm_tile.is_wide() { gemm_tile.mr } else { default.rows };
         let t = WinogradTiling { min_tasks: r.winograd_min_tasks, threads: r.threads, gemm_tile, rows, ..default };
-        return WinogradPlan::batched(conv, input, r.items, &t).map(ConvAlgo::Winograd);
+        let wino = WinogradPlan::batched(conv, input, r.items, &t)?;
+        let gemm = ConvPlan::batched(conv, input, r.items, &r.gemm)?;
+        return Ok(if cost::winograd(&wino) < cost::gemm(&gemm) {
+            ConvAlgo::Winograd(wino)
+        } else {
+            ConvAlgo::Gemm(gemm)
+        });
     }
     if strassen_applies(conv, input) {
         let m = h.div_ceil(conv.strides[0]) * w.div_ceil(conv.strides[1]);

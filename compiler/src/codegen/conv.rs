@@ -80,7 +80,10 @@ impl GemmTiling {
             unroll: 2,
             mr_max: tile.mr,
             fma_b_first: false,
-            prefetch_max_m: 24,
+            // The wide tiers' panels are 8x wider: on maps up to 14x14 the streaming order (each weight read
+            // once, all row tiles under it) beat the row-outer one (ResNet-50 on AVX-512: 56.4 -> 54.3 ms,
+            // 7x7 1x1 layers 81 -> 89 % of the peak in the conv bench, 59 -> 70 % with the caches flushed).
+            prefetch_max_m: if tile.is_wide() { 196 } else { 24 },
             prefetch_distance: 8192,
             prefetch_first_tile: true,
         }
