@@ -15,7 +15,8 @@ ratios resnetc/ONNX Runtime.
 Run with the peers' Python (it has numpy and onnxruntime; see ../shared/peers and compare_ort.sh):
     ~/.cache/resnetc-peers/venv/bin/python compiler/benches/compare_ort_paired.py [PAIRS]
 Needs a release build (cargo build --release). Environment: PEERS (default ~/.cache/resnetc-peers),
-RESNETC (the binary, default target/release/resnetc).
+RESNETC (the binary, default target/release/resnetc), BATCH (default 1: the peers' input repeated to that
+many items; resnetc compiles its kernels to fold the batch).
 """
 import os
 import sys
@@ -28,6 +29,7 @@ import paced
 
 MODELS = paced.MODELS
 PAIRS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+BATCH = int(os.environ.get("BATCH", "1"))
 RESNETC = os.environ.get("RESNETC", os.path.join(paced.ROOT, "target", "release", "resnetc"))
 # Idle time before every block: both engines' pool threads spin for a while after a run and must not
 # compete with the other engine's runs. resnetc's spin 200 us; ONNX Runtime's between 20 and 50 ms here
@@ -36,6 +38,23 @@ RESNETC = os.environ.get("RESNETC", os.path.join(paced.ROOT, "target", "release"
 SETTLE = 0.1
 # Per block: untimed warm-up runs, then timed runs (the block's time is their median).
 WARM, RUNS = 2, 3
+
+
+def dynamic_batch(path):
+    """The peers' ONNX models fix the batch at 1: a copy whose input's batch dimension is free (the graph
+    itself is batch-agnostic: its Flatten and Gemm take any batch), in a temporary file."""
+    import tempfile
+
+    import onnx
+
+    model = onnx.load(path)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    for v in model.graph.output:
+        v.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    out = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+    onnx.save(model, out)
+    return out
 
 
 def session(onnx, threads):
@@ -47,19 +66,21 @@ def session(onnx, threads):
 
 
 def main():
-    print(f"block medians of {RUNS} runs after {WARM} warm-up runs")
+    print(f"block medians of {RUNS} runs after {WARM} warm-up runs, batch {BATCH}")
     print(f"{'model':<18} {'threads':>7} {'pairs':>5}  {'ORT median (min)':>18}  {'resnetc median (min)':>21}  "
           f"{'ratio median [quartiles]':>26}")
     for spec, weights in [("resnet50", "imagenet"), ("notebook_resnet50", "seed")]:
         x = np.load(os.path.join(MODELS, f"{weights}_x.npy"))
+        x = np.concatenate([x] * BATCH)[:BATCH]
         for threads in (1, 2):
-            s = session(os.path.join(MODELS, f"{weights}.onnx"), threads)
+            onnx = os.path.join(MODELS, f"{weights}.onnx")
+            s = session(dynamic_batch(onnx) if BATCH > 1 else onnx, threads)
             name = s.get_inputs()[0].name
             xin = {name: x.transpose(0, 3, 1, 2).copy()}
             for _ in range(3):
                 s.run(None, xin)
             p = paced.start(RESNETC, os.path.join(paced.ROOT, "specs", f"{spec}.yaml"),
-                            os.path.join(MODELS, f"{weights}.safetensors"), threads)
+                            os.path.join(MODELS, f"{weights}.safetensors"), threads, BATCH)
 
             def ort_run():
                 t = time.perf_counter()

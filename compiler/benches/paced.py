@@ -7,9 +7,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = os.path.join(os.environ.get("PEERS", os.path.expanduser("~/.cache/resnetc-peers")), "models")
 
 
-def start(binary, spec, weights, threads):
-    """A `binary bench SPEC --weights W --threads T --paced` process, compiled and warmed up."""
-    p = subprocess.Popen([binary, "bench", spec, "--weights", weights, "--threads", str(threads), "--paced"],
+def start(binary, spec, weights, threads, batch=1):
+    """A `binary bench SPEC --weights W --threads T --batch B --paced` process, compiled and warmed up."""
+    p = subprocess.Popen([binary, "bench", spec, "--weights", weights, "--threads", str(threads), "--batch",
+                          str(batch), "--paced"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
     assert p.stdout.readline().strip() == "ready", f"{binary} bench --paced did not start"
     return p
