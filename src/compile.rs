@@ -29,7 +29,8 @@ pub struct Args {
     /// algorithm and tiling), and stop.
     #[arg(long, value_name = "PASS", value_parser = parse_pass)]
     dump_after: Option<String>,
-    /// Print each generated kernel's cranelift IR instead of the report.
+    /// Print each generated kernel's cranelift IR, or its machine code and the micro-kernels' disassembly,
+    /// instead of the report.
     #[arg(long, value_enum)]
     emit: Option<Emit>,
     /// Threads the compiled model's kernels are split over (0 = one per core); code is generated for this
@@ -43,10 +44,13 @@ pub struct Args {
     batch: u32,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Emit {
     /// Cranelift IR, one function per kernel.
     Clif,
+    /// Machine code: each kernel's as cranelift lists it, then every wide micro-kernel (AVX-512/AVX2,
+    /// assembled for this model) disassembled.
+    Asm,
 }
 
 pub fn run(a: Args) -> Result<(), Fail> {
@@ -62,7 +66,8 @@ pub fn run(a: Args) -> Result<(), Fail> {
     }
     let bo = BackendOptions {
         threads: a.threads,
-        keep_ir: a.emit.is_some(),
+        keep_ir: a.emit == Some(Emit::Clif),
+        keep_asm: a.emit == Some(Emit::Asm),
         isa: a.isa.isa,
         batch: a.batch as usize,
         ..Default::default()
@@ -74,10 +79,14 @@ pub fn run(a: Args) -> Result<(), Fail> {
     }
     let mut c = resnetc_compiler::backend::compile(&p.lowered, &p.plan, &o.weights, &bo)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-    if a.emit.is_some() {
+    if let Some(emit) = a.emit {
         for (i, k) in c.kernels.iter_mut().enumerate() {
             println!("; kernel {i}: `{}` ({} {})", k.name, k.op, k.algorithm);
-            println!("{}", k.clif.take().unwrap_or_default());
+            let text = if emit == Emit::Clif { k.clif.take() } else { k.asm.take() };
+            println!("{}", text.unwrap_or_default());
+        }
+        for (what, asm) in &c.ukernels {
+            println!("; micro-kernel {what}\n{asm}");
         }
         return Ok(());
     }

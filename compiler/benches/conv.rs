@@ -9,13 +9,12 @@
 //! `CONV_AB="CONV_MR=10 CONV_UNROLL=3"` compares two tilings run in turns (see `ab`); the stem shape runs as
 //! the polyphase Winograd kernel unless `CONV_STEM_WINOGRAD=0` (`CONV_AB="CONV_STEM_WINOGRAD=0"`: 1.78x).
 
-use resnetc_compiler::codegen::{JitCode, Kernel, LayerWeights, Session, SessionOptions};
 use resnetc_compiler::codegen::x86::Isa;
+use resnetc_compiler::codegen::{JitCode, Kernel, LayerWeights, Session, SessionOptions};
 use resnetc_compiler::lower::{select_conv, KernelOp, Rules};
 use resnetc_compiler::ops::{Conv, Padding};
 use resnetc_runtime::{AlignedBuf, KernelArgs, ThreadPool};
 use std::time::{Duration, Instant};
-
 
 struct Shape {
     name: &'static str,
@@ -56,7 +55,6 @@ fn width(s: &Shape) -> usize {
         s.w
     }
 }
-
 
 struct Bench {
     _code: JitCode,

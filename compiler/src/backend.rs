@@ -30,6 +30,8 @@ pub struct BackendOptions {
     pub threads: usize,
     /// Keep each kernel's cranelift IR (for `--emit clif`).
     pub keep_ir: bool,
+    /// Keep each kernel's machine code and the micro-kernels' disassembly (for `--emit asm`).
+    pub keep_asm: bool,
     /// Run cranelift's IR verifier on every kernel.
     pub verify: bool,
     /// Use Winograd kernels for the 3x3 stride-1 convolutions where they are faster (maps of 4x4 and up), and
@@ -53,6 +55,7 @@ impl Default for BackendOptions {
         BackendOptions {
             threads: 0,
             keep_ir: false,
+            keep_asm: false,
             verify: cfg!(debug_assertions),
             winograd: true,
             isa: Isa::detect(),
@@ -90,6 +93,8 @@ pub struct KernelInfo {
     /// Bytes of packed weights the kernel reads.
     pub packed_bytes: usize,
     pub clif: Option<String>,
+    /// The kernel's machine code as cranelift lists it, if `keep_asm`.
+    pub asm: Option<String>,
 }
 
 /// A compiled model: run it on NHWC batches of any size, from any number of threads.
@@ -107,6 +112,8 @@ pub struct Compiled {
     /// Bytes of packed constants (weights in the kernels' layouts: Winograd and Strassen ones are larger
     /// than the model's weights) that every inference reads.
     pub consts_bytes: usize,
+    /// With `keep_asm`: every wide micro-kernel the kernels call, as (its description, its disassembly).
+    pub ukernels: Vec<(String, String)>,
     isa: Isa,
     /// The spec's image fields (preprocessing, resizing, labels), for [`Compiled::predict_images`]; set by
     /// [`crate::Model::compile`].
@@ -141,8 +148,19 @@ impl Compiled {
 /// Compiles every kernel of `l` with `weights` and assembles the program with the memory plan `plan`.
 pub fn compile(l: &Lowered, plan: &Plan, weights: &Weights, o: &BackendOptions) -> Result<Compiled, Error> {
     let t0 = std::time::Instant::now();
-    let session = SessionOptions { verify: o.verify, keep_ir: o.keep_ir, keep_asm: false };
-    let (kernels, codes) = emit(l, weights, &session)?;
+    let session = SessionOptions { verify: o.verify, keep_ir: o.keep_ir, keep_asm: o.keep_asm };
+    let (kernels, codes, region) = emit(l, weights, &session)?;
+    let ukernels = match (&region, o.keep_asm) {
+        (Some(r), true) => r
+            .gemms()
+            .into_iter()
+            .map(|(uk, g)| {
+                let text = r.bytes(g).map_or_else(|e| e.to_string(), |b| codegen::x86::disassemble(b, g.addr() as u64));
+                (format!("{uk:?}"), text)
+            })
+            .collect(),
+        _ => vec![],
+    };
     let t1 = std::time::Instant::now();
     let infos = l
         .kernels
@@ -159,6 +177,7 @@ pub fn compile(l: &Lowered, plan: &Plan, weights: &Weights, o: &BackendOptions) 
             macs: k.macs,
             packed_bytes: c.consts.len() * 4,
             clif: c.clif.clone(),
+            asm: c.asm.clone(),
         })
         .collect();
     let consts_bytes = kernels.iter().map(|k| k.consts.len() * 4).sum();
@@ -173,6 +192,7 @@ pub fn compile(l: &Lowered, plan: &Plan, weights: &Weights, o: &BackendOptions) 
         stages_ms,
         functions,
         consts_bytes,
+        ukernels,
         isa: l.rules.isa,
         io: Default::default(),
     })
@@ -210,13 +230,14 @@ fn layer_weights<'a>(k: &KernelNode, w: &'a Weights) -> Result<LayerWeights<'a>,
     })
 }
 
-/// Compiles every kernel of `l` (see the module docs); returns them in program order and the code of every
-/// session (a kernel may run code another worker's session compiled: resolve it with the one that owns it).
+/// Compiles every kernel of `l` (see the module docs); returns them in program order, the code of every
+/// session (a kernel may run code another worker's session compiled: resolve it with the one that owns it)
+/// and the code region of the micro-kernels they call, if any.
 pub fn emit(
     l: &Lowered,
     weights: &Weights,
     session: &SessionOptions,
-) -> Result<(Vec<codegen::Kernel>, Vec<JitCode>), Error> {
+) -> Result<(Vec<codegen::Kernel>, Vec<JitCode>, Option<Arc<codegen::x86::CodeRegion>>), Error> {
     let n = l.kernels.len();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(n.max(1));
     // Largest first (packing dominates: ~4 ms of cranelift per function is about what packing a million
@@ -267,7 +288,7 @@ pub fn emit(
         .enumerate()
         .map(|(i, k)| k.ok_or_else(|| Error::internal("codegen", format!("kernel {i} was not compiled"))))
         .collect::<Result<_, _>>()?;
-    Ok((kernels, codes))
+    Ok((kernels, codes, cache.region()))
 }
 
 /// One runtime step per kernel, in order, with its values where `plan` put them; the program keeps `codes`.

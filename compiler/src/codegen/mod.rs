@@ -140,6 +140,11 @@ impl CodeCache {
         self.kernels.lock().map_or(0, |m| m.len())
     }
 
+    /// The code region of the wide micro-kernels, if any kernel called one.
+    pub fn region(&self) -> Option<std::sync::Arc<x86::CodeRegion>> {
+        self.region.get().cloned()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

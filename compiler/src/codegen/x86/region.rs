@@ -167,6 +167,14 @@ impl CodeRegion {
         Ok(unsafe { std::slice::from_raw_parts(r.code.addr as *const u8, r.code.len) })
     }
 
+    /// Every GEMM kernel in the region with its handle, in address order.
+    pub fn gemms(&self) -> Vec<(GemmUkernel, GemmRef)> {
+        let mut v: Vec<(GemmUkernel, GemmRef)> =
+            self.state.lock().map_or_else(|_| vec![], |s| s.gemm.iter().map(|(k, r)| (*k, *r)).collect());
+        v.sort_by_key(|(_, r)| r.addr());
+        v
+    }
+
     /// Distinct GEMM kernels in the region.
     pub fn gemm_count(&self) -> usize {
         self.state.lock().map_or(0, |s| s.gemm.len())
