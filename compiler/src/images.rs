@@ -469,7 +469,7 @@ impl Compiled {
         let per_item: usize = self.program.output_shape().iter().product();
         let y = y
             .into_shape_with_order((images.len(), per_item))
-            .map_err(|e| Error::Option(format!("internal: an output batch of unexpected shape: {e}")))?;
+            .map_err(|e| Error::internal("predict", format!("an output batch of unexpected shape: {e}")))?;
         Ok(y.axis_iter(Axis(0)).map(|row| top_k(row, k, self.labels())).collect())
     }
 }

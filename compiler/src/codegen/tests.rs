@@ -1069,3 +1069,24 @@ fn codegen_batch_groups_match_naive_per_item() {
         }
     }
 }
+
+/// Code that calls the prefetch stub (`rel32` calls) compiles and runs whatever the address space looks
+/// like: each session's functions live in one reserved range (a reported panic: with many sessions, a
+/// call landed more than 2 GiB from the stub). 48 sessions alive at once, with large allocations between
+/// them, each compiling a streaming conv (which calls the stub) and running it.
+#[test]
+fn codegen_calls_to_session_helpers_are_always_in_reach() {
+    let c = case(2, 2, 64, 20, 3, 1, Padding::Same);
+    let x = rnd(c.h * c.w * c.cin, 1);
+    let wt = rnd(9 * c.cin * c.cout, 2);
+    let bias = rnd(c.cout, 3);
+    let (_, want) = naive_conv(&c, &x, &wt, &bias, &[]);
+    let mut keep = Vec::new();
+    for i in 0..48 {
+        let mut s = Session::with_options(opts()).unwrap();
+        let k = compile_conv(&mut s, "c", &conv_op(&c), [c.h, c.w, c.cin], &rules(), &wt, Some(&bias)).unwrap();
+        let code = s.finish().unwrap();
+        check_close(&call(&code, &k, &x, None), &want, &format!("session {i}")).unwrap();
+        keep.push((code, vec![0u8; 64 << 20]));
+    }
+}
