@@ -787,7 +787,7 @@ fn micro(
             b_k_stride: nr * 4,
             c_row_stride: p.geo.cout * 4,
             accumulate: !kind.init_zero,
-            epilogue: epi.wide(),
+            epilogue: epi,
             prefetch_b: pf.then_some(pf_distance),
         };
         let bias = epi.bias.then(|| addr(b, ptrs.cst, pan, nr * 4, (p.bias_offset() * 4) as i64));

@@ -24,27 +24,13 @@ pub const MR: usize = 12;
 pub const NR: usize = 4;
 
 /// The fused epilogue of a convolution, in the order [`Conv`] defines: + bias, relu, + the residual
-/// (the kernel's `input2`), relu after the add.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Epilogue {
-    pub bias: bool,
-    pub relu: bool,
-    pub residual: bool,
-    pub relu_after_add: bool,
-}
+/// (the kernel's `input2`), relu after the add. One type for the cranelift loops and the wide
+/// micro-kernels, which apply it in the same order.
+pub use super::x86::Epilogue;
 
 impl Epilogue {
     pub fn of(conv: &Conv) -> Epilogue {
         Epilogue { bias: conv.bias, relu: conv.relu, residual: conv.residual, relu_after_add: conv.relu_after_add }
-    }
-
-    fn to_x86(self) -> super::x86::Epilogue {
-        super::x86::Epilogue {
-            bias: self.bias,
-            relu: self.relu,
-            residual: self.residual,
-            relu_after_add: self.relu_after_add,
-        }
     }
 }
 
@@ -106,13 +92,6 @@ pub fn call_wide(b: &mut FunctionBuilder, env: &TaskEnv, call: &WideCall) {
     let null = b.ins().iconst(types::I64, 0);
     let args = [call.a, call.b, call.c, call.bias.unwrap_or(null), call.residual.unwrap_or(null)];
     b.ins().call_indirect(w.sig, f, &args);
-}
-
-impl Epilogue {
-    /// The micro-kernel form of this epilogue.
-    pub fn wide(self) -> super::x86::Epilogue {
-        self.to_x86()
-    }
 }
 
 /// The fused convolution epilogue on one f32x4 of outputs, in the order `Conv` defines: + bias, relu,

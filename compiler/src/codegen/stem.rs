@@ -347,7 +347,7 @@ fn emit_panel(b: &mut FunctionBuilder, p: &StemPlan, ptrs: Ptrs, pan: Value, cou
                 b_k_stride: nr * 4,
                 c_row_stride: nr * 4,
                 accumulate: false,
-                epilogue: Epilogue::default().wide(),
+                epilogue: Epilogue::NONE,
                 prefetch_b: None,
             };
             call_wide(b, ptrs.env, &WideCall { uk, a: vb, b: ub, c: mb, bias: None, residual: None });

@@ -606,7 +606,7 @@ fn micro(b: &mut FunctionBuilder, p: &WinogradPlan, ptrs: Ptrs, vp: Value, up: V
             b_k_stride: nr * 4,
             c_row_stride: p.cbp * nr * 4,
             accumulate: false,
-            epilogue: Epilogue::default().wide(),
+            epilogue: Epilogue::NONE,
             prefetch_b: (p.prefetch > 0).then_some(p.prefetch),
         };
         call_wide(b, ptrs.env, &WideCall { uk, a: vp, b: up, c: mq, bias: None, residual: None });
