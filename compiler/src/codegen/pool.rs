@@ -61,6 +61,26 @@ impl WindowPoolPlan {
     }
 }
 
+/// The input rows (or columns) `[start, end)` of output position `o`'s window that lie inside the input:
+/// the window starts at `o * stride - pad` and is `k` long; padding never enters a max or an average.
+fn window_in_bounds(
+    b: &mut FunctionBuilder,
+    o: Value,
+    stride: usize,
+    pad: usize,
+    k: usize,
+    size: usize,
+) -> (Value, Value) {
+    let t = b.ins().imul_imm_s(o, stride as i64);
+    let first = b.ins().iadd_imm_s(t, -(pad as i64));
+    let zero = iconst(b, 0);
+    let start = b.ins().smax(first, zero);
+    let past = b.ins().iadd_imm_s(first, k as i64);
+    let size = iconst(b, size);
+    let end = b.ins().smin(past, size);
+    (start, end)
+}
+
 impl KernelFamily for WindowPoolPlan {
     fn ntasks(&self) -> usize {
         self.oh
@@ -77,23 +97,11 @@ impl KernelFamily for WindowPoolPlan {
         let (kind, empty_windows) = (self.kind, self.empty_windows);
         let pads = crate::ops::Pads { top: self.pad_top, left: self.pad_left, bottom: 0, right: 0 };
         let TaskEnv { inp, out, .. } = *env;
-        let t = b.ins().imul_imm_s(oy, sh as i64);
-        let iy0 = b.ins().iadd_imm_s(t, -(pads.top as i64));
-        let z = iconst(b, 0);
-        let y0 = b.ins().smax(iy0, z);
-        let t = b.ins().iadd_imm_s(iy0, kh as i64);
-        let hv = iconst(b, h);
-        let y1 = b.ins().smin(t, hv);
+        let (y0, y1) = window_in_bounds(b, oy, sh, pads.top, kh, h);
         let zero = iconst(b, 0);
         let owv = iconst(b, ow);
         for_range(b, zero, owv, &[], |b, ox, _| {
-            let t = b.ins().imul_imm_s(ox, sw as i64);
-            let ix0 = b.ins().iadd_imm_s(t, -(pads.left as i64));
-            let z = iconst(b, 0);
-            let x0 = b.ins().smax(ix0, z);
-            let t = b.ins().iadd_imm_s(ix0, kw as i64);
-            let wv = iconst(b, w);
-            let x1 = b.ins().smin(t, wv);
+            let (x0, x1) = window_in_bounds(b, ox, sw, pads.left, kw, w);
             let pix = b.ins().imul_imm_s(oy, ow as i64);
             let pix = b.ins().iadd(pix, ox);
             let obase = addr(b, out, pix, c * 4, 0);
