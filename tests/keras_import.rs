@@ -9,7 +9,10 @@ use resnetc_compiler::keras::{self, Conversion};
 use resnetc_compiler::{weights, Model, Options};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::cli::*;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -373,14 +376,6 @@ fn names_that_need_quoting() {
 }
 
 // ---- the command line ----
-
-fn resnetc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnetc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the resnetc binary runs")
-}
 
 #[track_caller]
 fn exit(o: &Output, code: i32) -> (String, String) {

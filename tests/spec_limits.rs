@@ -8,8 +8,11 @@
 use resnetc_compiler::diag::{Diagnostic, Diagnostics, MAX_REPORTED};
 use resnetc_compiler::spec::Limits;
 use resnetc_compiler::{check, Error, Model, Options};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+mod common;
+use common::cli::*;
 
 const FILE: &str = "t.yaml";
 
@@ -343,13 +346,6 @@ fn one_mistake_in_a_block_used_many_times_is_reported_once() {
 // ---------------------------------------------------------------------------------------------------
 // Reading the spec file.
 
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnetc-limits-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn load_error(path: &Path, opts: &Options) -> String {
     match Model::from_file(path, opts) {
         Err(e @ Error::Io { .. }) => e.to_string(),
@@ -419,19 +415,10 @@ fn yaml_resource_limits_are_named() {
 // ---------------------------------------------------------------------------------------------------
 // The command line: the same limits, and the environment variables that raise them.
 
-fn resnetc(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_resnetc"));
-    c.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("the resnetc binary runs")
-}
-
 #[test]
 fn cli_check_refuses_devices_and_directories() {
     for path in ["/dev/zero", "/dev/urandom", "specs"] {
-        let o = resnetc(&["check", path], &[]);
+        let o = resnetc_env(&["check", path], &[]);
         assert_eq!(o.status.code(), Some(1), "{path}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.starts_with(&format!("{path}: this is ")), "{err}");
@@ -444,12 +431,12 @@ fn cli_limits_are_raised_by_environment_variables() {
     let spec = d.join("deep.yaml");
     std::fs::write(&spec, nested_blocks(100)).unwrap();
     let spec = spec.display().to_string();
-    let o = resnetc(&["check", &spec], &[]);
+    let o = resnetc_env(&["check", &spec], &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("blocks nest more than 64 levels deep"));
-    let o = resnetc(&["check", &spec], &[("RESNETC_MAX_BLOCK_DEPTH", "100")]);
+    let o = resnetc_env(&["check", &spec], &[("RESNETC_MAX_BLOCK_DEPTH", "100")]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = resnetc(&["check", &spec], &[("RESNETC_MAX_NODES", "lots")]);
+    let o = resnetc_env(&["check", &spec], &[("RESNETC_MAX_NODES", "lots")]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

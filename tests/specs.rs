@@ -2,6 +2,9 @@
 
 use resnetc_compiler::{check, Options};
 
+mod common;
+use common::cli::*;
+
 fn load(name: &str) -> resnetc_compiler::graph::Graph {
     let path = format!("{}/specs/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
     let bytes = std::fs::read(&path).unwrap();
@@ -119,14 +122,6 @@ fn load_any(name: &str) -> resnetc_compiler::graph::Graph {
     let (ok, d) = check(&path, &std::fs::read(&path).unwrap(), &Options::default());
     assert!(!d.has_errors(), "{d}");
     ok.unwrap().1
-}
-
-fn resnetc(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_resnetc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the resnetc binary runs")
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: paths, trained-looking weights, random inputs, comparison.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use ndarray::{Array4, ArrayD};
 use rand::{Rng, SeedableRng};
 use resnetc_compiler::weights::Weights;
