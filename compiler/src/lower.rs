@@ -230,8 +230,9 @@ impl KernelOp {
     pub fn tiling(&self) -> String {
         match self {
             KernelOp::Conv(ConvAlgo::Gemm(p)) | KernelOp::Dense(DenseAlgo::Gemm(p)) => format!(
-                "{}x4 tiles, K {} block(s) of {}, {} row x {} column blocks{}{}",
+                "{}x{} tiles, K {} block(s) of {}, {} row x {} column blocks{}{}",
                 p.m.rows,
+                p.tile.nr,
                 p.k.blocks,
                 p.k.block_len,
                 p.m.blocks,

@@ -268,10 +268,19 @@ impl ConvPlan {
         let mtiles = m.div_ceil(mr);
         // Tasks: blocks of row tiles x blocks of column panels. Below `min_tasks`, split rows first (down to
         // 2 tiles per task: packing is repeated per column block), then columns (down to 4 panels).
+        // Weight-bound layers (M <= `prefetch_max_m`) split columns first, down to one panel (two when A is
+        // packed, as each column block packs it again), and rows only if that is not enough: every weight
+        // is then read from memory by one task, once.
+        let weight_bound = m <= t.prefetch_max_m;
+        let min_panels = if direct { 1 } else { 2 };
         let (mut mct, mut ncp) = (t.mc_tiles.max(1), t.nc_panels.max(1));
         loop {
             let tasks = mtiles.div_ceil(mct) * npan.div_ceil(ncp);
             if tasks >= t.min_tasks {
+                break;
+            } else if weight_bound && ncp > min_panels && npan > npan.div_ceil(ncp) {
+                ncp /= 2;
+            } else if weight_bound && npan.div_ceil(ncp) >= 4 {
                 break;
             } else if mct > 2 && mtiles > mtiles.div_ceil(mct) {
                 mct /= 2;
