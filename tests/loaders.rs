@@ -8,7 +8,7 @@
 
 use ndarray::Array4;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use resnetc_compiler::weights::{load_safetensors, save_safetensors, Weights};
 use resnetc_compiler::{npy, Model, Options};
 use std::cell::Cell;
@@ -332,50 +332,61 @@ fn fuzz_config() -> Config {
 
 /// Mutated copies of a valid weights file: every one loads (with the right shapes and sane variances) or
 /// is refused with a message; none panics.
-#[test]
-fn fuzz_the_weights_loader() {
-    let m = tiny();
-    let good = {
-        let p = scratch("fuzz-good.safetensors");
-        save_safetensors(&m.weights, &p).unwrap();
-        let b = std::fs::read(&p).unwrap();
-        let _ = std::fs::remove_file(&p);
-        b
-    };
-    let path = scratch("fuzz.safetensors");
+/// The bytes of a file that `write` makes (at a scratch path, removed after).
+fn file_bytes(name: &str, write: impl FnOnce(&Path)) -> Vec<u8> {
+    let p = scratch(name);
+    write(&p);
+    let b = std::fs::read(&p).unwrap();
+    let _ = std::fs::remove_file(&p);
+    b
+}
+
+/// Writes mutated copies of `good` (1 to 5 mutations each) to `path` and runs `check` on each, which says
+/// whether the loader accepted it (`Ok(true)`) or refused it (`Ok(false)`), or fails the case. Returns
+/// (accepted, refused) and asserts that some were refused.
+fn fuzz_mutants(good: &[u8], path: &Path, check: impl Fn(&[u8]) -> Result<bool, TestCaseError>) -> (usize, usize) {
     let mut runner = TestRunner::new(fuzz_config());
-    let (loaded, refused) = (Cell::new(0usize), Cell::new(0usize));
+    let (accepted, refused) = (Cell::new(0usize), Cell::new(0usize));
     runner
         .run(&proptest::collection::vec(mutation(), 1..6), |muts| {
-            let mut bytes = good.clone();
+            let mut bytes = good.to_vec();
             for mu in &muts {
                 apply(&mut bytes, mu);
             }
-            std::fs::write(&path, &bytes).unwrap();
-            match load_safetensors(&path, &m.graph) {
-                (Some(w), _) => {
-                    loaded.set(loaded.get() + 1);
-                    for (key, shape, _) in resnetc_compiler::weights::required(&m.graph) {
-                        let t = w.tensors.get(&key).expect("every required tensor");
-                        prop_assert_eq!(t.shape(), shape.as_slice());
-                        if key.ends_with(".moving_variance") {
-                            prop_assert!(t.iter().all(|v| *v >= 0.0), "{key}: {t}");
-                        }
-                    }
-                }
-                (None, d) => {
-                    refused.set(refused.get() + 1);
-                    prop_assert!(d.has_errors());
-                    prop_assert!(d.to_string().contains(&path.display().to_string()), "{d}");
-                }
-            }
+            std::fs::write(path, &bytes).unwrap();
+            let counter = if check(&bytes)? { &accepted } else { &refused };
+            counter.set(counter.get() + 1);
             Ok(())
         })
         .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let (loaded, refused) = (loaded.get(), refused.get());
+    let _ = std::fs::remove_file(path);
+    assert!(refused.get() > 0);
+    (accepted.get(), refused.get())
+}
+
+#[test]
+fn fuzz_the_weights_loader() {
+    let m = tiny();
+    let good = file_bytes("fuzz-good.safetensors", |p| save_safetensors(&m.weights, p).unwrap());
+    let path = scratch("fuzz.safetensors");
+    let (loaded, refused) = fuzz_mutants(&good, &path, |_| match load_safetensors(&path, &m.graph) {
+        (Some(w), _) => {
+            for (key, shape, _) in resnetc_compiler::weights::required(&m.graph) {
+                let t = w.tensors.get(&key).expect("every required tensor");
+                prop_assert_eq!(t.shape(), shape.as_slice());
+                if key.ends_with(".moving_variance") {
+                    prop_assert!(t.iter().all(|v| *v >= 0.0), "{key}: {t}");
+                }
+            }
+            Ok(true)
+        }
+        (None, d) => {
+            prop_assert!(d.has_errors());
+            prop_assert!(d.to_string().contains(&path.display().to_string()), "{d}");
+            Ok(false)
+        }
+    });
     eprintln!("weights loader: {} mutated files, {loaded} loaded, {refused} refused", loaded + refused);
-    assert!(refused > 0);
 }
 
 /// Mutated copies of a valid .npy batch: every one reads as at most the file's bytes of float32, or is
@@ -383,38 +394,17 @@ fn fuzz_the_weights_loader() {
 #[test]
 fn fuzz_the_npy_loader() {
     let x = Array4::<f32>::from_shape_fn((2, 4, 4, 3), |(a, b, c, d)| (a + b * 3 + c * 5 + d) as f32 * 0.5);
-    let good = {
-        let p = scratch("fuzz-good.npy");
-        ndarray_npy::write_npy(&p, &x).unwrap();
-        let b = std::fs::read(&p).unwrap();
-        let _ = std::fs::remove_file(&p);
-        b
-    };
+    let good = file_bytes("fuzz-good.npy", |p| ndarray_npy::write_npy(p, &x).unwrap());
     let path = scratch("fuzz.npy");
-    let mut runner = TestRunner::new(fuzz_config());
-    let (read, refused) = (Cell::new(0usize), Cell::new(0usize));
-    runner
-        .run(&proptest::collection::vec(mutation(), 1..6), |muts| {
-            let mut bytes = good.clone();
-            for mu in &muts {
-                apply(&mut bytes, mu);
-            }
-            std::fs::write(&path, &bytes).unwrap();
-            match npy::read_batch(&path) {
-                Ok(a) => {
-                    read.set(read.get() + 1);
-                    prop_assert!(a.len() * 4 <= bytes.len());
-                }
-                Err(e) => {
-                    refused.set(refused.get() + 1);
-                    prop_assert!(e.to_string().starts_with(&format!("{}: error: ", path.display())), "{e}");
-                }
-            }
-            Ok(())
-        })
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let (read, refused) = (read.get(), refused.get());
+    let (read, refused) = fuzz_mutants(&good, &path, |bytes| match npy::read_batch(&path) {
+        Ok(a) => {
+            prop_assert!(a.len() * 4 <= bytes.len());
+            Ok(true)
+        }
+        Err(e) => {
+            prop_assert!(e.to_string().starts_with(&format!("{}: error: ", path.display())), "{e}");
+            Ok(false)
+        }
+    });
     eprintln!(".npy loader: {} mutated files, {read} read, {refused} refused", read + refused);
-    assert!(refused > 0);
 }
