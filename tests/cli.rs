@@ -183,16 +183,20 @@ fn bad_option_values_are_usage_errors() {
     // One item larger than a batch may be.
     let d = scratch("huge-item");
     let spec = write(&d, "tiny.yaml", TINY);
-    let o = resnetc(&["bench", &spec, "--input-shape", "15000,15000,3"]);
+    let o = resnetc(&["bench", &spec, "--input-shape", "10000,10000,3"]);
     assert_exit(&o, 2);
     assert!(
         stderr(&o).contains(
-            "invalid value '1' for '--batch <N>': one item of [15000, 15000, 3] → [7] takes 2700.0 MB of float32, \
+            "invalid value '1' for '--batch <N>': one item of [10000, 10000, 3] → [7] takes 1200.0 MB of float32, \
              more than the 1 GiB a batch may hold"
         ),
         "{}",
         stderr(&o)
     );
+    // Larger still, the model's activations pass their limit first (a spec error, located).
+    let o = resnetc(&["bench", &spec, "--input-shape", "15000,15000,3"]);
+    assert_exit(&o, 1);
+    assert!(stderr(&o).contains("bytes of activations per batch item in all, more than the limit"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&d);
     for (opt, v) in [("--batch", "0"), ("--iters", "0"), ("--iters", "1000000000")] {
         let o = resnetc(&["bench", "specs/resnet50.yaml", opt, v]);

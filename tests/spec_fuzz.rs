@@ -244,7 +244,8 @@ const NOISE: &[&str] = &["Some(", "None", "YValue", "Value::", "Ident(", "Op('",
 
 /// Limits small enough that mutants of the shipped specs reach them (node count, block depth, names).
 fn tiny_limits() -> Options {
-    let limits = Limits { max_spec_bytes: 1 << 20, max_nodes: 150, max_block_depth: 2, max_name_len: 14 };
+    let limits =
+        Limits { max_spec_bytes: 1 << 20, max_nodes: 150, max_block_depth: 2, max_name_len: 14, ..Limits::default() };
     Options { limits: Some(limits), ..Default::default() }
 }
 

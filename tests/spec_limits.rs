@@ -445,3 +445,56 @@ fn cli_limits_are_raised_by_environment_variables() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A spec whose layers are each within the per-tensor limit but whose whole model would not fit in memory
+/// (10 convs of 2^30 weights: 43 GB of float32, before packing) is refused by `check`, at the node where
+/// the total passes the limit, before anything is allocated.
+#[test]
+fn a_model_too_large_for_memory_names_the_limit() {
+    let mut y = String::from("input: [1, 1, 16384]\nlayers:\n");
+    for _ in 0..10 {
+        y.push_str("  - {op: conv, filters: 16384, kernel: 1}\n");
+    }
+    // 16384^2 + 16384 = 268,451,840 parameters per conv: the fourth passes 2^30.
+    let e = assert_error(
+        &y,
+        6,
+        5,
+        &["the model has 2,684,518,400 parameters in all, more than the limit of 1,073,741,824", "`conv2d_3`"],
+    );
+    assert!(e.notes[0].starts_with("the largest: `conv2d` 268,451,840"), "{e}");
+    assert!(e.notes[1].contains("RESNETC_MAX_PARAMS"), "{e}");
+    let raised = Options { limits: Some(Limits { max_params: 3 << 30, ..Limits::default() }), ..Default::default() };
+    assert!(diags_with(&y, &raised).0);
+    // Activations: every node's output counts (per batch item), the input's too.
+    let y = "input: [64, 64, 4]\nlayers:\n  - {op: relu}\n  - {op: relu}\n  - {op: relu}\n";
+    let small =
+        Options { limits: Some(Limits { max_activation_bytes: 200_000, ..Limits::default() }), ..Default::default() };
+    let (ok, d) = diags_with(y, &small);
+    assert!(!ok);
+    let e = d.errors().next().unwrap();
+    assert!(
+        e.message.contains("the model has 262,144 bytes of activations per batch item in all, more than the limit of 200,000; it passes the limit at node `activation_2`"),
+        "{e}"
+    );
+    assert_eq!(e.loc.as_ref().map(|l| l.line), Some(5));
+    assert!(e.notes[1].contains("RESNETC_MAX_ACTIVATION_BYTES"), "{e}");
+}
+
+#[test]
+fn model_size_limits_are_raised_by_environment_variables() {
+    let d = scratch("size-env");
+    let spec = d.join("big.yaml");
+    std::fs::write(&spec, "input: [8, 8, 3]\nlayers:\n  - {op: conv, filters: 64, kernel: 3}\n").unwrap();
+    let spec = spec.display().to_string();
+    let o = resnetc_env(&["check", &spec], &[("RESNETC_MAX_PARAMS", "1000")]);
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("the model has 1,792 parameters in all, more than the limit of 1,000"),
+        "{}",
+        stderr(&o)
+    );
+    let o = resnetc_env(&["check", &spec], &[("RESNETC_MAX_PARAMS", "2000")]);
+    assert_exit(&o, 0);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -145,7 +145,8 @@ pub struct Options {
     pub projection: Option<ProjectionPolicy>,
     /// Seed of the glorot initialization (used without a weights file).
     pub seed: u64,
-    /// The front end's limits (spec size, nodes, block depth, name length); `None`: the built-in ones,
+    /// The front end's limits (spec size, nodes, block depth, name length, the model's parameters and
+    /// activations); `None`: the built-in ones,
     /// raised by the `RESNETC_MAX_*` environment variables (see [`spec::Limits`]).
     pub limits: Option<spec::Limits>,
 }
@@ -249,6 +250,7 @@ pub fn check(file: &str, text: &[u8], opts: &Options) -> (Option<(Spec, Graph, V
     diags.extend(rep.diagnostics);
     if let Some(g) = &g {
         spec.io.check(&g.node(g.input).shape, &g.node(g.output).shape, &mut diags);
+        diags.0.extend(graph::check_model_size(g, &limits));
     }
     diags.sort();
     match g {

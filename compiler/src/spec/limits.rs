@@ -1,4 +1,5 @@
-//! The front end's resource limits: how large a spec may be and how far its blocks may expand.
+//! The front end's resource limits: how large a spec may be, how far its blocks may expand, and how large
+//! the model it describes may be (parameters, activations).
 //!
 //! They guard against hostile or runaway specs (a `repeat` inside a `repeat`, blocks nested thousands
 //! deep, names that grow along a chain) so that `resnetc check` answers in bounded time and memory with
@@ -19,14 +20,22 @@ pub struct Limits {
     pub max_block_depth: usize,
     /// The longest node name (and reference), in bytes.
     pub max_name_len: usize,
+    /// The most parameters (weights, float32) the whole model may have: a spec that asks for more would
+    /// make `compile` and `run` allocate them (and their packed copies) before anything else fails.
+    pub max_params: u64,
+    /// The most bytes all the model's activations (every node's output, float32) may take per batch
+    /// item together: a bound on the memory plan's arena, whatever the order of the nodes.
+    pub max_activation_bytes: u64,
 }
 
 /// The environment variable that overrides each limit, with the field it sets.
-const VARS: [(&str, Field); 4] = [
+const VARS: [(&str, Field); 6] = [
     ("RESNETC_MAX_SPEC_BYTES", Field::SpecBytes),
     ("RESNETC_MAX_NODES", Field::Nodes),
     ("RESNETC_MAX_BLOCK_DEPTH", Field::BlockDepth),
     ("RESNETC_MAX_NAME_LEN", Field::NameLen),
+    ("RESNETC_MAX_PARAMS", Field::Params),
+    ("RESNETC_MAX_ACTIVATION_BYTES", Field::ActivationBytes),
 ];
 
 #[derive(Clone, Copy)]
@@ -35,6 +44,8 @@ enum Field {
     Nodes,
     BlockDepth,
     NameLen,
+    Params,
+    ActivationBytes,
 }
 
 /// Bytes of node fields allowed per node of the node limit, on average (see [`Limits::max_expanded_bytes`]).
@@ -45,7 +56,16 @@ const HARD_MAX_BLOCK_DEPTH: usize = 1000;
 impl Default for Limits {
     /// The built-in limits (without environment overrides).
     fn default() -> Self {
-        Limits { max_spec_bytes: 16 << 20, max_nodes: 100_000, max_block_depth: 64, max_name_len: 256 }
+        Limits {
+            max_spec_bytes: 16 << 20,
+            max_nodes: 100_000,
+            max_block_depth: 64,
+            max_name_len: 256,
+            // 1 Gi parameters (4 GiB of float32; ResNet-152 has 60 M) and 16 GiB of activations per image
+            // (ResNet-50's total 43 MB).
+            max_params: 1 << 30,
+            max_activation_bytes: 16 << 30,
+        }
     }
 }
 
@@ -70,6 +90,8 @@ impl Limits {
                 }
                 Field::BlockDepth => l.max_block_depth = v_usize,
                 Field::NameLen => l.max_name_len = v_usize,
+                Field::Params => l.max_params = v,
+                Field::ActivationBytes => l.max_activation_bytes = v,
             }
         }
         Ok(l)
@@ -98,6 +120,8 @@ pub enum Limit {
     Nodes = 1,
     BlockDepth = 2,
     NameLen = 3,
+    Params = 4,
+    ActivationBytes = 5,
 }
 
 /// Reads a spec file, refusing what is not a regular file (a directory, a device such as /dev/zero, a
