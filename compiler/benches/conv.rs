@@ -75,7 +75,8 @@ impl Bench {
 
     /// `overrides`: `(CONV_* variable, value)` pairs that take precedence over the environment (`CONV_AB`).
     fn with_overrides(s: &Shape, threads: usize, overrides: &[(String, usize)]) -> Bench {
-        // Tuning knobs: CONV_UNROLL=n, CONV_MR=rows, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels.
+        // Tuning knobs: CONV_UNROLL=n, CONV_MR=rows, CONV_FMA_B_FIRST=1, CONV_KC=n, CONV_MC=tiles, CONV_NC=panels,
+        // CONV_PREFETCH=bytes (the weight prefetch distance), CONV_PREFETCH_MAX_M=pixels.
         let env = |k: &str| {
             overrides
                 .iter()
@@ -96,6 +97,8 @@ impl Bench {
         t.mc_tiles = env("CONV_MC").unwrap_or(t.mc_tiles);
         t.nc_panels = env("CONV_NC").unwrap_or(t.nc_panels);
         t.min_tasks = env("CONV_MIN_TASKS").unwrap_or(t.min_tasks);
+        t.prefetch_distance = env("CONV_PREFETCH").unwrap_or(t.prefetch_distance);
+        t.prefetch_max_m = env("CONV_PREFETCH_MAX_M").unwrap_or(t.prefetch_max_m);
         r.strassen_max_m = env("CONV_STRASSEN_MAX_M").unwrap_or(r.strassen_max_m);
         r.strassen_min_m = env("CONV_STRASSEN_MIN_M").unwrap_or(r.strassen_min_m);
         r.strassen_min_k = env("CONV_STRASSEN_MIN_K").unwrap_or(r.strassen_min_k);
