@@ -200,20 +200,20 @@ impl WinogradPlan {
         // 9.4 MB of U twice; in one task the six layers went 8.8 -> 7.7-7.9 ms on one thread, now faster than
         // the GEMM kernel's.) Larger maps: one row block per task (see `row_blocks`), within `v_budget`.
         let streaming = ntiles <= t.prefetch_max_tiles;
+        // Channel blocks of `cbp` panels; groups of them split a layer's tasks by output channels.
+        let cbp = (t.cout_panels * 4 / nr).max(1).min(npan);
+        let ncb = npan.div_ceil(cbp);
         let rb_budget = (t.v_budget / (a * a * r * cinp)).max(1);
         let mut nrb =
             if streaming { ntiles.div_ceil(r) } else { t.row_blocks.max(1).min(rb_budget).min(ntiles.div_ceil(r)) };
         // Fewer row blocks per task before channel groups, which would repeat the input transform; when
         // streaming, only if the channel groups cannot make `min_tasks` tasks (e.g. 64 output channels).
-        let ncb_max = npan.div_ceil((t.cout_panels * 4 / t.gemm_tile.nr).max(1).min(npan));
-        let groups = if streaming { ncb_max } else { 1 };
+        let groups = if streaming { ncb } else { 1 };
         while nrb > 1 && ntiles.div_ceil(r * nrb) * groups < t.min_tasks {
             nrb -= 1;
         }
         let nt = r * nrb;
         let ntb = ntiles.div_ceil(nt);
-        let cbp = (t.cout_panels * 4 / nr).max(1).min(npan);
-        let ncb = npan.div_ceil(cbp);
         // Groups of channel blocks: more groups (each repeats the input transform) only for parallelism.
         let min_groups = |ntb: usize| (1..=ncb).find(|g| ntb * g >= t.min_tasks).unwrap_or(ncb);
         let ng = min_groups(ntb);
