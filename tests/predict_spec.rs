@@ -3,9 +3,9 @@
 
 use resnetc_compiler::spec::io::{Preprocess, Resize};
 use resnetc_compiler::{check, Options};
-use std::path::PathBuf;
 
 mod common;
+use common::cli::scratch;
 
 /// A classifier of 3 classes on 8x8 RGB images; `fields` go at the top level.
 fn spec(fields: &str) -> String {
@@ -25,13 +25,6 @@ fn io(name: &str, text: &str) -> resnetc_compiler::spec::io::ImageIo {
     let (ok, diags) = check(name, text.as_bytes(), &Options::default());
     assert!(!diags.has_errors(), "{diags}");
     ok.unwrap().0.io
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("resnetc-predict-spec-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
