@@ -665,66 +665,81 @@ fn node_error(node: &Node, msg: String) -> Diagnostic {
 }
 
 /// Checks the whole model's size against `limits` (`max_params`, `max_activation_bytes`), before anything
-/// would allocate weights or activations: each total over the limit is an error at the node where the
-/// running total (in topological order) first passes it, with the largest contributors in a note.
+/// would allocate weights or activations: each total over the limit is an error (see [`over_limit`]).
 pub fn check_model_size(g: &Graph, limits: &crate::spec::Limits) -> Vec<Diagnostic> {
-    use crate::report::thousands;
     use crate::spec::Limit;
     let order = g.topo();
-    let mut out = vec![];
-    let per_node: [(Vec<(NodeIndex, u64)>, u64, Limit, &str); 2] = [
-        (order.iter().map(|&n| (n, g.node_params(n) as u64)).collect(), limits.max_params, Limit::Params, "parameters"),
-        (
-            order.iter().map(|&n| (n, g.g[n].shape.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64)))).collect(),
-            limits.max_activation_bytes,
+    let params = |n: NodeIndex| g.node_params(n) as u64;
+    let activation_bytes = |n: NodeIndex| g.g[n].shape.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64));
+    [
+        over_limit(g, &order, params, limits, Limit::Params, limits.max_params, "parameters"),
+        over_limit(
+            g,
+            &order,
+            activation_bytes,
+            limits,
             Limit::ActivationBytes,
+            limits.max_activation_bytes,
             "bytes of activations per batch item",
         ),
-    ];
-    for (sizes, limit, which, what) in per_node {
-        let total = sizes.iter().fold(0u64, |a, &(_, s)| a.saturating_add(s));
-        if total <= limit {
-            continue;
-        }
-        let mut running = 0u64;
-        let Some(&(at, _)) = sizes.iter().find(|&&(_, s)| {
-            running = running.saturating_add(s);
-            running > limit
-        }) else {
-            continue;
-        };
-        let mut largest: Vec<&(NodeIndex, u64)> = sizes.iter().filter(|(_, s)| *s > 0).collect();
-        largest.sort_by(|a, b| b.1.cmp(&a.1));
-        let top: Vec<String> =
-            largest.iter().take(3).map(|(n, s)| format!("`{}` {}", g.g[*n].name, thousands(*s))).collect();
-        let node = &g.g[at];
-        // A compiler-inserted node (a shortcut projection) has no place in the spec: the first node it
-        // feeds that has one stands for it.
-        let mut loc = node.loc.clone();
-        let mut next = vec![at];
-        let mut seen = HashSet::new();
-        while loc.is_none() {
-            let Some(n) = next.pop() else { break };
-            for m in g.consumers(n) {
-                if seen.insert(m) {
-                    loc = loc.or_else(|| g.g[m].loc.clone());
-                    next.push(m);
-                }
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The error for a total of `size` over the nodes above `limit`: at the node where the running total (in
+/// `order`) first passes it, with the largest contributors and how to raise the limit in notes.
+fn over_limit(
+    g: &Graph,
+    order: &[NodeIndex],
+    size: impl Fn(NodeIndex) -> u64,
+    limits: &crate::spec::Limits,
+    which: crate::spec::Limit,
+    limit: u64,
+    what: &str,
+) -> Option<Diagnostic> {
+    use crate::report::thousands;
+    let sizes: Vec<(NodeIndex, u64)> = order.iter().map(|&n| (n, size(n))).collect();
+    let total = sizes.iter().fold(0u64, |a, &(_, s)| a.saturating_add(s));
+    if total <= limit {
+        return None;
+    }
+    let mut running = 0u64;
+    let &(at, _) = sizes.iter().find(|&&(_, s)| {
+        running = running.saturating_add(s);
+        running > limit
+    })?;
+    let mut largest: Vec<&(NodeIndex, u64)> = sizes.iter().filter(|(_, s)| *s > 0).collect();
+    largest.sort_by_key(|&&(_, s)| std::cmp::Reverse(s));
+    let top: Vec<String> =
+        largest.iter().take(3).map(|(n, s)| format!("`{}` {}", g.g[*n].name, thousands(*s))).collect();
+    let node = &g.g[at];
+    // A compiler-inserted node (a shortcut projection) has no place in the spec: the first node it
+    // feeds that has one stands for it.
+    let mut loc = node.loc.clone();
+    let mut next = vec![at];
+    let mut seen = HashSet::new();
+    while loc.is_none() {
+        let Some(n) = next.pop() else { break };
+        for m in g.consumers(n) {
+            if seen.insert(m) {
+                loc = loc.or_else(|| g.g[m].loc.clone());
+                next.push(m);
             }
         }
-        out.push(
-            Diagnostic::error(
-                loc.or_else(|| g.g[g.input].loc.clone()),
-                format!(
-                    "the model has {} {what} in all, more than the limit of {}; it passes the limit at node `{}`",
-                    thousands(total),
-                    thousands(limit),
-                    node.name
-                ),
-            )
-            .note(format!("the largest: {}", top.join(", ")))
-            .note(limits.how_to_raise(which)),
-        );
     }
-    out
+    Some(
+        Diagnostic::error(
+            loc.or_else(|| g.g[g.input].loc.clone()),
+            format!(
+                "the model has {} {what} in all, more than the limit of {}; it passes the limit at node `{}`",
+                thousands(total),
+                thousands(limit),
+                node.name
+            ),
+        )
+        .note(format!("the largest: {}", top.join(", ")))
+        .note(limits.how_to_raise(which)),
+    )
 }
